@@ -1,0 +1,3 @@
+from mmgraph.cli import entry
+
+entry()

@@ -1,0 +1,229 @@
+"""The `mmgraph` command line. Exit codes: 0 ok, 1 errors in a spec, 2 usage errors.
+
+Each subcommand is a thin layer over a public function (`mmgraph.compiler.check_file`,
+`mmgraph.backends.picture.render`, ...), so the tests and the CLI run the same code.
+The language commands (`check`, `graph`, `components`) import no torch, so an editor can
+run `mmgraph check` on every keystroke.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Sequence
+
+from mmgraph.compiler import CheckResult, check_file, parse_override
+from mmgraph.lang.diagnostics import render
+
+EXIT_OK, EXIT_SPEC, EXIT_USAGE = 0, 1, 2
+
+
+class UsageError(Exception):
+    pass
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # argparse exits with 2 as well; keep its message short
+        self.print_usage(sys.stderr)
+        print(f"mmgraph: error: {message}", file=sys.stderr)
+        sys.exit(EXIT_USAGE)
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="NAME=VALUE",
+                   help="override a constant of the spec (repeatable)")
+    p.add_argument("--plugin", action="append", default=[], metavar="FILE.py",
+                   help="import a Python file that registers extra components (repeatable)")
+    p.add_argument("--model", help="which model of the file (when it defines several)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="mmgraph", description="Declarative model graphs for multimodal "
+                                                  "networks: check, draw, compile, train, export.")
+    parser.add_argument("--version", action="version", version=f"mmgraph {_version()}")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    p = sub.add_parser("check", help="type- and shape-check specs")
+    p.add_argument("specs", nargs="+", metavar="SPEC")
+    p.add_argument("--json", action="store_true", help="machine-readable diagnostics")
+    p.add_argument("--verbose", "-v", action="store_true",
+                   help="print the checked IR with the type of every value")
+    p.add_argument("--no-warnings", action="store_true", help="hide warnings")
+    _common(p)
+
+    p = sub.add_parser("graph", help="draw the checked graph (.svg .png .dot .mmd)")
+    p.add_argument("spec", metavar="SPEC")
+    p.add_argument("-o", "--output", required=True, metavar="OUT")
+    p.add_argument("--expand", action="store_true", help="draw every layer inside blocks")
+    _common(p)
+
+    p = sub.add_parser("components", help="list the registered components")
+    p.add_argument("name", nargs="?", help="show one component's parameters")
+    p.add_argument("--plugin", action="append", default=[], metavar="FILE.py")
+    return parser
+
+
+def _version() -> str:
+    from importlib import metadata
+
+    try:
+        return metadata.version("mmgraph")
+    except metadata.PackageNotFoundError:
+        return "dev"
+
+
+def _overrides(items: list[str]) -> dict:
+    out = {}
+    for item in items:
+        try:
+            name, value = parse_override(item)
+        except ValueError as exc:
+            raise UsageError(str(exc)) from None
+        out[name] = value
+    return out
+
+
+def _plugins(paths: list[str]) -> None:
+    from mmgraph.components.registry import load_plugin
+
+    for path in paths:
+        try:
+            load_plugin(path)
+        except FileNotFoundError as exc:
+            raise UsageError(str(exc)) from None
+
+
+# ---------------------------------------------------------------- check
+
+def _summary(result: CheckResult) -> str:
+    parts = []
+    for name, g in result.graphs.items():
+        layers = sum(1 for i in g.instances.values() if i.role != "op")
+        parts.append(f"model {name}: {len(g.nodes)} values, {layers} layers, "
+                     f"{len(g.losses)} losses")
+    return "; ".join(parts) or "no models"
+
+
+def cmd_check(args) -> int:
+    overrides = _overrides(args.overrides)
+    _plugins(args.plugin)
+    results = [check_file(spec, overrides, args.model) for spec in args.specs]
+    if args.json:
+        payload = {
+            "ok": all(r.ok for r in results),
+            "files": [{
+                "file": r.path, "ok": r.ok,
+                "models": {name: {
+                    "values": {n: {p: t.to_json() for p, t in node.types.items()}
+                               for n, node in g.nodes.items()},
+                    "outputs": {n: str(ref) for n, ref in g.outputs.items()},
+                } for name, g in r.graphs.items()},
+            } for r in results],
+            "diagnostics": [d.to_json() for r in results for d in r.diagnostics
+                            if not (args.no_warnings and d.severity == "warning")],
+        }
+        print(json.dumps(payload, indent=2))
+        return EXIT_OK if payload["ok"] else EXIT_SPEC
+    for r in results:
+        shown = [d for d in r.diagnostics if not (args.no_warnings and d.severity == "warning")]
+        for d in shown:
+            print(render(d), file=sys.stderr)
+            print(file=sys.stderr)
+        if r.ok:
+            print(f"{r.path}: ok ({_summary(r)})")
+            if args.verbose:
+                for g in r.graphs.values():
+                    print(g.dump(), end="")
+        else:
+            n = len(r.errors)
+            print(f"{r.path}: {n} error{'s' if n != 1 else ''}", file=sys.stderr)
+    return EXIT_OK if all(r.ok for r in results) else EXIT_SPEC
+
+
+# ---------------------------------------------------------------- graph
+
+def cmd_graph(args) -> int:
+    from mmgraph.backends.picture import GraphvizMissing, render as draw
+
+    overrides = _overrides(args.overrides)
+    _plugins(args.plugin)
+    result = check_file(args.spec, overrides, args.model)
+    if not result.ok:
+        for d in result.errors:
+            print(render(d), file=sys.stderr)
+            print(file=sys.stderr)
+        return EXIT_SPEC
+    if len(result.graphs) != 1:
+        raise UsageError(f"{args.spec} defines {len(result.graphs)} models; pick one with --model")
+    g = next(iter(result.graphs.values()))
+    try:
+        path = draw(g, args.output, expand=args.expand)
+    except GraphvizMissing as exc:
+        print(f"mmgraph: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    print(f"wrote {path}")
+    return EXIT_OK
+
+
+# ---------------------------------------------------------------- components
+
+def cmd_components(args) -> int:
+    from mmgraph.components import registry
+
+    _plugins(args.plugin)
+    if args.name:
+        comp = registry.get(args.name)
+        if comp is None:
+            from mmgraph.lang.diagnostics import did_you_mean
+
+            hint = did_you_mean(args.name, registry.names())
+            raise UsageError(f"no component '{args.name}'" + (f"; {hint}" if hint else ""))
+        print(f"{comp.name} ({comp.category}): {comp.summary}")
+        print(f"  inputs: {', '.join(p.name + ('?' if p.optional else '') + ('...' if p.variadic else '') for p in comp.inputs)}")
+        for fname, f in comp.Params.model_fields.items():
+            default = "required" if f.is_required() else f"default {f.default!r}"
+            ann = str(f.annotation).replace("typing.", "")
+            print(f"  {fname}: {ann} ({default})")
+        return EXIT_OK
+    by_cat: dict[str, list] = {}
+    for name in registry.names():
+        comp = registry.get(name)
+        by_cat.setdefault(comp.category, []).append(comp)
+    for cat in ("encoder", "connector", "fusion", "decoder", "head", "layer", "op", "loss"):
+        comps = by_cat.pop(cat, [])
+        if comps:
+            print(f"{cat}:")
+            for comp in comps:
+                print(f"  {comp.name:24} {comp.summary}")
+    for cat, comps in by_cat.items():
+        print(f"{cat}:")
+        for comp in comps:
+            print(f"  {comp.name:24} {comp.summary}")
+    return EXIT_OK
+
+
+COMMANDS = {"check": cmd_check, "graph": cmd_graph, "components": cmd_components}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return COMMANDS[args.command](args)
+    except UsageError as exc:
+        print(f"mmgraph: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("mmgraph: interrupted", file=sys.stderr)
+        return 130
+
+
+def entry() -> None:
+    sys.exit(main())
+
+
+if __name__ == "__main__":
+    entry()

@@ -1,0 +1,282 @@
+"""Encoders and tokenizers: raw modality tensors in, token sequences or vectors out."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import model_validator
+
+from mmgraph.components.common import Act, NonNegInt, Norm, PosInt, check_heads, seq, vec
+from mmgraph.components.registry import Component, Params, Port, register
+from mmgraph.ir import types as T
+
+
+class _TransformerParams(Params):
+    width: PosInt
+    depth: NonNegInt
+    heads: PosInt
+    mlp: PosInt | None = None  # hidden size of the FFN; 4 * width when omitted
+    act: Act = "gelu"
+    norm: Norm = "layer"
+    dropout: float = 0.0
+
+
+@register
+class ViT(Component):
+    name = "vit"
+    category = "encoder"
+    summary = "Vision Transformer: patch embedding, class token, learned positions, pre-norm blocks"
+    inputs = (Port("image"),)
+
+    class Params(_TransformerParams):
+        patch: PosInt
+        channels: PosInt | None = None  # taken from the input when omitted
+        cls_token: bool = True
+        pos: Literal["learned", "sincos2d"] = "learned"
+        pre_norm: bool = False  # a LayerNorm before the blocks (CLIP's pre_layrnorm)
+        post_norm: bool = True
+        patch_bias: bool = True
+        select_layer: int = -1  # which block's output `out` is (-2: the penultimate, as LLaVA)
+        pool: Literal["none", "cls", "mean"] = "none"
+        drop_cls: bool = False  # drop the class token from a sequence output
+        taps: tuple[int, ...] = ()  # extra outputs `layerK`: the output of block K (1-based)
+
+        @model_validator(mode="after")
+        def _consistent(self):
+            if self.pool == "cls" and not self.cls_token:
+                raise ValueError("pool=\"cls\" needs cls_token=true")
+            if self.depth and not -self.depth <= self.select_layer <= self.depth:
+                raise ValueError(f"select_layer={self.select_layer} is outside depth "
+                                 f"{self.depth}")
+            for k in self.taps:
+                if not 1 <= k <= self.depth:
+                    raise ValueError(f"tap {k} is outside 1..{self.depth}")
+            return self
+
+    def outputs(self, p):
+        return ("out",) + tuple(f"layer{k}" for k in p.taps)
+
+    def infer(self, p, x, ctx):
+        img = x["image"]
+        ctx.expect_kind("image", img, "Image")
+        check_heads(ctx, p.width, p.heads)
+        if p.channels is not None:
+            ctx.expect_dim("image", img, "C", p.channels, "channels")
+        gh = ctx.exact_div("image", img.dim("H"), p.patch, "image height")
+        gw = ctx.exact_div("image", img.dim("W"), p.patch, "image width")
+        n = gh * gw
+        tags = img.tags
+        full = seq(img.dim("B"), n + (1 if p.cls_token else 0), p.width, tags)
+        if p.pool != "none":
+            out = vec(img.dim("B"), p.width, tags)
+        elif p.drop_cls and p.cls_token:
+            out = seq(img.dim("B"), n, p.width, tags)
+        else:
+            out = full
+        return {"out": out, **{f"layer{k}": full for k in p.taps}}
+
+
+@register
+class TextTransformer(Component):
+    name = "text_transformer"
+    category = "encoder"
+    summary = "Text Transformer: token + position embeddings, causal or bidirectional blocks"
+    inputs = (Port("tokens"), Port("mask", optional=True))
+
+    class Params(_TransformerParams):
+        vocab: PosInt
+        max_len: PosInt = 77
+        causal: bool = False
+        pool: Literal["none", "eot", "cls", "mean", "last"] = "none"
+        type_vocab: NonNegInt = 0  # BERT's token-type embeddings
+        post_norm_blocks: bool = False  # BERT-style post-LN blocks instead of pre-LN
+
+    def infer(self, p, x, ctx):
+        tok = x["tokens"]
+        ctx.expect_kind("tokens", tok, "Tokens")
+        check_heads(ctx, p.width, p.heads)
+        t = tok.dim("T")
+        if t.is_Integer and int(t) > p.max_len:
+            ctx.fail(f"{ctx.name} takes at most max_len={p.max_len} tokens but "
+                     f"{ctx.source('tokens')} gives {tok}", "tokens")
+        if "mask" in x:
+            ctx.expect_kind("mask", x["mask"], "Mask")
+            ctx.expect_same("tokens", t, "mask", x["mask"].dim("N"), "length")
+        if p.pool != "none":
+            return vec(tok.dim("B"), p.width, tok.tags)
+        return seq(tok.dim("B"), t, p.width, tok.tags)
+
+
+@register
+class AudioEncoder(Component):
+    name = "audio_encoder"
+    category = "encoder"
+    summary = "Whisper-style audio encoder: log-mel in, two conv layers (stride 2), Transformer"
+    inputs = (Port("mel"),)
+
+    class Params(_TransformerParams):
+        mels: PosInt = 80
+        max_frames: PosInt = 3000
+        pool: Literal["none", "mean"] = "none"
+
+    def infer(self, p, x, ctx):
+        mel = x["mel"]
+        ctx.expect_kind("mel", mel, "Mel")
+        check_heads(ctx, p.width, p.heads)
+        ctx.expect_dim("mel", mel, "M", p.mels, "mel bins")
+        frames = ctx.exact_div("mel", mel.dim("F"), 2, "frame count")
+        if p.pool == "mean":
+            return vec(mel.dim("B"), p.width, mel.tags)
+        return seq(mel.dim("B"), frames, p.width, mel.tags)
+
+
+@register
+class VideoEncoder(Component):
+    name = "video_encoder"
+    category = "encoder"
+    summary = "Per-frame ViT with learned temporal position embeddings over frames"
+    inputs = (Port("video"),)
+
+    class Params(_TransformerParams):
+        patch: PosInt
+        max_frames: PosInt = 32
+        frame_pool: Literal["cls", "mean", "none"] = "cls"  # one token per frame, or all patches
+        pool: Literal["none", "mean"] = "none"
+
+    def infer(self, p, x, ctx):
+        v = x["video"]
+        ctx.expect_kind("video", v, "Video")
+        check_heads(ctx, p.width, p.heads)
+        f = v.dim("F")
+        if f.is_Integer and int(f) > p.max_frames:
+            ctx.fail(f"{ctx.name} takes at most max_frames={p.max_frames} frames but "
+                     f"{ctx.source('video')} gives {v}", "video")
+        n = ctx.exact_div("video", v.dim("H"), p.patch, "frame height") * \
+            ctx.exact_div("video", v.dim("W"), p.patch, "frame width")
+        tokens = f if p.frame_pool != "none" else f * n
+        if p.pool == "mean":
+            return vec(v.dim("B"), p.width, v.tags)
+        return seq(v.dim("B"), tokens, p.width, v.tags)
+
+
+@register
+class PatchEmbed(Component):
+    name = "patch_embed"
+    category = "encoder"
+    summary = "Image tokenizer: non-overlapping patches projected to tokens, optional positions"
+    inputs = (Port("image"),)
+
+    class Params(Params):
+        patch: PosInt
+        width: PosInt
+        pos: Literal["none", "learned", "sincos2d"] = "learned"
+        cls_token: bool = False
+        classes: PosInt | None = None  # the input holds class ids (a segmentation map)
+        class_width: PosInt = 64  # their embedding width before patching
+        bias: bool = True
+
+    def infer(self, p, x, ctx):
+        img = x["image"]
+        ctx.expect_kind("image", img, "Image")
+        if p.classes is not None:
+            if img.dtype in T.FLOAT_DTYPES:
+                ctx.fail(f"{ctx.name} has classes={p.classes}, so it embeds class ids, but "
+                         f"{ctx.source('image')} gives floats: {img}", "image", code="E307",
+                         hint="declare the input with an integer dtype, e.g. Image<i64>[...]")
+            ctx.expect_dim("image", img, "C", 1, "one channel of class ids, got")
+        elif img.dtype not in T.FLOAT_DTYPES:
+            ctx.fail(f"{ctx.name} expects pixels but {ctx.source('image')} gives {img}", "image",
+                     code="E307", hint="set classes=N to embed a map of class ids")
+        n = ctx.exact_div("image", img.dim("H"), p.patch, "image height") * \
+            ctx.exact_div("image", img.dim("W"), p.patch, "image width")
+        return seq(img.dim("B"), n + (1 if p.cls_token else 0), p.width, img.tags)
+
+
+@register
+class TokenEmbedding(Component):
+    name = "token_embedding"
+    category = "encoder"
+    summary = "Token ids to embeddings, with optional learned positions"
+    inputs = (Port("tokens"),)
+
+    class Params(Params):
+        vocab: PosInt
+        width: PosInt
+        pos: Literal["none", "learned"] = "none"
+        max_len: PosInt = 2048
+
+    def infer(self, p, x, ctx):
+        tok = x["tokens"]
+        ctx.expect_kind("tokens", tok, "Tokens")
+        return seq(tok.dim("B"), tok.dim("T"), p.width, tok.tags)
+
+
+@register
+class PointTokenizer(Component):
+    name = "point_tokenizer"
+    category = "encoder"
+    summary = "Point cloud to tokens: farthest-point groups, k-NN neighbourhoods, a shared MLP"
+    inputs = (Port("points"),)
+
+    class Params(Params):
+        groups: PosInt
+        neighbours: PosInt = 32
+        width: PosInt
+
+    def infer(self, p, x, ctx):
+        pts = x["points"]
+        ctx.expect_kind("points", pts, "Points")
+        n = pts.dim("N")
+        if n.is_Integer and int(n) < p.groups:
+            ctx.fail(f"{ctx.name} makes {p.groups} groups but {ctx.source('points')} gives only "
+                     f"{n} points: {pts}", "points")
+        return seq(pts.dim("B"), p.groups, p.width, pts.tags)
+
+
+@register
+class MelPatchEmbed(Component):
+    name = "mel_patch_embed"
+    category = "encoder"
+    summary = "Audio tokenizer: a log-mel spectrogram cut into square patches (AST-style)"
+    inputs = (Port("mel"),)
+
+    class Params(Params):
+        patch: PosInt = 16
+        stride: PosInt | None = None  # AST overlaps patches (stride 10); default: the patch
+        width: PosInt
+
+    def infer(self, p, x, ctx):
+        mel = x["mel"]
+        ctx.expect_kind("mel", mel, "Mel")
+        stride = p.stride or p.patch
+        counts = []
+        for axis, what in (("M", "mel bins"), ("F", "frame count")):
+            size = mel.dim(axis)
+            if size.is_Integer and int(size) < p.patch:
+                ctx.fail(f"{ctx.name}: {what} {size} is smaller than the patch {p.patch}", "mel",
+                         code="E304")
+            counts.append(T.sympy.floor((size - p.patch) / stride) + 1)
+        return seq(mel.dim("B"), counts[0] * counts[1], p.width, mel.tags)
+
+
+@register
+class FeatureEmbed(Component):
+    name = "feature_embed"
+    category = "encoder"
+    summary = "Precomputed features (regions, time series, tabular) to tokens: a linear map"
+    inputs = (Port("x"), Port("boxes", optional=True))
+
+    class Params(Params):
+        width: PosInt
+
+    def infer(self, p, x, ctx):
+        v = x["x"]
+        ctx.expect_kind("x", v, "Seq", "Points", "Tensor")
+        if v.rank != 3:
+            ctx.fail(f"{ctx.name} expects [B, N, features] but {ctx.source('x')} gives {v}", "x")
+        tags = v.tags
+        if "boxes" in x:
+            ctx.expect_kind("boxes", x["boxes"], "Boxes")
+            ctx.expect_same("x", v.dims[1], "boxes", x["boxes"].dim("N"), "number of regions")
+            tags |= x["boxes"].tags
+        return seq(v.dims[0], v.dims[1], p.width, tags)

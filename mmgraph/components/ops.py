@@ -1,0 +1,141 @@
+"""Weightless operations: normalisation, activations, stop-gradient, masking, batch tricks."""
+
+from __future__ import annotations
+
+from mmgraph.components.common import PosInt, Prob
+from mmgraph.components.registry import Component, Params, Port, register
+from mmgraph.ir import types as T
+
+
+class _Elementwise(Component):
+    category = "op"
+    has_weights = False
+    inputs = (Port("x"),)
+
+    def infer(self, p, x, ctx):
+        t = x["x"]
+        if t.dtype not in T.FLOAT_DTYPES:
+            ctx.fail(f"{ctx.name} works on floating-point values but {ctx.source('x')} gives "
+                     f"{t}", "x", code="E307",
+                     hint="embed token ids first, e.g. with token_embedding(...)")
+        return t
+
+
+def _elementwise(name: str, summary: str) -> type[Component]:
+    cls = type(name.title().replace("_", ""), (_Elementwise,),
+               {"name": name, "summary": summary, "__module__": __name__})
+    return register(cls)
+
+
+for _name, _summary in [
+    ("l2norm", "Scale each vector to unit length along the width"),
+    ("gelu", "GELU activation"),
+    ("relu", "ReLU activation"),
+    ("silu", "SiLU activation"),
+    ("tanh", "tanh activation"),
+    ("sigmoid", "Logistic sigmoid"),
+    ("softmax", "Softmax over the last axis"),
+    ("detach", "Stop gradients (teachers, momentum targets)"),
+]:
+    _elementwise(_name, _summary)
+
+
+@register
+class Dropout(_Elementwise):
+    name = "dropout"
+    summary = "Dropout (identity at inference)"
+
+    class Params(Params):
+        p: Prob = 0.1
+
+
+@register
+class BatchConcat(Component):
+    name = "batch_concat"
+    category = "op"
+    summary = "Stack values along the batch axis (positive and negative pairs for ITM)"
+    has_weights = False
+    inputs = (Port("xs", variadic=True),)
+
+    def infer(self, p, x, ctx):
+        parts = x["xs"]
+        if len(parts) < 2:
+            ctx.fail(f"{ctx.name} needs at least two values", "xs", code="E205")
+        first = parts[0]
+        for i, t in enumerate(parts[1:], 1):
+            if t.kind != first.kind or t.rank != first.rank:
+                ctx.fail(f"{ctx.name} stacks values of one kind, but {ctx.source('xs0')} gives "
+                         f"{first} and {ctx.source(f'xs{i}')} gives {t}", f"xs{i}", code="E302")
+            for axis in range(1, t.rank):
+                ctx.expect_same("xs0", first.dims[axis], f"xs{i}", t.dims[axis],
+                                first.axes[axis] + " size")
+        b = sum((t.dims[0] for t in parts), T.sympy.Integer(0))
+        tags = frozenset().union(*(t.tags for t in parts))
+        return first.with_(dims=(b,) + first.dims[1:], tags=tags)
+
+
+@register
+class HardNegatives(Component):
+    name = "hard_negatives"
+    category = "op"
+    summary = ("For each example, pick a hard negative partner from the batch by similarity "
+               "of a and b (ALBEF's ITM sampling); returns `pick` reordered")
+    has_weights = False
+    inputs = (Port("a"), Port("b"), Port("pick"))
+
+    def infer(self, p, x, ctx):
+        a, b, pick = x["a"], x["b"], x["pick"]
+        ctx.expect_kind("a", a, "Vec")
+        ctx.expect_kind("b", b, "Vec")
+        ctx.expect_same("a", a.width, "b", b.width, "width")
+        ctx.expect_same("a", a.dim("B"), "pick", pick.dims[0], "batch")
+        return pick
+
+
+@register
+class MaskTokens(Component):
+    name = "mask_tokens"
+    category = "op"
+    summary = ("BERT-style masking of token ids for MLM: returns the corrupted ids; extra "
+               "output `mask` marks the positions to predict")
+    has_weights = False
+    inputs = (Port("tokens"),)
+
+    class Params(Params):
+        prob: Prob = 0.15
+        mask_id: int = 103
+        vocab: PosInt | None = None
+
+    def outputs(self, p):
+        return ("out", "mask")
+
+    def infer(self, p, x, ctx):
+        t = x["tokens"]
+        ctx.expect_kind("tokens", t, "Tokens")
+        return {"out": t, "mask": T.make("Mask", (t.dim("B"), t.dim("T")), tags=t.tags)}
+
+
+@register
+class TokenMask(Component):
+    name = "token_mask"
+    category = "op"
+    summary = ("Keep a random subset of `keep` tokens (MAE/MultiMAE); extra output `mask` is "
+               "true for the dropped ones. With several inputs the subset spans all of them.")
+    has_weights = False
+    inputs = (Port("x"),)
+
+    class Params(Params):
+        keep: PosInt
+
+    def outputs(self, p):
+        return ("out", "mask")
+
+    def infer(self, p, x, ctx):
+        t = x["x"]
+        ctx.expect_kind("x", t, "Seq")
+        n = t.dim("N")
+        if n.is_Integer and p.keep > int(n):
+            ctx.fail(f"{ctx.name} keeps {p.keep} tokens but {ctx.source('x')} has only {n}: {t}",
+                     "x")
+        return {"out": t.with_(dims=(t.dim("B"), T.sympy.Integer(p.keep), t.width)),
+                "mask": T.make("Mask", (t.dim("B"), n), tags=t.tags)}

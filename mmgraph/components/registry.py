@@ -1,0 +1,176 @@
+"""The component registry: one class per component, three faces each.
+
+A component is a Python class with
+1. `Params`, a pydantic model: defaults, ranges, enums (bad values become E202-E204 diagnostics
+   pointing at the offending argument);
+2. `infer`, its type rule: input types to output types, with shape arithmetic. It reports
+   mistakes through `RuleContext`, whose messages name both sides;
+3. `module`, the dotted path of its torch `nn.Module` (the torch backend imports it lazily, so
+   the language layers never import torch).
+
+Users add components with an explicit plugin (`--plugin file.py` or the `mmgraph.components`
+entry point group), never from inside a spec.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+from typing import Any, ClassVar
+
+from pydantic import BaseModel, ConfigDict
+
+from mmgraph.ir import types as T
+from mmgraph.ir.types import TensorType
+
+
+class NoParams(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Params(BaseModel):
+    """Base for component parameter schemas: unknown names are errors, values immutable."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+@dataclass(frozen=True)
+class Port:
+    name: str
+    optional: bool = False
+    variadic: bool = False  # takes all remaining positional arguments (concat)
+
+
+class TypeRuleError(Exception):
+    """A component's type rule rejecting its inputs; the checker adds the span."""
+
+    def __init__(self, message: str, port: str | None = None, hint: str | None = None,
+                 code: str = "E301"):
+        super().__init__(message)
+        self.message, self.port, self.hint, self.code = message, port, hint, code
+
+
+class RuleContext:
+    """What a type rule knows of its call site: its own name and where each input came from."""
+
+    def __init__(self, name: str, sources: dict[str, str]):
+        self.name = name
+        self.sources = sources
+
+    def source(self, port: str) -> str:
+        return self.sources.get(port, port)
+
+    def fail(self, message: str, port: str | None = None, hint: str | None = None,
+             code: str = "E301"):
+        raise TypeRuleError(message, port, hint, code)
+
+    def expect_kind(self, port: str, t: TensorType, *kinds: str) -> None:
+        if t.kind not in kinds and "Tensor" not in kinds:
+            want = " or ".join(T.KINDS[k].describe() for k in kinds)
+            self.fail(f"{self.name} expects {want} for '{port}' but {self.source(port)} "
+                      f"gives {t}", port, code="E302")
+
+    def expect_dim(self, port: str, t: TensorType, axis: str | int, want, what: str) -> None:
+        got = t.dim(axis)
+        if T.differ(got, T.sympy.sympify(want)):
+            self.fail(f"{self.name} expects {what} {T.format_dim(T.sympy.sympify(want))} but "
+                      f"{self.source(port)} gives {t}", port)
+
+    def expect_same(self, port_a: str, a: Any, port_b: str, b: Any, what: str) -> None:
+        if T.differ(T.sympy.sympify(a), T.sympy.sympify(b)):
+            self.fail(f"{self.name} needs the same {what} for '{port_a}' and '{port_b}', but "
+                      f"{self.source(port_a)} gives {T.format_dim(T.sympy.sympify(a))} and "
+                      f"{self.source(port_b)} gives {T.format_dim(T.sympy.sympify(b))}", port_b)
+
+    def exact_div(self, port: str, value, by: int, what: str):
+        """value / by, which must be a whole number (e.g. image size by patch size)."""
+        q = T.sympy.sympify(value) / by
+        if not T.is_integral(q):
+            self.fail(f"{self.name}: {what} {T.format_dim(T.sympy.sympify(value))} is not a "
+                      f"multiple of {by}", port, code="E304")
+        return q
+
+
+class Component:
+    """Base class. Subclasses set the class attributes and implement `infer`."""
+
+    name: ClassVar[str]
+    category: ClassVar[str]  # encoder | connector | fusion | decoder | head | layer | op | loss
+    summary: ClassVar[str] = ""
+    Params: ClassVar[type[BaseModel]] = NoParams
+    inputs: ClassVar[tuple[Port, ...]] = (Port("x"),)
+    has_weights: ClassVar[bool] = True
+    module: ClassVar[str | None] = None  # "package.module:ClassName" of the torch module
+
+    def outputs(self, p: BaseModel) -> tuple[str, ...]:
+        """Output port names; the first is always `out`."""
+        return ("out",)
+
+    def infer(self, p: BaseModel, x: dict[str, Any], ctx: RuleContext
+              ) -> TensorType | dict[str, TensorType]:
+        raise NotImplementedError
+
+    def verify(self, node, graph) -> list:
+        """Checks that need the whole graph (e.g. an ancestor of some kind). Diagnostics."""
+        return []
+
+
+REGISTRY: dict[str, Component] = {}
+
+
+def register(cls: type[Component]) -> type[Component]:
+    """Class decorator: add a component to the registry under `cls.name`."""
+    if cls.name in REGISTRY and type(REGISTRY[cls.name]) is not cls:
+        raise ValueError(f"component {cls.name!r} is registered twice "
+                         f"({type(REGISTRY[cls.name]).__module__} and {cls.__module__})")
+    REGISTRY[cls.name] = cls()
+    return cls
+
+
+def get(name: str) -> Component | None:
+    _load_builtins()
+    return REGISTRY.get(name)
+
+
+def names() -> list[str]:
+    _load_builtins()
+    return sorted(REGISTRY)
+
+
+_BUILTINS_LOADED = False
+
+
+def _load_builtins() -> None:
+    global _BUILTINS_LOADED
+    if not _BUILTINS_LOADED:
+        _BUILTINS_LOADED = True
+        from mmgraph.components import (connectors, decoders, encoders, fusion,  # noqa: F401
+                                        heads, losses, ops)
+        _load_entry_points()
+
+
+def _load_entry_points() -> None:
+    for ep in metadata.entry_points(group="mmgraph.components"):
+        ep.load()
+
+
+def load_plugin(path: str | Path) -> None:
+    """Import a user's component module from a file; its @register classes join the registry.
+
+    This is the one place mmgraph runs user Python, and only when the user names the file on
+    the command line (`--plugin`) — never because a spec asked for it.
+    """
+    _load_builtins()
+    p = Path(path).resolve()
+    if not p.is_file():
+        raise FileNotFoundError(f"plugin {path} does not exist")
+    name = f"mmgraph_plugin_{p.stem}"
+    spec = importlib.util.spec_from_file_location(name, p)
+    if spec is None or spec.loader is None:
+        raise ImportError(f"cannot import plugin {path}")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)

@@ -1,0 +1,312 @@
+"""The typed graph IR: instances (things with weights) and nodes (values computed from them).
+
+A `Graph` is one model with blocks and repeats already expanded. It keeps two tables:
+
+- `instances`: every module the model owns (declared with a role, or anonymous for an inline
+  call such as `layer_norm(x)`), with its component, validated parameters and modifiers;
+- `nodes`: the values, in spec order. A node is an `input`, a `call` of an instance, or
+  elementwise/slicing arithmetic. Each node has typed output ports (`out`, plus extras such
+  as a MoE layer's `aux`), so an edge is a `Ref` to one port of one node.
+
+networkx holds the topology (toposort, cycles, reachability); the stable text form from
+`dump()` is both the debugging view and what golden tests compare:
+
+    %img : Vec<image>[B, 512] = call img_proj(%vision)        # clip.mmg:17
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Iterator
+
+import networkx as nx
+
+from mmgraph.ir.types import TensorType
+from mmgraph.lang.span import Span
+
+
+@dataclass(frozen=True)
+class Ref:
+    """One output port of one node."""
+
+    node: str
+    port: str = "out"
+
+    def __str__(self) -> str:
+        return f"%{self.node}" if self.port == "out" else f"%{self.node}.{self.port}"
+
+
+@dataclass
+class Lora:
+    r: int
+    alpha: float
+    targets: tuple[str, ...]
+    dropout: float = 0.0
+
+
+@dataclass
+class Instance:
+    """A module of the model: a component with bound parameters, or a weightless op."""
+
+    name: str  # dotted for instances inside blocks: `lm.3.attn`
+    role: str  # encoder | connector | fusion | decoder | head | layer | op | loss
+    component: str
+    params: Any  # the component's validated pydantic Params
+    span: Span
+    frozen: bool = False
+    lora: Lora | None = None
+    shared: str | None = None  # name of the instance whose weights this one ties to
+    anonymous: bool = False
+    block: str | None = None  # the block definition this instance came from, if any
+    meta: dict = field(default_factory=dict)
+
+    @property
+    def trainable(self) -> bool:
+        return not self.frozen
+
+    def params_text(self, *, defaults: bool = False) -> str:
+        """`k=v, ...` of the parameters; only those that differ from the defaults unless asked."""
+        data = self.params.model_dump(exclude_defaults=not defaults) \
+            if hasattr(self.params, "model_dump") else {}
+        return ", ".join(f"{k}={_fmt(v)}" for k, v in data.items())
+
+
+@dataclass
+class Node:
+    name: str
+    op: str  # input | call | add | sub | mul | div | slice | select
+    inputs: list[tuple[str, Ref]]  # (port name of the callee, value) in call order
+    span: Span
+    target: str | None = None  # the instance for `call`, the input name for `input`
+    attrs: dict = field(default_factory=dict)
+    types: dict[str, TensorType] = field(default_factory=dict)  # output port -> type
+    meta: dict = field(default_factory=dict)
+
+    @property
+    def type(self) -> TensorType | None:
+        return self.types.get("out")
+
+    def refs(self) -> Iterator[Ref]:
+        for _, ref in self.inputs:
+            yield ref
+
+
+@dataclass
+class LossTerm:
+    name: str
+    value: Ref
+    weight: float
+    span: Span
+
+
+@dataclass
+class Stage:
+    name: str
+    settings: dict[str, Any]
+    trainable: list[str]  # instance names, resolved from the stage's `trainable` list
+    span: Span
+
+
+@dataclass
+class TrainPlan:
+    settings: dict[str, Any]
+    stages: list[Stage]
+    span: Span | None = None
+
+
+@dataclass
+class DimRange:
+    name: str
+    min: int
+    max: int
+    opt: int
+    span: Span
+
+
+@dataclass
+class ExportPart:
+    name: str
+    inputs: list[str]  # value names
+    outputs: list[str]
+    nodes: list[str]  # the nodes the part computes, in order
+    span: Span
+
+
+@dataclass
+class ExportPlan:
+    dims: dict[str, DimRange]
+    parts: list[ExportPart]
+    settings: dict[str, Any]
+    span: Span | None = None
+
+
+class Graph:
+    """One model, expanded and (after the passes) fully typed."""
+
+    def __init__(self, name: str, span: Span):
+        self.name = name
+        self.span = span
+        self.consts: dict[str, Any] = {}
+        self.instances: dict[str, Instance] = {}
+        self.nodes: dict[str, Node] = {}
+        self.inputs: list[str] = []  # node names of the inputs, in spec order
+        self.outputs: dict[str, Ref] = {}
+        self.output_spans: dict[str, Span] = {}
+        self.losses: dict[str, LossTerm] = {}
+        self.train: TrainPlan | None = None
+        self.export: ExportPlan | None = None
+        self.meta: dict = {}
+
+    # ------------------------------------------------------------ building
+    def add_node(self, node: Node) -> Node:
+        if node.name in self.nodes:
+            raise ValueError(f"duplicate node name {node.name!r}")
+        self.nodes[node.name] = node
+        return node
+
+    def add_instance(self, inst: Instance) -> Instance:
+        if inst.name in self.instances:
+            raise ValueError(f"duplicate instance name {inst.name!r}")
+        self.instances[inst.name] = inst
+        return inst
+
+    def fresh_name(self, base: str) -> str:
+        """An unused node/instance name derived from `base`: base, base_1, base_2 ..."""
+        if base not in self.nodes and base not in self.instances:
+            return base
+        i = 1
+        while f"{base}_{i}" in self.nodes or f"{base}_{i}" in self.instances:
+            i += 1
+        return f"{base}_{i}"
+
+    # ------------------------------------------------------------ topology
+    def nx_graph(self) -> nx.DiGraph:
+        g = nx.DiGraph()
+        for node in self.nodes.values():
+            g.add_node(node.name)
+            for ref in node.refs():
+                g.add_edge(ref.node, node.name)
+        return g
+
+    def find_cycle(self) -> list[str] | None:
+        try:
+            edges = nx.find_cycle(self.nx_graph())
+        except nx.NetworkXNoCycle:
+            return None
+        return [u for u, _ in edges] + [edges[0][0]]
+
+    def toposort(self) -> list[str]:
+        """Nodes in dependency order, ties broken by spec order (stable dumps)."""
+        order = {name: i for i, name in enumerate(self.nodes)}
+        return list(nx.lexicographical_topological_sort(self.nx_graph(), key=order.__getitem__))
+
+    def reorder(self) -> None:
+        """Put `nodes` in topological order; backends then just walk the dict."""
+        self.nodes = {name: self.nodes[name] for name in self.toposort()}
+
+    def ancestors(self, name: str) -> set[str]:
+        return nx.ancestors(self.nx_graph(), name)
+
+    def users(self) -> dict[str, list[str]]:
+        users: dict[str, list[str]] = {name: [] for name in self.nodes}
+        for node in self.nodes.values():
+            for ref in node.refs():
+                users.setdefault(ref.node, []).append(node.name)
+        return users
+
+    def type_of(self, ref: Ref) -> TensorType | None:
+        node = self.nodes.get(ref.node)
+        return node.types.get(ref.port) if node else None
+
+    def lint(self) -> list[str]:
+        """Structural invariants every pass must keep; returns the problems found."""
+        problems = []
+        for node in self.nodes.values():
+            for ref in node.refs():
+                if ref.node not in self.nodes:
+                    problems.append(f"{node.name}: input {ref} is not a node")
+            if node.op == "call" and node.target not in self.instances:
+                problems.append(f"{node.name}: calls unknown instance {node.target!r}")
+        for name, ref in self.outputs.items():
+            if ref.node not in self.nodes:
+                problems.append(f"output {name}: {ref} is not a node")
+        for inst in self.instances.values():
+            if inst.shared and inst.shared not in self.instances:
+                problems.append(f"{inst.name}: shared with unknown instance {inst.shared!r}")
+        if self.find_cycle():
+            problems.append(f"cycle: {' -> '.join(self.find_cycle())}")
+        return problems
+
+    # ------------------------------------------------------------ text form
+    def dump(self, *, spans: bool = True) -> str:
+        """The stable one-line-per-entry text form used by golden tests and `--verbose`."""
+        out = [f"model {self.name}"]
+        for k, v in self.consts.items():
+            out.append(f"  const {k} = {_fmt(v)}")
+        for inst in self.instances.values():
+            if inst.anonymous and inst.role == "op":
+                continue
+            mods = []
+            if inst.frozen:
+                mods.append("frozen")
+            if inst.lora:
+                mods.append(f"lora(r={inst.lora.r}, alpha={_fmt(inst.lora.alpha)}, "
+                            f"targets={list(inst.lora.targets)})")
+            if inst.shared:
+                mods.append(f"shared({inst.shared})")
+            mod = (" " + " ".join(mods)) if mods else ""
+            out.append(f"  {inst.role} {inst.name} = {inst.component}({inst.params_text()}){mod}")
+        for node in self.nodes.values():
+            out.append("  " + self.node_line(node, spans=spans))
+        for name, ref in self.outputs.items():
+            out.append(f"  output {name} = {ref}")
+        for term in self.losses.values():
+            out.append(f"  loss {term.name} = {_fmt(term.weight)} * {term.value}")
+        if self.train:
+            settings = ", ".join(f"{k}={_fmt(v)}" for k, v in self.train.settings.items()
+                                 if v is not None)
+            out.append(f"  train {{{settings}}}")
+            for st in self.train.stages:
+                settings = ", ".join(f"{k}={_fmt(v)}" for k, v in st.settings.items()
+                                     if k != "trainable")
+                out.append(f"    stage {st.name} trainable=[{', '.join(st.trainable)}] "
+                           f"{{{settings}}}")
+        if self.export:
+            settings = ", ".join(f"{k}={_fmt(v)}" for k, v in self.export.settings.items())
+            out.append(f"  export {{{settings}}}")
+            for d in self.export.dims.values():
+                out.append(f"    dim {d.name} = {d.min}..{d.max} @ {d.opt}")
+            for p in self.export.parts:
+                out.append(f"    part {p.name}: {', '.join(p.inputs)} -> {', '.join(p.outputs)}"
+                           f"  [{len(p.nodes)} nodes]")
+        return "\n".join(out) + "\n"
+
+    def node_line(self, node: Node, *, spans: bool = True) -> str:
+        types = node.types
+        head = f"%{node.name} : {types.get('out', '?')}"
+        extra = [f".{p}: {t}" for p, t in types.items() if p != "out"]
+        if extra:
+            head += " {" + ", ".join(extra) + "}"
+        args = ", ".join(str(r) if port.startswith("_") or node.op != "call" else
+                         f"{port}={r}" for port, r in node.inputs)
+        if node.op == "input":
+            rhs = f"input {node.target}"
+        elif node.op == "call":
+            rhs = f"call {node.target}({args})"
+        else:
+            attrs = "".join(f", {k}={_fmt(v)}" for k, v in node.attrs.items())
+            rhs = f"{node.op}({args}{attrs})"
+        where = f"  # {node.span.path.rsplit('/', 1)[-1]}:{node.span.line}" if spans else ""
+        return f"{head} = {rhs}{where}"
+
+
+def _fmt(v: Any) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, str):
+        return f'"{v}"'
+    if isinstance(v, (list, tuple)):
+        return "[" + ", ".join(_fmt(x) for x in v) + "]"
+    if isinstance(v, float):
+        return repr(v)
+    return str(v)

@@ -1,0 +1,16 @@
+"""The checker's passes, in the order they run. Each is one module with a `run` function."""
+
+from mmgraph.ir.passes import constants, expand, infer, parts, resolve, trainability, verify
+from mmgraph.ir.passes.base import Compilation, NamedPass, PassFailed, run_passes
+
+PASSES: list[NamedPass] = [
+    NamedPass("resolve", resolve.run, "names, duplicates, cycles between values"),
+    NamedPass("constants", constants.run, "evaluate constants, apply --set overrides"),
+    NamedPass("expand", expand.run, "lower to IR, expand blocks and repeats, check parameters"),
+    NamedPass("infer", infer.run, "types and shapes of every value"),
+    NamedPass("verify", verify.run, "whole-graph invariants, component hooks, unused values"),
+    NamedPass("trainability", trainability.run, "train settings and stage trainable lists"),
+    NamedPass("parts", parts.run, "export dim ranges, parts as closed subgraphs, settings"),
+]
+
+__all__ = ["PASSES", "Compilation", "NamedPass", "PassFailed", "run_passes"]

@@ -1,0 +1,669 @@
+"""Pass `expand`: lower the model's AST to the IR graph, expanding blocks and repeats.
+
+- A declared component becomes an `Instance`; each call of it becomes a `call` node (two
+  calls share weights, as in a siamese tower).
+- An inline call of a component (`layer_norm(x)`) becomes an anonymous instance.
+- A block is expanded in place under a dotted prefix (`lm.3.attn`); its inputs become `bind`
+  nodes that carry the block's declared input types, checked by `infer`.
+- `repeat(inner, times=N)` expands `inner` N times under `name.0` ... `name.N-1`, threading
+  the first k inputs (k = number of outputs of inner) and sharing the rest.
+- Parameters are validated against each component's pydantic schema here.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+import networkx as nx
+from pydantic import ValidationError
+
+from mmgraph.components import registry
+from mmgraph.components.registry import Component
+from mmgraph.ir import types as T
+from mmgraph.ir.consts import CONST_FUNCTIONS, evaluate, evaluate_dim
+from mmgraph.ir.graph import Graph, Instance, Lora, LossTerm, Node, Ref
+from mmgraph.ir.passes.base import Compilation
+from mmgraph.ir.passes.constants import evaluate_all
+from mmgraph.ir.passes.resolve import classify_assigns, walk
+from mmgraph.lang import ast
+from mmgraph.lang.diagnostics import Diagnostic, SpecError, did_you_mean, error
+from mmgraph.lang.span import Span
+
+
+@dataclass
+class Decl:
+    """A declared layer as the body sees it: a component, a block, or a repeat of either."""
+
+    name: str  # full dotted name
+    role: str
+    span: Span
+    component: Component | None = None
+    params: Any = None
+    block: ast.Block | None = None
+    block_env: dict[str, Any] | None = None
+    times: int = 0  # > 0 for repeat
+    frozen: bool = False
+    lora: Lora | None = None
+    shared: str | None = None
+
+
+@dataclass
+class Scope:
+    prefix: str
+    consts: dict[str, Any]
+    values: dict[str, list[Ref]] = field(default_factory=dict)
+    decls: dict[str, Decl] = field(default_factory=dict)
+    anon: Counter = field(default_factory=Counter)
+    frozen: bool = False  # inherited from a frozen block instance
+    lora: Lora | None = None
+    shared: str | None = None  # prefix of the block instance this expansion ties to
+
+    def full(self, local: str) -> str:
+        return f"{self.prefix}.{local}" if self.prefix else local
+
+
+def to_plain(value: Any) -> Any:
+    """Spec lists become tuples, so parameter schemas can be strict and hashable."""
+    if isinstance(value, list):
+        return tuple(to_plain(v) for v in value)
+    return value
+
+
+def validate_params(schema, call: ast.Call, kwargs: list[ast.KwArg], env: dict[str, Any],
+                    what: str):
+    """Evaluate keyword arguments and validate them; every problem becomes a diagnostic."""
+    values: dict[str, Any] = {}
+    spans: dict[str, Span] = {}
+    problems: list[Diagnostic] = []
+    for kw in kwargs:
+        if kw.name.name in values:
+            problems.append(Diagnostic("E205", f"parameter '{kw.name.name}' is given twice",
+                                       kw.name.span))
+            continue
+        try:
+            values[kw.name.name] = to_plain(evaluate(kw.value, env, what="a parameter"))
+            spans[kw.name.name] = kw.value.span
+        except SpecError as exc:
+            problems.extend(exc.diagnostics)
+    if problems:
+        raise SpecError(problems)
+    try:
+        return schema.model_validate(values, strict=True)
+    except ValidationError as exc:
+        fields = list(schema.model_fields)
+        for err in exc.errors():
+            loc = [str(p) for p in err["loc"]]
+            pname = loc[0] if loc else None
+            if err["type"] == "extra_forbidden":
+                kw = next(k for k in kwargs if k.name.name == pname)
+                problems.append(Diagnostic(
+                    "E202", f"{what} has no parameter '{pname}'", kw.name.span,
+                    hint=did_you_mean(pname, fields) or
+                    (f"its parameters are: {', '.join(fields)}" if fields else
+                     f"{what} takes no parameters")))
+            elif err["type"] == "missing":
+                problems.append(Diagnostic("E204", f"{what} needs parameter '{pname}'",
+                                           call.span, hint=f"add {pname}=..."))
+            else:
+                msg = err["msg"].removeprefix("Value error, ")
+                msg = msg[0].lower() + msg[1:] if msg else msg
+                if pname in spans:
+                    where = ".".join([pname] + loc[1:])
+                    got = values[pname]
+                    problems.append(Diagnostic(
+                        "E203", f"{what} parameter '{where}': {msg} (got {_show(got)})",
+                        spans[pname], hint=_param_hint(schema, pname)))
+                else:
+                    problems.append(Diagnostic("E203", f"{what}: {msg}", call.span))
+        raise SpecError(problems) from None
+
+
+def _show(v: Any) -> str:
+    if isinstance(v, bool):
+        return str(v).lower()
+    if isinstance(v, str):
+        return f'"{v}"'
+    if isinstance(v, tuple):
+        return "[" + ", ".join(_show(x) for x in v) + "]"
+    return repr(v)
+
+
+def _param_hint(schema, name: str) -> str | None:
+    f = schema.model_fields.get(name)
+    if f is None:
+        return None
+    ann = str(f.annotation).replace("typing.", "")
+    return f"'{name}' takes {ann}"
+
+
+class Lowerer:
+    def __init__(self, c: Compilation):
+        self.c = c
+        self.sink = c.sink
+        self.g = Graph(c.model.name.name, c.model.span)
+        self.binding_groups = 0
+
+    # ---------------------------------------------------------------- bodies
+    def lower_model(self) -> Graph:
+        scope = Scope("", dict(self.c.consts))
+        self.g.consts = {k: v for k, v in self.c.consts.items()}
+        body = self.c.model.body
+        for stmt in body:
+            if isinstance(stmt, ast.Input):
+                self.lower_input(stmt, scope)
+        self.lower_body(body, scope)
+        self.g.meta["values"] = {k: v[0] for k, v in scope.values.items()}
+        self.g.meta["roles"] = {k: d.role for k, d in scope.decls.items()}
+        self.g.meta["frozen_decls"] = {k for k, d in scope.decls.items() if d.frozen}
+        for stmt in body:
+            if isinstance(stmt, ast.Output):
+                for item in stmt.items:
+                    self.lower_output(item, scope)
+            elif isinstance(stmt, ast.Loss):
+                self.lower_loss(stmt, scope)
+        self.g.meta["train_ast"] = next((s for s in body if isinstance(s, ast.Train)), None)
+        self.g.meta["export_ast"] = next((s for s in body if isinstance(s, ast.Export)), None)
+        return self.g
+
+    def lower_body(self, body, scope: Scope) -> None:
+        """Declarations, then value assignments in dependency order."""
+        for stmt in body:
+            if isinstance(stmt, ast.Instance):
+                try:
+                    self.declare(stmt, scope)
+                except SpecError as exc:
+                    self.sink.add(exc)
+        inputs = set(scope.values)
+        _, value_assigns = classify_assigns(body, inputs)
+        producers = {t.name: a for a in value_assigns for t in a.targets}
+        order = nx.DiGraph()
+        for i, a in enumerate(value_assigns):
+            order.add_node(i)
+            for e in walk(a.value):
+                if isinstance(e, ast.Name) and e.id in producers:
+                    order.add_edge(value_assigns.index(producers[e.id]), i)
+        for i in nx.lexicographical_topological_sort(order):
+            a = value_assigns[i]
+            try:
+                self.lower_assign(a, scope)
+            except SpecError as exc:
+                self.sink.add(exc)
+
+    def lower_input(self, stmt: ast.Input, scope: Scope) -> None:
+        t = self.eval_type(stmt.type, scope.consts)
+        node = self.g.add_node(Node(stmt.name.name, "input", [], stmt.span,
+                                    target=stmt.name.name, types={"out": t}))
+        self.g.inputs.append(node.name)
+        scope.values[stmt.name.name] = [Ref(node.name)]
+
+    def eval_type(self, t: ast.TypeExpr, env: dict[str, Any]) -> T.TensorType:
+        kind = T.KINDS[t.kind.name]
+        dims = tuple(evaluate_dim(d, env) for d in t.dims)
+        if kind.axes and kind.layout(len(dims)) is None:
+            raise error("E303", f"{t.kind.name} has {len(dims)} dims but must be "
+                                f"{kind.describe()}", t.span,
+                        hint=f"{t.kind.name} is {kind.doc}")
+        for i, d in enumerate(dims):
+            if d.is_number and d <= 0:
+                raise error("E304", f"dimension {T.format_dim(d)} must be positive",
+                            t.dims[i].span)
+        if kind.name == "Boxes" and not T.same_dim(dims[2], 4):
+            raise error("E303", "Boxes have 4 coordinates per box", t.dims[2].span)
+        dtype = next((tag.name for tag in t.tags if tag.name in T.DTYPES), None)
+        tags = [tag.name for tag in t.tags if tag.name not in T.DTYPES]
+        return T.make(kind.name, dims, dtype, tags or None)
+
+    # ---------------------------------------------------------------- declarations
+    def declare(self, stmt: ast.Instance, scope: Scope) -> None:
+        call, times = stmt.call, 0
+        if call.func.name == "repeat":
+            times_kw = next((k for k in call.kwargs if k.name.name == "times"), None)
+            extra = [k for k in call.kwargs if k.name.name != "times"] + list(call.args[1:])
+            if times_kw is None:
+                raise error("E207", "repeat needs times=N", call.span,
+                            hint="e.g. repeat(transformer_layer(heads=8), times=12)")
+            if extra:
+                raise error("E207", "repeat takes one layer and times=N", extra[0].span)
+            times = evaluate(times_kw.value, scope.consts, what="times")
+            if not isinstance(times, int) or isinstance(times, bool) or times < 1:
+                raise error("E207", f"times must be a positive integer, got {_show(times)}",
+                            times_kw.value.span)
+            call = call.args[0]
+        decl = Decl(scope.full(stmt.name.name), stmt.role, stmt.span, times=times,
+                    frozen=scope.frozen, lora=scope.lora)
+        self.apply_modifiers(decl, stmt.modifiers, scope)
+        name = call.func.name
+        if name in self.c.program.blocks:
+            block = self.c.program.blocks[name]
+            decl.block = block
+            decl.block_env = self.block_env(block, call, scope)
+        else:
+            comp = registry.get(name)
+            decl.component = comp
+            decl.params = validate_params(comp.Params, call, list(call.kwargs), scope.consts,
+                                          f"{name}")
+            if not times:
+                self.make_instance(decl, decl.name, stmt.span, anonymous=False)
+        scope.decls[stmt.name.name] = decl
+
+    def apply_modifiers(self, decl: Decl, mods, scope: Scope) -> None:
+        seen = set()
+        for m in mods:
+            if m.kind in seen:
+                raise error("E206", f"'{m.kind}' is given twice", m.span)
+            seen.add(m.kind)
+            if m.kind == "frozen":
+                decl.frozen = True
+            elif m.kind == "lora":
+                if m.args:
+                    raise error("E206", "lora takes its settings by name", m.args[0].span,
+                                hint="e.g. lora(r=8, alpha=16)")
+                decl.lora = self.lora(m, scope)
+            elif m.kind == "shared":
+                if m.target.name not in scope.decls:
+                    raise error("E206", f"shared({m.target.name}): no layer '{m.target.name}' "
+                                        "is declared before this one", m.target.span,
+                                hint=did_you_mean(m.target.name, scope.decls) or
+                                "declare the layer to share first")
+                decl.shared = scope.decls[m.target.name].name
+
+    def lora(self, m: ast.Modifier, scope: Scope) -> Lora:
+        from mmgraph.components.registry import Params
+        from mmgraph.components.common import PosInt
+
+        class LoraParams(Params):
+            r: PosInt = 8
+            alpha: float = 16.0
+            targets: tuple[str, ...] = ("q", "k", "v", "o")
+            dropout: float = 0.0
+
+        call = ast.Call(ast.Ident("lora", m.span), (), m.kwargs, m.span)
+        p = validate_params(LoraParams, call, list(m.kwargs), scope.consts, "lora")
+        if p.alpha <= 0:
+            raise error("E206", "lora alpha must be positive", m.span)
+        return Lora(p.r, p.alpha, p.targets, p.dropout)
+
+    def block_env(self, block: ast.Block, call: ast.Call, scope: Scope) -> dict[str, Any]:
+        """The block's parameters bound from a call: defaults first, then the given values."""
+        params = {p.name.name: p for p in block.params}
+        given: dict[str, Any] = {}
+        problems = []
+        for kw in call.kwargs:
+            if kw.name.name not in params:
+                problems.append(Diagnostic(
+                    "E202", f"block '{block.name.name}' has no parameter '{kw.name.name}'",
+                    kw.name.span, hint=did_you_mean(kw.name.name, params) or
+                    f"its parameters are: {', '.join(params) or 'none'}"))
+                continue
+            try:
+                given[kw.name.name] = evaluate(kw.value, scope.consts, what="a parameter")
+            except SpecError as exc:
+                problems.extend(exc.diagnostics)
+        for p in params.values():
+            if p.name.name not in given and p.default is None:
+                problems.append(Diagnostic("E204", f"block '{block.name.name}' needs parameter "
+                                                   f"'{p.name.name}'", call.span,
+                                           hint=f"add {p.name.name}=..."))
+        if problems:
+            raise SpecError(problems)
+        env = {k: v for k, v in self.c.consts.items()}
+        defaults = {n: (p.name, p.default) for n, p in params.items() if n not in given}
+        env.update(given)
+        env = evaluate_all(defaults, env, {}, self.sink)
+        # the block's own constant assignments
+        consts, _ = classify_assigns(block.body, {s.name.name for s in block.body
+                                                  if isinstance(s, ast.Input)})
+        env = evaluate_all({a.targets[0].name: (a.targets[0], a.value) for a in consts},
+                           env, {}, self.sink)
+        return env
+
+    def make_instance(self, decl: Decl, name: str, span: Span, anonymous: bool,
+                      component: Component | None = None, params=None,
+                      shared: str | None = None) -> Instance:
+        if name in self.g.instances:
+            return self.g.instances[name]
+        comp = component or decl.component
+        role = decl.role if not anonymous else ("op" if not comp.has_weights else
+                                                comp.category if comp.category != "op"
+                                                else "layer")
+        if comp.category == "loss":
+            role = "loss"
+        inst = Instance(name, role, comp.name, params if params is not None else decl.params,
+                        span, frozen=decl.frozen, lora=decl.lora if comp.has_weights else None,
+                        shared=shared if shared is not None else decl.shared,
+                        anonymous=anonymous)
+        return self.g.add_instance(inst)
+
+    # ---------------------------------------------------------------- values
+    def lower_assign(self, a: ast.Assign, scope: Scope) -> None:
+        before = set(self.g.nodes)
+        refs = self.value(a.value, scope)
+        if len(a.targets) > 1:
+            if len(refs) != len(a.targets):
+                raise error("E205", f"{len(a.targets)} names on the left but the right side "
+                                    f"gives {len(refs)} value(s)", a.span)
+            for t, r in zip(a.targets, refs):
+                scope.values[t.name] = [r]
+            return
+        target = a.targets[0].name
+        ref = refs[0]
+        if ref.node not in before and ref.port == "out" and ref.node in self.g.nodes:
+            new = self.fresh(scope.full(target))
+            self.rename(ref.node, new)
+            refs = [Ref(new, r.port) if r.node == ref.node else r for r in refs]
+        scope.values[target] = refs
+
+    def rename(self, old: str, new: str) -> None:
+        node = self.g.nodes.pop(old)
+        node.name = new
+        self.g.nodes[new] = node
+
+    def fresh(self, base: str) -> str:
+        if base not in self.g.nodes:
+            return base
+        i = 1
+        while f"{base}_{i}" in self.g.nodes:
+            i += 1
+        return f"{base}_{i}"
+
+    def lower_output(self, item: ast.OutputItem, scope: Scope) -> None:
+        if item.alias is None and not isinstance(item.value, ast.Name):
+            raise_into = Diagnostic("E406", "this output needs a name", item.span,
+                                    hint="write `output EXPR as NAME`")
+            self.sink.add(raise_into)
+            return
+        name = item.alias.name if item.alias else item.value.id
+        if name in self.g.outputs:
+            self.sink.add(Diagnostic("E406", f"output '{name}' is given twice", item.span))
+            return
+        try:
+            refs = self.value(item.value, scope)
+        except SpecError as exc:
+            self.sink.add(exc)
+            return
+        self.g.outputs[name] = refs[0]
+        self.g.output_spans[name] = item.span
+
+    def lower_loss(self, stmt: ast.Loss, scope: Scope) -> None:
+        expr, weight = stmt.value, 1.0
+        if isinstance(expr, ast.BinOp) and expr.op == "*":
+            for const_side, value_side in ((expr.left, expr.right), (expr.right, expr.left)):
+                if not any(isinstance(e, (ast.Call, ast.Index, ast.Attr)) or
+                           (isinstance(e, ast.Name) and e.id in scope.values)
+                           for e in walk(const_side)):
+                    try:
+                        weight = evaluate(const_side, scope.consts, what="a loss weight")
+                    except SpecError as exc:
+                        self.sink.add(exc)
+                        return
+                    expr = value_side
+                    break
+        if isinstance(weight, bool) or not isinstance(weight, (int, float)) or weight < 0:
+            self.sink.add(Diagnostic("E404", f"loss weight must be a non-negative number, got "
+                                             f"{_show(weight)}", stmt.value.span))
+            return
+        try:
+            before = set(self.g.nodes)
+            if isinstance(expr, ast.Call) and expr.func.name not in scope.decls:
+                refs = self.call(expr, scope, name_hint=stmt.name.name)
+            else:
+                refs = self.value(expr, scope)
+        except SpecError as exc:
+            self.sink.add(exc)
+            return
+        if refs[0].node not in before and refs[0].node != stmt.name.name:
+            new = self.fresh(stmt.name.name)
+            self.rename(refs[0].node, new)
+            refs = [Ref(new, r.port) for r in refs]
+        self.g.losses[stmt.name.name] = LossTerm(stmt.name.name, refs[0], float(weight),
+                                                 stmt.span)
+
+    def value(self, e: ast.Expr, scope: Scope) -> list[Ref]:
+        """Lower an expression that must be a graph value; returns its output refs."""
+        out = self.expr(e, scope)
+        if not isinstance(out, list):
+            raise error("E302", f"expected a graph value here, but this is the constant "
+                                f"{_show(to_plain(out))}", e.span)
+        return out
+
+    def expr(self, e: ast.Expr, scope: Scope):
+        """A list of refs for a graph value, or a Python value for a constant."""
+        if isinstance(e, ast.Name):
+            if e.id in scope.values:
+                return scope.values[e.id]
+            return evaluate(e, scope.consts)
+        if isinstance(e, (ast.Num, ast.Str, ast.ListExpr)):
+            return evaluate(e, scope.consts)
+        if isinstance(e, ast.Call):
+            return self.call(e, scope)
+        if isinstance(e, ast.BinOp):
+            return self.binop(e, scope)
+        if isinstance(e, ast.Neg):
+            v = self.expr(e.operand, scope)
+            if not isinstance(v, list):
+                return evaluate(e, scope.consts)
+            return [self.node(scope, "mul", [("x", v[0])], e.span, attrs={"scalar": -1})]
+        if isinstance(e, ast.Index):
+            return self.index(e, scope)
+        if isinstance(e, ast.Attr):
+            v = self.value(e.value, scope)
+            return [Ref(v[0].node, e.attr.name)] if v[0].port == "out" else self._attr_err(e)
+        raise error("E306", "unsupported expression", e.span)
+
+    def _attr_err(self, e: ast.Attr):
+        raise error("E302", f"'.{e.attr.name}' must follow a layer's main output", e.span)
+
+    def node(self, scope: Scope, op: str, inputs, span: Span, target=None, attrs=None,
+             base: str | None = None, meta=None, full_name: str | None = None) -> Ref:
+        """Add a node named after `base` in the scope (or exactly `full_name`, made unique)."""
+        name = self.fresh(full_name or scope.full(base or op))
+        self.g.add_node(Node(name, op, list(inputs), span, target=target, attrs=attrs or {},
+                             meta=meta or {}))
+        return Ref(name)
+
+    def binop(self, e: ast.BinOp, scope: Scope):
+        a, b = self.expr(e.left, scope), self.expr(e.right, scope)
+        if not isinstance(a, list) and not isinstance(b, list):
+            return evaluate(e, scope.consts)
+        ops = {"+": "add", "-": "sub", "*": "mul", "/": "div"}
+        if e.op not in ops:
+            raise error("E302", f"'{e.op}' is not defined on graph values", e.span,
+                        hint="values support + - * / (elementwise, or with a constant)")
+        if isinstance(a, list) and isinstance(b, list):
+            return [self.node(scope, ops[e.op], [("a", a[0]), ("b", b[0])], e.span)]
+        value, const = (a, b) if isinstance(a, list) else (b, a)
+        if isinstance(const, bool) or not isinstance(const, (int, float)):
+            raise error("E302", f"cannot combine a graph value with {_show(to_plain(const))}",
+                        e.span)
+        if e.op in ("-", "/") and not isinstance(a, list):
+            raise error("E302", f"'constant {e.op} value' is not supported", e.span,
+                        hint="write the value first, e.g. x * 0.5")
+        return [self.node(scope, ops[e.op], [("x", value[0])], e.span,
+                          attrs={"scalar": const})]
+
+    def index(self, e: ast.Index, scope: Scope):
+        v = self.value(e.value, scope)
+        if isinstance(e.index, ast.Slice):
+            start = None if e.index.start is None else \
+                evaluate(e.index.start, scope.consts, what="a slice bound")
+            stop = None if e.index.stop is None else \
+                evaluate(e.index.stop, scope.consts, what="a slice bound")
+            for bound in (start, stop):
+                if bound is not None and (isinstance(bound, bool) or not isinstance(bound, int)):
+                    raise error("E305", f"slice bounds must be integers, got {_show(bound)}",
+                                e.index.span)
+            return [self.node(scope, "slice", [("x", v[0])], e.span,
+                              attrs={"start": start, "stop": stop})]
+        i = evaluate(e.index, scope.consts, what="an index")
+        if isinstance(i, bool) or not isinstance(i, int):
+            raise error("E305", f"an index must be an integer, got {_show(i)}", e.index.span)
+        return [self.node(scope, "select", [("x", v[0])], e.span, attrs={"index": i})]
+
+    # ---------------------------------------------------------------- calls
+    def call(self, e: ast.Call, scope: Scope, name_hint: str | None = None):
+        """A call of a declared layer, a block or a component (the last two inline)."""
+        name = e.func.name
+        if name in scope.decls:
+            return self.call_decl(scope.decls[name], e, scope)
+        if name in CONST_FUNCTIONS:
+            return evaluate(e, scope.consts)
+        if name in self.c.program.blocks:
+            block = self.c.program.blocks[name]
+            inputs = self.block_inputs(block)
+            kw = [k for k in e.kwargs if k.name.name not in inputs]
+            env = self.block_env(block, ast.Call(e.func, (), tuple(kw), e.span), scope)
+            decl = Decl(self.anon_name(scope, name), "layer", e.span, block=block,
+                        block_env=env, frozen=scope.frozen, lora=scope.lora)
+            inputs_call = ast.Call(e.func, e.args,
+                                   tuple(k for k in e.kwargs if k.name.name in inputs), e.span)
+            return self.call_decl(decl, inputs_call, scope)
+        comp = registry.get(name)
+        ports = {p.name for p in comp.inputs}
+        params_kw = [k for k in e.kwargs if k.name.name not in ports]
+        p = validate_params(comp.Params, e, params_kw, scope.consts, name)
+        inst_name = self.anon_name(scope, name_hint or name)
+        shared = f"{scope.shared}.{inst_name[len(scope.prefix) + 1:]}" if scope.shared else None
+        decl = Decl(inst_name, "layer", e.span, component=comp, params=p, frozen=scope.frozen,
+                    lora=scope.lora)
+        self.make_instance(decl, inst_name, e.span, anonymous=True, shared=shared)
+        inputs_call = ast.Call(e.func, e.args,
+                               tuple(k for k in e.kwargs if k.name.name in ports), e.span)
+        return self.call_component(decl, inst_name, inputs_call, scope)
+
+    def anon_name(self, scope: Scope, base: str) -> str:
+        k = scope.anon[base]
+        scope.anon[base] += 1
+        return scope.full(base if k == 0 else f"{base}_{k}")
+
+    @staticmethod
+    def block_inputs(block: ast.Block) -> list[str]:
+        return [s.name.name for s in block.body if isinstance(s, ast.Input)]
+
+    def args(self, e: ast.Call, scope: Scope):
+        pos = []
+        for a in e.args:
+            v = self.expr(a, scope)
+            if not isinstance(v, list):
+                raise error("E205", f"{e.func.name}: a constant cannot be an input "
+                                    f"({_show(to_plain(v))})", a.span,
+                            hint="inputs are graph values; parameters are given by name")
+            pos.append((v[0], a.span))
+        kw = {}
+        for k in e.kwargs:
+            v = self.expr(k.value, scope)
+            if not isinstance(v, list):
+                raise error("E205", f"{e.func.name}: '{k.name.name}' is a parameter; set it "
+                                    "where the layer is declared", k.span)
+            kw[k.name.name] = (v[0], k.value.span, k.name.span)
+        return pos, kw
+
+    def bind(self, ports: list[tuple[str, bool, bool]], e: ast.Call, scope: Scope,
+             what: str):
+        """Match call arguments to input ports: [(port, ref, span)]."""
+        pos, kw = self.args(e, scope)
+        bound: list[tuple[str, Ref, Span]] = []
+        names = [p for p, _, _ in ports]
+        variadic = next((p for p, _, v in ports if v), None)
+        fixed = [p for p, _, v in ports if not v]
+        for i, (ref, span) in enumerate(pos):
+            if variadic and i >= len(fixed):
+                bound.append((f"{variadic}{i - len(fixed)}", ref, span))
+            elif i < len(fixed):
+                bound.append((fixed[i], ref, span))
+            else:
+                raise error("E205", f"{what} takes {len(fixed)} input(s) "
+                                    f"({', '.join(fixed)}) but is given {len(pos)}", span)
+        given = {b[0] for b in bound}
+        for port, (ref, span, name_span) in kw.items():
+            if port not in names:
+                raise error("E205", f"{what} has no input '{port}'", name_span,
+                            hint=did_you_mean(port, names) or
+                            f"its inputs are: {', '.join(names)}")
+            if port in given:
+                raise error("E205", f"input '{port}' of {what} is given twice", name_span)
+            bound.append((port, ref, span))
+            given.add(port)
+        missing = [p for p, opt, var in ports if not opt and not var and p not in given]
+        if missing:
+            raise error("E205", f"{what} needs input '{missing[0]}'", e.span,
+                        hint=f"its inputs are: {', '.join(names)}")
+        order = {p: i for i, p in enumerate(names)}
+        bound.sort(key=lambda b: (order.get(b[0].rstrip("0123456789"), len(order)),
+                                  int(b[0][len(variadic):]) if variadic and
+                                  b[0].startswith(variadic) and b[0][len(variadic):].isdigit()
+                                  else 0))
+        return bound
+
+    def call_component(self, decl: Decl, inst_name: str, e: ast.Call, scope: Scope,
+                       args=None) -> list[Ref]:
+        comp = decl.component
+        ports = [(p.name, p.optional, p.variadic) for p in comp.inputs]
+        if args is None:
+            bound = self.bind(ports, e, scope, f"'{e.func.name}'")
+        else:
+            bound = args
+        ref = self.node(scope, "call", [(p, r) for p, r, _ in bound], e.span, target=inst_name,
+                        full_name=inst_name, meta={"arg_spans": {p: s for p, _, s in bound}})
+        return [Ref(ref.node, port) for port in comp.outputs(self.g.instances[inst_name].params)]
+
+    def call_decl(self, decl: Decl, e: ast.Call, scope: Scope) -> list[Ref]:
+        if decl.block is None and not decl.times:
+            return self.call_component(decl, decl.name, e, scope)
+        if decl.block is not None:
+            ports = [(s.name.name, False, False) for s in decl.block.body
+                     if isinstance(s, ast.Input)]
+        else:
+            ports = [(p.name, p.optional, p.variadic) for p in decl.component.inputs]
+        bound = self.bind(ports, e, scope, f"'{e.func.name}'")
+        if not decl.times:
+            return self.expand(decl, decl.name, bound, e)
+        current = bound
+        outs: list[Ref] = []
+        for i in range(decl.times):
+            prefix = f"{decl.name}.{i}"
+            if decl.block is not None:
+                outs = self.expand(decl, prefix, current, e)
+            else:
+                shared = f"{decl.shared}.{i}" if decl.shared else None
+                self.make_instance(decl, prefix, decl.span, anonymous=False, shared=shared)
+                outs = self.call_component(decl, prefix, e, scope, args=current)
+            # thread the first len(outs) inputs through the next repetition
+            threaded = [(port, ref, span) for (port, _, span), ref
+                        in zip(current, outs[:1] if decl.block is None else outs)]
+            current = threaded + current[len(threaded):]
+        return outs
+
+    def expand(self, decl: Decl, prefix: str, bound, e: ast.Call) -> list[Ref]:
+        """Inline one copy of a block under `prefix`, its inputs bound to `bound`."""
+        block = decl.block
+        self.binding_groups += 1
+        inner = Scope(prefix, dict(decl.block_env), frozen=decl.frozen, lora=decl.lora,
+                      shared=(decl.shared + prefix[len(decl.name):]) if decl.shared else None)
+        by_port = {p: (r, s) for p, r, s in bound}
+        for stmt in block.body:
+            if isinstance(stmt, ast.Input):
+                ref, span = by_port[stmt.name.name]
+                declared = self.eval_type(stmt.type, inner.consts)
+                node = self.node(inner, "bind", [("x", ref)], stmt.span, base=stmt.name.name,
+                                 attrs={"expect": declared},
+                                 meta={"group": self.binding_groups, "arg_span": span,
+                                       "block": block.name.name})
+                inner.values[stmt.name.name] = [node]
+        self.lower_body(block.body, inner)
+        outs: list[Ref] = []
+        for stmt in block.body:
+            if isinstance(stmt, ast.Output):
+                for item in stmt.items:
+                    outs.extend(self.value(item.value, inner)[:1])
+        for inst in self.g.instances.values():
+            if inst.name.startswith(prefix + ".") and inst.block is None:
+                inst.block = block.name.name
+        if not outs:
+            raise error("E403", f"block '{block.name.name}' has no output", block.span)
+        return outs
+
+
+def run(c: Compilation) -> None:
+    c.graph = Lowerer(c).lower_model()

@@ -1,0 +1,201 @@
+"""Pass `infer`: the type and shape of every value, in dependency order.
+
+Each `call` runs its component's type rule; arithmetic, slicing and block-input binding have
+their rules here. A failed node reports once; the values depending on it are skipped rather
+than reported again, so one mistake gives one diagnostic.
+"""
+
+from __future__ import annotations
+
+import sympy
+
+from mmgraph.components import registry
+from mmgraph.components.common import tags_of
+from mmgraph.components.registry import RuleContext, TypeRuleError
+from mmgraph.ir import types as T
+from mmgraph.ir.graph import Graph, Node
+from mmgraph.ir.passes.base import Compilation
+from mmgraph.lang.diagnostics import Diagnostic, Note, SpecError, did_you_mean, error
+
+
+def run(c: Compilation) -> None:
+    g = c.graph
+    failed: set[str] = set()
+    bindings: dict[int, dict[sympy.Symbol, sympy.Expr]] = {}
+    for name in g.toposort():
+        node = g.nodes[name]
+        if node.op == "input":
+            continue
+        deps = [r.node for r in node.refs()]
+        if any(d in failed for d in deps):
+            failed.add(name)
+            continue
+        try:
+            check_ports(g, node)
+            node.types = infer_node(g, node, bindings)
+        except SpecError as exc:
+            c.sink.add(exc)
+            failed.add(name)
+    for out_name, ref in g.outputs.items():
+        if ref.node not in failed and ref.port not in g.nodes[ref.node].types:
+            c.sink.add(_no_port(g, ref, g.output_spans[out_name]))
+    for term in g.losses.values():
+        if term.value.node not in failed and term.value.port not in g.nodes[term.value.node].types:
+            c.sink.add(_no_port(g, term.value, term.span))
+    g.meta["failed"] = failed
+
+
+def _no_port(g: Graph, ref, span) -> Diagnostic:
+    node = g.nodes[ref.node]
+    ports = list(node.types)
+    return Diagnostic("E302", f"{ref.node} has no output '{ref.port}'", span,
+                      hint=did_you_mean(ref.port, ports) or f"its outputs are: {', '.join(ports)}")
+
+
+def check_ports(g: Graph, node: Node) -> None:
+    """A `.port` reference must name an output of the node it points at."""
+    for port, ref in node.inputs:
+        src = g.nodes[ref.node]
+        if ref.port not in src.types:
+            span = node.meta.get("arg_spans", {}).get(port, node.span)
+            raise SpecError([_no_port(g, ref, span)])
+
+
+def infer_node(g: Graph, node: Node, bindings) -> dict[str, T.TensorType]:
+    args = {port: g.type_of(ref) for port, ref in node.inputs}
+    if node.op == "call":
+        return infer_call(g, node, args)
+    if node.op == "bind":
+        return {"out": infer_bind(g, node, args["x"], bindings)}
+    if node.op in ("add", "sub", "mul", "div"):
+        return {"out": infer_arith(g, node, args)}
+    if node.op in ("slice", "select"):
+        return {"out": infer_index(g, node, args["x"])}
+    raise error("E901", f"unknown node op '{node.op}'", node.span)
+
+
+def infer_call(g: Graph, node: Node, args) -> dict[str, T.TensorType]:
+    inst = g.instances[node.target]
+    comp = registry.get(inst.component)
+    x: dict = {}
+    sources: dict[str, str] = {}
+    variadic = next((p.name for p in comp.inputs if p.variadic), None)
+    for port, ref in node.inputs:
+        sources[port] = ref.node if ref.port == "out" else f"{ref.node}.{ref.port}"
+        if variadic and port.startswith(variadic) and port[len(variadic):].isdigit():
+            x.setdefault(variadic, []).append(args[port])
+        else:
+            x[port] = args[port]
+    if variadic:
+        x.setdefault(variadic, [])
+    ctx = RuleContext(inst.name, sources)
+    try:
+        out = comp.infer(inst.params, x, ctx)
+    except TypeRuleError as exc:
+        spans = node.meta.get("arg_spans", {})
+        span = spans.get(exc.port) or spans.get(f"{exc.port}0") or node.span
+        raise SpecError([Diagnostic(exc.code, exc.message, span, hint=exc.hint)]) from None
+    if isinstance(out, T.TensorType):
+        out = {"out": out}
+    expected = comp.outputs(inst.params)
+    if tuple(out) != tuple(expected):
+        raise error("E901", f"type rule of '{comp.name}' returned ports {list(out)} but declares "
+                            f"{list(expected)}", node.span)
+    return out
+
+
+def infer_bind(g: Graph, node: Node, actual: T.TensorType, bindings) -> T.TensorType:
+    """A block input: the argument must fit the declared type; free symbols bind per call."""
+    declared: T.TensorType = node.attrs["expect"]
+    env = bindings.setdefault(node.meta["group"], {})
+    block = node.meta["block"]
+    arg_span = node.meta["arg_span"]
+    where = (Note(node.span, f"block '{block}' declares this input"),)
+
+    def fail(message):
+        raise SpecError([Diagnostic("E301", message, arg_span, notes=where)])
+
+    if declared.kind != "Tensor" and actual.kind != declared.kind:
+        fail(f"block '{block}' input '{node.name.rsplit('.', 1)[-1]}' expects {declared} but "
+             f"gets {actual}")
+    if actual.rank != declared.rank:
+        fail(f"block '{block}' input expects rank {declared.rank} ({declared}) but gets {actual}")
+    for axis, (want, got) in enumerate(zip(declared.dims, actual.dims)):
+        want = want.subs(env)
+        free = [s for s in want.free_symbols if s not in env]
+        if len(free) == 1 and want == free[0]:
+            env[free[0]] = got
+            continue
+        if not free and T.differ(want, got):
+            fail(f"block '{block}' input '{node.name.rsplit('.', 1)[-1]}' expects "
+                 f"{declared.axes[axis]} = {T.format_dim(want)} but gets {actual}")
+    if declared.dtype != actual.dtype and declared.dtype != T.KINDS[declared.kind].dtype:
+        raise SpecError([Diagnostic("E307", f"block '{block}' input expects dtype "
+                                            f"{declared.dtype} but gets {actual}", arg_span,
+                                    notes=where)])
+    return actual
+
+
+def infer_arith(g: Graph, node: Node, args) -> T.TensorType:
+    symbol = {"add": "+", "sub": "-", "mul": "*", "div": "/"}[node.op]
+    if "x" in args:  # value with a constant
+        t = args["x"]
+        if t.dtype not in T.FLOAT_DTYPES:
+            raise error("E307", f"'{symbol}' with a constant needs a floating-point value, but "
+                                f"{node.inputs[0][1].node} is {t}", node.span)
+        return t
+    a, b = args["a"], args["b"]
+    na, nb = node.inputs[0][1].node, node.inputs[1][1].node
+    if a.kind != b.kind and "Tensor" not in (a.kind, b.kind):
+        raise error("E302", f"cannot {node.op} {a} ({na}) and {b} ({nb}): different kinds",
+                    node.span)
+    if a.rank != b.rank:
+        raise error("E301", f"cannot {node.op} {a} ({na}) and {b} ({nb}): different ranks",
+                    node.span)
+    for axis, (da, db) in enumerate(zip(a.dims, b.dims)):
+        if T.differ(da, db):
+            raise error("E301", f"cannot {node.op} {na} and {nb}: {a.axes[axis]} is "
+                                f"{T.format_dim(da)} in {a} but {T.format_dim(db)} in {b}",
+                        node.span, hint="elementwise arithmetic needs equal shapes")
+    if a.dtype != b.dtype:
+        raise error("E307", f"cannot {node.op} {a} and {b}: dtypes differ", node.span)
+    return a.with_(tags=tags_of(a, b))
+
+
+_INDEXABLE = {"Seq": "Vec", "Tokens": "Labels", "Mask": None, "Logits": "Logits"}
+
+
+def infer_index(g: Graph, node: Node, t: T.TensorType) -> T.TensorType:
+    src = node.inputs[0][1].node
+    if t.kind not in _INDEXABLE or t.rank < 2 or (t.kind == "Logits" and t.rank != 3):
+        raise error("E305", f"only sequences can be sliced or indexed (on the token axis), but "
+                            f"{src} is {t}", node.span)
+    n = t.dims[1]
+    if node.op == "select":
+        i = node.attrs["index"]
+        if n.is_Integer and not -int(n) <= i < int(n):
+            raise error("E305", f"index {i} is out of range for {t} ({src})", node.span)
+        kind = _INDEXABLE[t.kind]
+        if kind is None:
+            raise error("E305", f"a Mask cannot be indexed to one position ({src})", node.span)
+        return T.make(kind, (t.dims[0],) + t.dims[2:], t.dtype, t.tags)
+    start, stop = node.attrs["start"], node.attrs["stop"]
+
+    def resolve(bound, default):
+        if bound is None:
+            return default
+        return n + bound if bound < 0 else sympy.Integer(bound)
+
+    lo, hi = resolve(start, sympy.Integer(0)), resolve(stop, n)
+    if n.is_Integer:
+        lo, hi = min(max(lo, 0), n), min(max(hi, 0), n)
+    length = sympy.expand(hi - lo)
+    if length.is_number and length <= 0:
+        raise error("E305", f"slice [{_b(start)}:{_b(stop)}] of {t} ({src}) is empty", node.span)
+    if not n.is_Integer and (start or 0) >= 0 and stop is not None and stop > 0:
+        length = sympy.Integer(stop - (start or 0))  # bounded by the caller's promise
+    return t.with_(dims=(t.dims[0], length) + t.dims[2:])
+
+
+def _b(x):
+    return "" if x is None else str(x)

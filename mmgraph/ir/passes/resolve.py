@@ -1,0 +1,255 @@
+"""Pass `resolve`: every name in the model (and in every block) refers to something.
+
+Reports unknown names and components with 'did you mean', duplicate definitions, statements
+in the wrong place, and cycles between values (with the cycle's path). It also decides which
+`x = ...` lines are constants: those whose right side uses no graph value.
+"""
+
+from __future__ import annotations
+
+from typing import Iterator
+
+import networkx as nx
+
+from mmgraph.components import registry
+from mmgraph.ir import types as T
+from mmgraph.ir.consts import BUILTIN_CONSTS, CONST_FUNCTIONS
+from mmgraph.ir.passes.base import Compilation
+from mmgraph.lang import ast
+from mmgraph.lang.diagnostics import Diagnostic, DiagnosticSink, Note, did_you_mean
+
+
+def walk(expr) -> Iterator:
+    """Every sub-expression of `expr`, itself included."""
+    yield expr
+    if isinstance(expr, ast.BinOp):
+        yield from walk(expr.left)
+        yield from walk(expr.right)
+    elif isinstance(expr, ast.Neg):
+        yield from walk(expr.operand)
+    elif isinstance(expr, ast.ListExpr):
+        for i in expr.items:
+            yield from walk(i)
+    elif isinstance(expr, ast.Call):
+        for a in expr.args:
+            yield from walk(a)
+        for k in expr.kwargs:
+            yield from walk(k.value)
+    elif isinstance(expr, ast.Index):
+        yield from walk(expr.value)
+        if isinstance(expr.index, ast.Slice):
+            for part in (expr.index.start, expr.index.stop):
+                if part is not None:
+                    yield from walk(part)
+        else:
+            yield from walk(expr.index)
+    elif isinstance(expr, ast.Attr):
+        yield from walk(expr.value)
+
+
+def uses_values(expr, values: set[str]) -> bool:
+    """True when `expr` computes on the graph (calls a non-constant function or names a value)."""
+    for e in walk(expr):
+        if isinstance(e, ast.Call) and e.func.name not in CONST_FUNCTIONS:
+            return True
+        if isinstance(e, (ast.Index, ast.Attr)):
+            return True
+        if isinstance(e, ast.Name) and e.id in values:
+            return True
+    return False
+
+
+def classify_assigns(body, seed_values: set[str]) -> tuple[list[ast.Assign], list[ast.Assign]]:
+    """Split a body's assignments into (constants, values), by a fixpoint over names."""
+    assigns = [s for s in body if isinstance(s, ast.Assign)]
+    values = set(seed_values)
+    value_assigns: set[int] = set()
+    changed = True
+    while changed:
+        changed = False
+        for i, a in enumerate(assigns):
+            if i not in value_assigns and (len(a.targets) > 1 or uses_values(a.value, values)):
+                value_assigns.add(i)
+                values.update(t.name for t in a.targets)
+                changed = True
+    consts = [a for i, a in enumerate(assigns) if i not in value_assigns]
+    vals = [a for i, a in enumerate(assigns) if i in value_assigns]
+    return consts, vals
+
+
+class BodyChecker:
+    """Checks one model or block body against the names it can see."""
+
+    def __init__(self, c: Compilation, sink: DiagnosticSink, owner: str, is_block: bool,
+                 params: tuple[ast.BlockParam, ...] = ()):
+        self.c, self.sink, self.owner, self.is_block = c, sink, owner, is_block
+        self.params = {p.name.name: p.name for p in params}
+        self.defined: dict[str, ast.Ident] = dict(self.params)
+        self.kind: dict[str, str] = {name: "constant" for name in self.params}
+
+    def define(self, ident: ast.Ident, kind: str) -> None:
+        if ident.name in self.defined:
+            first = self.defined[ident.name]
+            self.sink.add(Diagnostic(
+                "E102", f"'{ident.name}' is already defined in {self.owner}", ident.span,
+                notes=(Note(first.span, "first defined here"),), hint="choose another name"))
+            return
+        self.defined[ident.name] = ident
+        self.kind[ident.name] = kind
+
+    def check(self, body) -> set[str]:
+        for stmt in body:
+            if isinstance(stmt, ast.Input):
+                self.define(stmt.name, "input")
+                self.check_type(stmt.type)
+            elif isinstance(stmt, ast.Instance):
+                self.define(stmt.name, "instance")
+            elif isinstance(stmt, ast.Loss):
+                if self.is_block:
+                    self.misplaced(stmt, "loss")
+                self.define(stmt.name, "loss")
+            elif isinstance(stmt, (ast.Train, ast.Export)) and self.is_block:
+                self.misplaced(stmt, "train" if isinstance(stmt, ast.Train) else "export")
+        inputs = {n for n, k in self.kind.items() if k == "input"}
+        const_assigns, value_assigns = classify_assigns(body, inputs)
+        for a in const_assigns:
+            self.define(a.targets[0], "constant")
+        for a in value_assigns:
+            for t in a.targets:
+                self.define(t, "value")
+        self.check_cycles(value_assigns)
+
+        for stmt in body:
+            if isinstance(stmt, ast.Instance):
+                self.check_declaration(stmt)
+            elif isinstance(stmt, ast.Assign):
+                self.check_expr(stmt.value, const_only=stmt in const_assigns)
+            elif isinstance(stmt, ast.Output):
+                for item in stmt.items:
+                    self.check_expr(item.value)
+            elif isinstance(stmt, ast.Loss):
+                self.check_expr(stmt.value)
+        if not any(isinstance(s, ast.Output) for s in body) and self.is_block:
+            self.sink.add(Diagnostic("E403", f"{self.owner} has no output", None
+                                     if not body else body[0].span,
+                                     hint="end the block with `output VALUE`"))
+        return {a.targets[0].name for a in const_assigns}
+
+    def misplaced(self, stmt, what: str) -> None:
+        self.sink.add(Diagnostic("E006", f"a block cannot contain `{what}`", stmt.span,
+                                 hint=f"put `{what}` in the model that uses the block"))
+
+    def check_type(self, t: ast.TypeExpr) -> None:
+        if t.kind.name not in T.KINDS:
+            self.sink.add(Diagnostic("E303", f"unknown type '{t.kind.name}'", t.kind.span,
+                                     hint=did_you_mean(t.kind.name, T.KINDS) or
+                                     "types are " + ", ".join(T.KINDS)))
+        dtypes = [tag for tag in t.tags if tag.name in T.DTYPES]
+        if len(dtypes) > 1:
+            self.sink.add(Diagnostic("E303", "a type has one dtype", dtypes[1].span))
+
+    def callables(self) -> list[str]:
+        return (registry.names() + list(self.c.program.blocks) + list(CONST_FUNCTIONS) +
+                [n for n, k in self.kind.items() if k == "instance"])
+
+    def check_declaration(self, stmt: ast.Instance) -> None:
+        call = stmt.call
+        if call.func.name == "repeat":
+            if not call.args or not isinstance(call.args[0], ast.Call):
+                self.sink.add(Diagnostic("E207", "repeat needs a component or block call first",
+                                         call.span,
+                                         hint="e.g. repeat(transformer_layer(heads=8), times=6)"))
+                return
+            call = call.args[0]
+            for kw in stmt.call.kwargs:
+                self.check_expr(kw.value, const_only=True)
+        name = call.func.name
+        if registry.get(name) is None and name not in self.c.program.blocks:
+            self.sink.add(Diagnostic("E201", f"unknown component '{name}'", call.func.span,
+                                     hint=did_you_mean(name, registry.names() +
+                                                       list(self.c.program.blocks))
+                                     or "see `mmgraph components` for the list"))
+        for kw in call.kwargs:
+            self.check_expr(kw.value, const_only=True)
+        for arg in call.args:
+            self.sink.add(Diagnostic("E205", f"parameters of '{name}' are given by name",
+                                     arg.span, hint="write name=value, e.g. width=768"))
+
+    def check_expr(self, expr, const_only: bool = False) -> None:
+        for e in walk(expr):
+            if isinstance(e, ast.Name):
+                if e.id in BUILTIN_CONSTS or e.id in self.c.program.consts:
+                    continue
+                kind = self.kind.get(e.id)
+                if kind is None:
+                    self.sink.add(Diagnostic("E101", f"unknown name '{e.id}'", e.span,
+                                             hint=did_you_mean(e.id, list(self.kind) +
+                                                               list(self.c.program.consts))))
+                elif kind == "instance":
+                    self.sink.add(Diagnostic("E302", f"'{e.id}' is a layer, not a value",
+                                             e.span, hint=f"call it: {e.id}(...)"))
+                elif kind == "loss":
+                    self.sink.add(Diagnostic("E302", f"'{e.id}' is a loss, not a value",
+                                             e.span, hint="losses cannot feed other values"))
+                elif const_only and kind in ("input", "value"):
+                    self.sink.add(Diagnostic("E108", f"'{e.id}' is a graph value, but a "
+                                                     "constant is needed here", e.span,
+                                             hint="parameters must be known before any "
+                                                  "tensor exists"))
+            elif isinstance(e, ast.Call):
+                name = e.func.name
+                if name in CONST_FUNCTIONS:
+                    continue
+                if name == "repeat":
+                    self.sink.add(Diagnostic(
+                        "E207", "repeat(...) declares layers and cannot be called inline",
+                        e.func.span, hint="declare it: decoder lm: repeat(block(...), times=N)"))
+                elif self.kind.get(name) not in ("instance",) and registry.get(name) is None \
+                        and name not in self.c.program.blocks:
+                    known = self.kind.get(name)
+                    if known:
+                        self.sink.add(Diagnostic("E302", f"'{name}' is a {known}, not a layer; "
+                                                         "it cannot be called", e.func.span))
+                    else:
+                        self.sink.add(Diagnostic(
+                            "E201", f"unknown component or layer '{name}'", e.func.span,
+                            hint=did_you_mean(name, self.callables())
+                            or "declare it first, e.g. `layer NAME: component(...)`"))
+
+    def check_cycles(self, value_assigns: list[ast.Assign]) -> None:
+        producers = {t.name: a for a in value_assigns for t in a.targets}
+        g = nx.DiGraph()
+        for a in value_assigns:
+            for t in a.targets:
+                g.add_node(t.name)
+                for e in walk(a.value):
+                    if isinstance(e, ast.Name) and e.id in producers:
+                        g.add_edge(e.id, t.name)
+        try:
+            edges = nx.find_cycle(g)
+        except nx.NetworkXNoCycle:
+            return
+        path = [u for u, _ in edges] + [edges[0][0]]
+        first = producers[path[1]]
+        notes = tuple(Note(producers[v].span, f"'{v}' uses '{u}'")
+                      for u, v in zip(path, path[1:]))
+        self.sink.add(Diagnostic("E401", f"cycle in graph: {' -> '.join(path)}", first.span,
+                                 notes=notes, hint="a value cannot depend on itself; break the "
+                                                   "loop or use repeat(...) for recurrence"))
+
+
+def run(c: Compilation) -> None:
+    checker = BodyChecker(c, c.sink, f"model '{c.model.name.name}'", is_block=False)
+    c.const_values = checker.check(c.model.body)
+    if not any(isinstance(s, (ast.Output, ast.Loss)) for s in c.model.body):
+        c.sink.add(Diagnostic("E403", f"model '{c.model.name.name}' has no output and no loss",
+                              c.model.name.span,
+                              hint="add `output VALUE` (or a `loss`) so the graph computes "
+                                   "something"))
+    for block in c.program.blocks.values():
+        BodyChecker(c, c.sink, f"block '{block.name.name}'", is_block=True,
+                    params=block.params).check(block.body)
+        if block.name.name in registry.names():
+            c.sink.add(Diagnostic("E102", f"block '{block.name.name}' has the name of a "
+                                          "built-in component", block.name.span,
+                                  hint="rename the block"))

@@ -1,0 +1,74 @@
+"""Pass `verify`: whole-graph invariants after typing.
+
+The graph lints clean; every loss is a Scalar; layers tied with `shared(...)` have the same
+component and parameters; each component's own `verify` hook runs (e.g. `moe_aux` needs a
+MoE layer upstream). Unused inputs, values and layers are reported as warnings.
+"""
+
+from __future__ import annotations
+
+from mmgraph.components import registry
+from mmgraph.ir.passes.base import Compilation
+from mmgraph.lang.diagnostics import Diagnostic, Note
+
+
+def run(c: Compilation) -> None:
+    g = c.graph
+    for problem in g.lint():
+        c.sink.add(Diagnostic("E901", f"internal error: IR lint failed: {problem}", g.span,
+                              hint="this is a bug in mmgraph; please report it"))
+    g.reorder()
+    failed = g.meta.get("failed", set())
+
+    for term in g.losses.values():
+        t = g.type_of(term.value)
+        if t is not None and t.kind != "Scalar":
+            c.sink.add(Diagnostic("E404", f"loss '{term.name}' must be a Scalar, but "
+                                          f"{term.value.node} gives {t}", term.span,
+                                  hint="use a loss component such as contrastive(...) or "
+                                       "cross_entropy(...)"))
+
+    for inst in g.instances.values():
+        if inst.shared:
+            other = g.instances.get(inst.shared)
+            if other is None:
+                continue
+            if other.component != inst.component or other.params != inst.params:
+                c.sink.add(Diagnostic(
+                    "E206", f"'{inst.name}' shares weights with '{other.name}', but they differ: "
+                            f"{inst.component}({inst.params_text()}) vs "
+                            f"{other.component}({other.params_text()})", inst.span,
+                    notes=(Note(other.span, f"'{other.name}' is declared here"),),
+                    hint="tied layers need the same component and parameters"))
+
+    for node in g.nodes.values():
+        if node.op == "call" and node.name not in failed:
+            comp = registry.get(g.instances[node.target].component)
+            for d in comp.verify(node, g):
+                c.sink.add(d)
+
+    _warn_unused(c)
+
+
+def _warn_unused(c: Compilation) -> None:
+    g = c.graph
+    used = {r.node for n in g.nodes.values() for r in n.refs()}
+    used |= {r.node for r in g.outputs.values()}
+    used |= {t.value.node for t in g.losses.values()}
+    named = {r.node for r in g.meta.get("values", {}).values()}
+    for node in g.nodes.values():
+        if node.name in used:
+            continue
+        if node.op == "input":
+            c.sink.add(Diagnostic("E405", f"input '{node.name}' is never used", node.span,
+                                  severity="warning", hint="remove it or feed it to a layer"))
+        elif node.name in named:
+            c.sink.add(Diagnostic("E405", f"value '{node.name}' is computed but never used",
+                                  node.span, severity="warning",
+                                  hint="output it, use it in a loss, or remove it"))
+    called = {n.target for n in g.nodes.values() if n.op == "call"}
+    for inst in g.instances.values():
+        if inst.name not in called and not inst.anonymous:
+            c.sink.add(Diagnostic("E405", f"layer '{inst.name}' is declared but never called",
+                                  inst.span, severity="warning",
+                                  hint=f"call it, e.g. y = {inst.name}(x), or remove it"))

@@ -1,0 +1,154 @@
+"""Tensor types of the IR: a kind with named axes, symbolic dims (sympy), a dtype and modality tags.
+
+`Seq<image,text>[B, 576 + T, 4096]` reads: a token sequence carrying image and text tokens,
+batch `B`, length `576 + T`, width 4096. Dims are sympy expressions so that `H / 14` and
+`576 + T` stay exact through the whole graph; symbols are positive integers.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Iterable
+
+import sympy
+
+Dim = sympy.Expr
+
+
+@dataclass(frozen=True)
+class Kind:
+    """A kind of tensor: its axes by name, its default dtype and the modality it carries."""
+
+    name: str
+    axes: tuple[tuple[str, ...], ...]  # allowed axis layouts; () means any rank (Tensor)
+    dtype: str
+    modality: str | None
+    doc: str
+
+    def layout(self, rank: int) -> tuple[str, ...] | None:
+        for axes in self.axes:
+            if len(axes) == rank:
+                return axes
+        return None
+
+    def describe(self) -> str:
+        return " or ".join(f"{self.name}[{', '.join(a)}]" for a in self.axes) or \
+            f"{self.name}[...]"
+
+
+KINDS: dict[str, Kind] = {k.name: k for k in [
+    Kind("Image", (("B", "C", "H", "W"),), "f32", "image", "images, channels first"),
+    Kind("Video", (("B", "F", "C", "H", "W"),), "f32", "video", "clips of F frames"),
+    Kind("Audio", (("B", "S"),), "f32", "audio", "raw waveforms of S samples"),
+    Kind("Mel", (("B", "M", "F"),), "f32", "audio", "log-mel spectrograms: M bins, F frames"),
+    Kind("Tokens", (("B", "T"),), "i64", "text", "token ids"),
+    Kind("Seq", (("B", "N", "D"),), "f32", None, "token embeddings of width D"),
+    Kind("Vec", (("B", "D"),), "f32", None, "one vector per example"),
+    Kind("Mask", (("B", "N"),), "bool", None, "a boolean per token (true = keep/attend)"),
+    Kind("Logits", (("B", "N", "V"), ("B", "V")), "f32", None,
+         "scores over V classes, per token or per example"),
+    Kind("Boxes", (("B", "N", "4"),), "f32", "regions", "boxes as (x0, y0, x1, y1)"),
+    Kind("Points", (("B", "N", "C"),), "f32", "points", "point clouds with C features"),
+    Kind("Labels", (("B",), ("B", "N")), "i64", None, "integer targets"),
+    Kind("Scalar", ((),), "f32", None, "a single number (losses)"),
+    Kind("Tensor", (), "f32", None, "any other tensor"),
+]}
+
+DTYPES = ("f32", "f16", "bf16", "f64", "i64", "i32", "i16", "i8", "u8", "bool")
+FLOAT_DTYPES = ("f32", "f16", "bf16", "f64")
+MODALITIES = ("image", "video", "audio", "text", "points", "regions", "depth", "semantic",
+              "time_series", "tabular", "graph", "skeleton", "sar", "fmri", "latent")
+
+
+@dataclass(frozen=True)
+class TensorType:
+    kind: str
+    dims: tuple[Dim, ...]
+    dtype: str
+    tags: frozenset[str] = frozenset()
+
+    def __post_init__(self):
+        object.__setattr__(self, "dims", tuple(sympy.sympify(d) for d in self.dims))
+
+    @property
+    def rank(self) -> int:
+        return len(self.dims)
+
+    @property
+    def axes(self) -> tuple[str, ...]:
+        layout = KINDS[self.kind].layout(self.rank)
+        return layout if layout else tuple(f"d{i}" for i in range(self.rank))
+
+    def dim(self, axis: str | int) -> Dim:
+        return self.dims[axis if isinstance(axis, int) else self.axes.index(axis)]
+
+    @property
+    def width(self) -> Dim:
+        """The last axis: embedding width for Seq/Vec, class count for Logits."""
+        return self.dims[-1]
+
+    def with_(self, **changes) -> TensorType:
+        return replace(self, **changes)
+
+    def __str__(self) -> str:
+        inside = sorted(self.tags)
+        if self.dtype != KINDS[self.kind].dtype:
+            inside.append(self.dtype)
+        tag = f"<{','.join(inside)}>" if inside else ""
+        return f"{self.kind}{tag}[{', '.join(format_dim(d) for d in self.dims)}]"
+
+    def to_json(self) -> dict:
+        return {"kind": self.kind, "dims": [format_dim(d) for d in self.dims],
+                "dtype": self.dtype, "tags": sorted(self.tags)}
+
+
+def make(kind: str, dims: Iterable, dtype: str | None = None,
+         tags: Iterable[str] | None = None) -> TensorType:
+    """A type of `kind` with the kind's default dtype and modality unless given."""
+    k = KINDS[kind]
+    if tags is None:
+        tags = [k.modality] if k.modality else []
+    return TensorType(kind, tuple(dims), dtype or k.dtype, frozenset(tags))
+
+
+SCALAR = make("Scalar", ())
+
+
+def format_dim(d: Dim) -> str:
+    """Dims print the way people write them: `576 + T`, `H/14`."""
+    if d.is_Integer:
+        return str(int(d))
+    if isinstance(d, sympy.Add):
+        const = [a for a in d.args if a.is_Number]
+        rest = [a for a in d.args if not a.is_Number]
+        text = " + ".join(sorted(format_dim(a) for a in rest))
+        for c in const:
+            text = f"{c} + {text}" if c > 0 else f"{text} - {-c}"
+        return text
+    return str(d).replace("*", " * ").replace(" *  * ", "**")
+
+
+def sym(name: str) -> sympy.Symbol:
+    """The symbol for a free dim name: a positive integer."""
+    return sympy.Symbol(name, integer=True, positive=True)
+
+
+def same_dim(a: Dim, b: Dim) -> bool:
+    """True when a and b are provably equal."""
+    if a == b:
+        return True
+    try:
+        return sympy.expand(a - b) == 0
+    except (TypeError, ValueError):
+        return False
+
+
+def differ(a: Dim, b: Dim) -> bool:
+    """True when a and b provably differ (two different numbers, or a non-zero difference)."""
+    diff = sympy.expand(a - b)
+    return diff.is_number and diff != 0
+
+
+def is_integral(d: Dim) -> bool:
+    """False when d is certainly not an integer (e.g. 225/14)."""
+    return d.is_integer is not False and not (d.is_number and not d.is_Integer)
