@@ -185,9 +185,8 @@ def cmd_components(args) -> int:
         print(f"{comp.name} ({comp.category}): {comp.summary}")
         print(f"  inputs: {', '.join(p.name + ('?' if p.optional else '') + ('...' if p.variadic else '') for p in comp.inputs)}")
         for fname, f in comp.Params.model_fields.items():
-            default = "required" if f.is_required() else f"default {f.default!r}"
-            ann = str(f.annotation).replace("typing.", "")
-            print(f"  {fname}: {ann} ({default})")
+            default = "required" if f.is_required() else f"default {_value(f.default)}"
+            print(f"  {fname}: {registry.describe_field(f)} ({default})")
         return EXIT_OK
     by_cat: dict[str, list] = {}
     for name in registry.names():
@@ -204,6 +203,18 @@ def cmd_components(args) -> int:
         for comp in comps:
             print(f"  {comp.name:24} {comp.summary}")
     return EXIT_OK
+
+
+def _value(v) -> str:
+    if v is None:
+        return "none"
+    if isinstance(v, bool):
+        return str(v).lower()
+    if isinstance(v, str):
+        return f'"{v}"'
+    if isinstance(v, tuple):
+        return "[" + ", ".join(_value(x) for x in v) + "]"
+    return str(v)
 
 
 COMMANDS = {"check": cmd_check, "graph": cmd_graph, "components": cmd_components}

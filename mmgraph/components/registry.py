@@ -174,3 +174,40 @@ def load_plugin(path: str | Path) -> None:
     module = importlib.util.module_from_spec(spec)
     sys.modules[name] = module
     spec.loader.exec_module(module)
+
+
+def describe_type(annotation: Any, metadata: list | tuple = ()) -> str:
+    """A parameter's type in words, for hints and `mmgraph components NAME`."""
+    import types as pytypes
+    import typing
+
+    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+    if origin is typing.Annotated:
+        return describe_type(args[0], args[1:])
+    if origin is typing.Literal:
+        return "one of " + ", ".join(f'"{a}"' if isinstance(a, str) else str(a) for a in args)
+    if origin in (typing.Union, pytypes.UnionType):
+        rest = [a for a in args if a is not type(None)]
+        text = " or ".join(describe_type(a) for a in rest)
+        return text + " (or none)" if len(rest) < len(args) else text
+    if origin is tuple:
+        plural = {int: "integers", float: "numbers", str: "strings", bool: "booleans"}
+        return f"a list of {plural.get(args[0], 'values')}" if args else "a list"
+    bounds = []
+    for m in metadata:
+        for attr, word in (("gt", ">"), ("ge", ">="), ("lt", "<"), ("le", "<=")):
+            value = getattr(m, attr, None)
+            if value is not None:
+                bounds.append(f"{word} {value}")
+        for sub in getattr(m, "metadata", []):
+            for attr, word in (("gt", ">"), ("ge", ">="), ("lt", "<"), ("le", "<=")):
+                value = getattr(sub, attr, None)
+                if value is not None:
+                    bounds.append(f"{word} {value}")
+    names = {int: "an integer", float: "a number", bool: "true or false", str: "a string"}
+    text = names.get(annotation, getattr(annotation, "__name__", str(annotation)))
+    return text + (f" {' and '.join(bounds)}" if bounds else "")
+
+
+def describe_field(field) -> str:
+    return describe_type(field.annotation, field.metadata)

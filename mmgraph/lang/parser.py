@@ -28,9 +28,9 @@ def grammar_text() -> str:
 
 @functools.lru_cache(maxsize=1)
 def parser() -> Lark:
-    """The LALR parser, built once per process."""
+    """The LALR parser, built once per process (and its tables cached on disk by Lark)."""
     return Lark(grammar_text(), parser="lalr", lexer="contextual", propagate_positions=True,
-                maybe_placeholders=True)
+                maybe_placeholders=True, cache=True)
 
 
 def parse_tree(text: str, path: str = "<string>") -> Tree:

@@ -56,6 +56,7 @@ class Scope:
     values: dict[str, list[Ref]] = field(default_factory=dict)
     decls: dict[str, Decl] = field(default_factory=dict)
     anon: Counter = field(default_factory=Counter)
+    failed: set[str] = field(default_factory=set)  # names whose definition already failed
     frozen: bool = False  # inherited from a frozen block instance
     lora: Lora | None = None
     shared: str | None = None  # prefix of the block instance this expansion ties to
@@ -132,10 +133,7 @@ def _show(v: Any) -> str:
 
 def _param_hint(schema, name: str) -> str | None:
     f = schema.model_fields.get(name)
-    if f is None:
-        return None
-    ann = str(f.annotation).replace("typing.", "")
-    return f"'{name}' takes {ann}"
+    return None if f is None else f"'{name}' takes {registry.describe_field(f)}"
 
 
 class Lowerer:
@@ -175,6 +173,7 @@ class Lowerer:
                     self.declare(stmt, scope)
                 except SpecError as exc:
                     self.sink.add(exc)
+                    scope.failed.add(stmt.name.name)
         inputs = set(scope.values)
         _, value_assigns = classify_assigns(body, inputs)
         producers = {t.name: a for a in value_assigns for t in a.targets}
@@ -190,6 +189,7 @@ class Lowerer:
                 self.lower_assign(a, scope)
             except SpecError as exc:
                 self.sink.add(exc)
+                scope.failed.update(t.name for t in a.targets)
 
     def lower_input(self, stmt: ast.Input, scope: Scope) -> None:
         t = self.eval_type(stmt.type, scope.consts)
@@ -379,10 +379,15 @@ class Lowerer:
             self.sink.add(Diagnostic("E406", f"output '{name}' is given twice", item.span))
             return
         try:
+            before = set(self.g.nodes)
             refs = self.value(item.value, scope)
         except SpecError as exc:
             self.sink.add(exc)
             return
+        if refs[0].node not in before and refs[0].port == "out":
+            new = self.fresh(name)
+            self.rename(refs[0].node, new)
+            refs = [Ref(new, r.port) for r in refs]
         self.g.outputs[name] = refs[0]
         self.g.output_spans[name] = item.span
 
@@ -430,6 +435,9 @@ class Lowerer:
 
     def expr(self, e: ast.Expr, scope: Scope):
         """A list of refs for a graph value, or a Python value for a constant."""
+        if isinstance(e, (ast.Name, ast.Call)) and \
+                (e.id if isinstance(e, ast.Name) else e.func.name) in scope.failed:
+            raise SpecError([])  # already reported where it was defined
         if isinstance(e, ast.Name):
             if e.id in scope.values:
                 return scope.values[e.id]

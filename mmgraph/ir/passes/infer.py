@@ -93,8 +93,15 @@ def infer_call(g: Graph, node: Node, args) -> dict[str, T.TensorType]:
         out = comp.infer(inst.params, x, ctx)
     except TypeRuleError as exc:
         spans = node.meta.get("arg_spans", {})
-        span = spans.get(exc.port) or spans.get(f"{exc.port}0") or node.span
-        raise SpecError([Diagnostic(exc.code, exc.message, span, hint=exc.hint)]) from None
+        port = exc.port if exc.port in spans else f"{exc.port}0"
+        span = spans.get(port) or node.span
+        notes = ()
+        src = dict(node.inputs).get(port)
+        if src is not None and g.nodes[src.node].span.line != span.line:
+            what = "declared" if g.nodes[src.node].op == "input" else "computed"
+            notes = (Note(g.nodes[src.node].span, f"'{src.node}' is {what} here"),)
+        raise SpecError([Diagnostic(exc.code, exc.message, span, hint=exc.hint,
+                                    notes=notes)]) from None
     if isinstance(out, T.TensorType):
         out = {"out": out}
     expected = comp.outputs(inst.params)
