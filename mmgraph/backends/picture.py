@@ -12,6 +12,7 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
+from mmgraph.components import registry
 from mmgraph.ir.graph import Graph
 
 ROLE_COLOURS = {
@@ -61,7 +62,7 @@ def boxes(g: Graph, expand: bool = False) -> tuple[list[Box], list[tuple[str, st
             out[gid] = Box(gid, node.name, "input", typ, "input", "")
         elif node.op == "call":
             inst = g.instances[node.target]
-            state = "" if inst.role in ("op",) else \
+            state = "" if not registry.get(inst.component).has_weights else \
                 "lora" if inst.lora else "frozen" if inst.frozen else "trainable"
             title = node.name if node.name == inst.name else f"{node.name} = {inst.name}"
             out[gid] = Box(gid, title, inst.component, typ, inst.role, state)

@@ -68,7 +68,7 @@ class RuleContext:
         raise TypeRuleError(message, port, hint, code)
 
     def expect_kind(self, port: str, t: TensorType, *kinds: str) -> None:
-        if t.kind not in kinds and "Tensor" not in kinds:
+        if t.kind not in kinds:
             want = " or ".join(T.KINDS[k].describe() for k in kinds)
             self.fail(f"{self.name} expects {want} for '{port}' but {self.source(port)} "
                       f"gives {t}", port, code="E302")

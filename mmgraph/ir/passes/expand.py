@@ -244,8 +244,10 @@ class Lowerer:
             decl.component = comp
             decl.params = validate_params(comp.Params, call, list(call.kwargs), scope.consts,
                                           f"{name}")
-            if not times:
-                self.make_instance(decl, decl.name, stmt.span, anonymous=False)
+            for i in range(times) if times else [None]:
+                name = decl.name if i is None else f"{decl.name}.{i}"
+                shared = None if i is None or not decl.shared else f"{decl.shared}.{i}"
+                self.make_instance(decl, name, stmt.span, anonymous=False, shared=shared)
         scope.decls[stmt.name.name] = decl
 
     def apply_modifiers(self, decl: Decl, mods, scope: Scope) -> None:
@@ -349,11 +351,17 @@ class Lowerer:
             return
         target = a.targets[0].name
         ref = refs[0]
-        if ref.node not in before and ref.port == "out" and ref.node in self.g.nodes:
+        if ref.node not in before and ref.port == "out" and self.owned(ref.node, scope):
             new = self.fresh(scope.full(target))
             self.rename(ref.node, new)
             refs = [Ref(new, r.port) if r.node == ref.node else r for r in refs]
         scope.values[target] = refs
+
+    @staticmethod
+    def owned(node: str, scope: Scope) -> bool:
+        """True for a node made directly in `scope`, not inside a block or repeat it expanded
+        (those keep their dotted names, so pictures and stages can group them)."""
+        return node.rpartition(".")[0] == scope.prefix
 
     def rename(self, old: str, new: str) -> None:
         node = self.g.nodes.pop(old)
@@ -384,7 +392,8 @@ class Lowerer:
         except SpecError as exc:
             self.sink.add(exc)
             return
-        if refs[0].node not in before and refs[0].port == "out":
+        if refs[0].node not in before and refs[0].port == "out" and self.owned(refs[0].node,
+                                                                                scope):
             new = self.fresh(name)
             self.rename(refs[0].node, new)
             refs = [Ref(new, r.port) for r in refs]
@@ -418,7 +427,8 @@ class Lowerer:
         except SpecError as exc:
             self.sink.add(exc)
             return
-        if refs[0].node not in before and refs[0].node != stmt.name.name:
+        if refs[0].node not in before and refs[0].node != stmt.name.name and \
+                self.owned(refs[0].node, scope):
             new = self.fresh(stmt.name.name)
             self.rename(refs[0].node, new)
             refs = [Ref(new, r.port) for r in refs]
@@ -634,8 +644,6 @@ class Lowerer:
             if decl.block is not None:
                 outs = self.expand(decl, prefix, current, e)
             else:
-                shared = f"{decl.shared}.{i}" if decl.shared else None
-                self.make_instance(decl, prefix, decl.span, anonymous=False, shared=shared)
                 outs = self.call_component(decl, prefix, e, scope, args=current)
             # thread the first len(outs) inputs through the next repetition
             threaded = [(port, ref, span) for (port, _, span), ref
