@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from pathlib import Path
 from typing import Sequence
 
 from mmgraph.compiler import CheckResult, check_file, parse_override
@@ -93,17 +92,22 @@ def _plugins(paths: list[str]) -> None:
             load_plugin(path)
         except FileNotFoundError as exc:
             raise UsageError(str(exc)) from None
+        except Exception as exc:  # the plugin's own code failed: say where, not how deep
+            raise UsageError(f"plugin {path} failed to load: {type(exc).__name__}: {exc}") \
+                from None
 
 
 # ---------------------------------------------------------------- check
 
 def _summary(result: CheckResult) -> str:
+    from mmgraph.components import registry
+
     parts = []
     for name, g in result.graphs.items():
-        layers = sum(1 for i in g.instances.values() if i.role != "op")
-        parts.append(f"model {name}: {len(g.nodes)} values, {layers} layers, "
+        layers = sum(1 for i in g.instances.values() if registry.get(i.component).has_weights)
+        parts.append(f"model {name}: {len(g.nodes)} values, {layers} layers with weights, "
                      f"{len(g.losses)} losses")
-    return "; ".join(parts) or "no models"
+    return "; ".join(parts) or "a library: blocks and constants, no model"
 
 
 def cmd_check(args) -> int:
@@ -220,6 +224,9 @@ def _value(v) -> str:
 COMMANDS = {"check": cmd_check, "graph": cmd_graph, "components": cmd_components}
 
 
+EXIT_INTERNAL = 3
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
@@ -230,6 +237,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("mmgraph: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `mmgraph components | head`
+        sys.stderr.close()
+        return EXIT_OK
+    except Exception as exc:  # a bug in mmgraph: one line, and the traceback on request
+        import os
+        import traceback
+
+        if os.environ.get("MMGRAPH_DEBUG"):
+            traceback.print_exc()
+        print(f"mmgraph: internal error: {type(exc).__name__}: {exc}\n"
+              "this is a bug in mmgraph; set MMGRAPH_DEBUG=1 for the traceback and report it",
+              file=sys.stderr)
+        return EXIT_INTERNAL
 
 
 def entry() -> None:

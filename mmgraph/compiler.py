@@ -73,6 +73,8 @@ def check_program(program: Program, overrides: dict[str, Any] | None = None,
                   model: str | None = None) -> CheckResult:
     result = CheckResult(program.root.path)
     models = program.root.models
+    if not models and model is None:
+        return _check_library(program, result)
     if model is not None:
         models = [m for m in models if m.name.name == model]
         if not models:
@@ -90,6 +92,22 @@ def check_program(program: Program, overrides: dict[str, Any] | None = None,
         result.diagnostics.extend(c.sink.diagnostics)
         if not c.sink.has_errors:
             result.graphs[m.name.name] = c.graph
+    result.diagnostics = _unique(result.diagnostics)
+    return result
+
+
+def _check_library(program: Program, result: CheckResult) -> CheckResult:
+    """A file without a model is a library for `import`: check its blocks' names and say so."""
+    from mmgraph.ir.passes import resolve
+    from mmgraph.lang import ast
+
+    c = Compilation(program, ast.Model(ast.Ident("<library>", None), (), None))
+    resolve.check_blocks(c)
+    result.diagnostics.extend(c.sink.diagnostics)
+    result.diagnostics.append(Diagnostic(
+        "E107", f"{Path(program.root.path).name} defines no model, so only its blocks' names "
+                "were checked", None, severity="warning",
+        hint="blocks are type-checked where a model uses them; `import` this file from one"))
     result.diagnostics = _unique(result.diagnostics)
     return result
 

@@ -66,13 +66,39 @@ def test_frozen_and_lora_reach_every_layer_of_a_block():
     g = graph(BLOCK + """
         model m {
           input x: Seq[B, 10, 32]
-          layer blk: res(width=32) frozen lora(r=4, alpha=8)
+          layer blk: res(width=32) frozen lora(r=4, alpha=8, targets=["fc1", "fc2"])
           output blk(x) as y
         }
     """)
-    inner = [i for n, i in g.instances.items() if n.startswith("blk.")]
-    assert inner and all(i.frozen for i in inner)
-    assert all(i.lora and i.lora.r == 4 for i in inner)
+    inner = {n: i for n, i in g.instances.items() if n.startswith("blk.")}
+    assert inner and all(i.frozen for i in inner.values())
+    assert inner["blk.ff"].lora.r == 4
+    assert inner["blk.layer_norm"].lora is None  # lora adapts linear layers; a norm has none
+
+
+def test_lora_on_a_layer_without_linear_layers_is_an_error():
+    (e,) = errors("""
+        model m {
+          input x: Seq[B, 10, 32]
+          layer norm: layer_norm() lora(r=4)
+          output norm(x) as y
+        }
+    """)
+    assert e == ("E206", 4, 28, "lora adapts linear layers, and layer_norm has none")
+
+
+def test_shared_ties_every_layer_of_a_repeated_block_in_any_order():
+    g = graph(BLOCK + """
+        model m {
+          input a: Seq[B, 10, 32]
+          input b: Seq[B, 10, 32]
+          encoder tb: repeat(res(width=32), times=2) shared(ta)
+          encoder ta: repeat(res(width=32), times=2)
+          output ta(a) as ya, tb(b) as yb
+        }
+    """)
+    assert g.instances["tb.1.ff"].shared == "ta.1.ff"
+    assert g.instances["tb.0.layer_norm"].shared == "ta.0.layer_norm"
 
 
 def test_bad_parameters_point_at_the_argument():
@@ -85,7 +111,7 @@ def test_bad_parameters_point_at_the_argument():
     """)
     (code, line, col, msg), = errs
     assert (code, line, col) == ("E203", 4, 64)
-    assert msg.startswith("vit parameter 'pool': input should be 'none', 'cls' or 'mean'")
+    assert msg == 'vit parameter \'pool\': must be one of "none", "cls", "mean" (got "max")'
 
 
 def test_missing_and_unknown_parameters():
@@ -96,8 +122,8 @@ def test_missing_and_unknown_parameters():
           output f(x) as y
         }
     """)
-    assert errs == [("E204", 4, 12, "linear needs parameter 'out'"),
-                    ("E202", 4, 19, "linear has no parameter 'outt'")]
+    # the misspelt name is the missing one: one error, not two
+    assert errs == [("E202", 4, 19, "linear has no parameter 'outt'")]
 
 
 def test_strings_are_not_numbers():

@@ -85,7 +85,7 @@ def test_block_inputs_bind_free_symbols_consistently():
     """
     (e,) = errors(src.replace("CW", "16"))
     assert e[0] == "E301"
-    assert e[3] == "block 'mix' input 'ctx' expects D = 8 but gets Seq[B, 9, 16]"
+    assert e[3] == "block 'mix' input 'ctx' expects D = 8 but c gives Seq[B, 9, 16]"
     g = graph(src.replace("CW", "8"))
     assert str(g.type_of(g.outputs["y"])) == "Seq[B, 5, 8]"
 

@@ -38,7 +38,14 @@ def with_width(t: TensorType, width) -> TensorType:
     return t.with_(dims=t.dims[:-1] + (T.sympy.sympify(width),))
 
 
+ATTENTION = ("q", "k", "v", "o", "fc1", "fc2", "gate", "up", "down")  # lora targets
+FEEDFORWARD = ("fc1", "fc2", "gate", "up", "down")
+
+
 def check_heads(ctx, width: int, heads: int, what: str = "width") -> None:
     if width % heads:
+        divisors = [h for h in range(1, min(width, 64) + 1) if width % h == 0]
+        near = min(divisors, key=lambda h: abs(h - heads))
         ctx.fail(f"{ctx.name}: {what} {width} is not divisible by heads={heads}", code="E203",
-                 hint="choose heads so that width / heads is a whole number")
+                 param="heads", hint=f"choose heads so that {what} / heads is a whole number, "
+                                     f"e.g. heads={near}")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from mmgraph.components.common import Act, NonNegInt, PosInt, check_heads, seq, vec, with_width
+from mmgraph.components.common import ATTENTION, Act, NonNegInt, PosInt, check_heads, seq, vec, with_width
 from mmgraph.components.registry import Component, Params, Port, register
 
 
@@ -19,6 +19,7 @@ def _expect_features(ctx, port, t):
 class Linear(Component):
     name = "linear"
     category = "connector"
+    lora_targets = ("self",)  # the component is its own linear layer(s)
     summary = "One linear map of the last axis (the width)"
     inputs = (Port("x"),)
 
@@ -39,6 +40,7 @@ class Linear(Component):
 class MLP(Component):
     name = "mlp"
     category = "connector"
+    lora_targets = ("self",)  # the component is its own linear layer(s)
     summary = "A stack of linear layers with an activation between them (LLaVA's projector)"
     inputs = (Port("x"),)
 
@@ -62,6 +64,7 @@ class MLP(Component):
 class QFormer(Component):
     name = "qformer"
     category = "connector"
+    lora_targets = ATTENTION
     summary = ("BLIP-2 Q-Former: learnable queries, self-attention, cross-attention to the "
                "features every `cross_every` layers")
     inputs = (Port("x"),)
@@ -94,6 +97,7 @@ class QFormer(Component):
 class PerceiverResampler(Component):
     name = "perceiver_resampler"
     category = "connector"
+    lora_targets = ATTENTION
     summary = "Flamingo's Perceiver resampler: a fixed number of latents cross-attend to features"
     inputs = (Port("x"),)
 

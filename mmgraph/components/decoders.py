@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import model_validator
 
-from mmgraph.components.common import Act, NonNegInt, Norm, PosInt, check_heads, seq, tags_of
+from mmgraph.components.common import ATTENTION, Act, NonNegInt, Norm, PosInt, check_heads, seq, tags_of
 from mmgraph.components.registry import Component, Params, Port, register
 from mmgraph.ir import types as T
 
@@ -15,6 +15,7 @@ from mmgraph.ir import types as T
 class CausalLM(Component):
     name = "causal_lm"
     category = "decoder"
+    lora_targets = ATTENTION
     summary = ("Decoder-only language model (LLaMA/OPT style). Takes prefix embeddings and/or "
                "token ids; outputs logits over prefix + tokens, extra output `hidden`")
     inputs = (Port("tokens", optional=True), Port("prefix", optional=True),
@@ -74,6 +75,7 @@ class CausalLM(Component):
 class TransformerDecoder(Component):
     name = "transformer_decoder"
     category = "decoder"
+    lora_targets = ATTENTION
     summary = ("Transformer decoder over query/token embeddings with cross-attention to ctx "
                "(DETR, captioning, MultiMAE decoders)")
     inputs = (Port("x"), Port("ctx", optional=True), Port("mask", optional=True))
@@ -121,6 +123,7 @@ class ObjectQueries(Component):
 class MAEDecoder(Component):
     name = "mae_decoder"
     category = "decoder"
+    lora_targets = ATTENTION
     summary = ("Masked-autoencoder decoder: visible tokens plus mask tokens back to a full image "
                "of patches (MultiMAE's per-task decoders)")
     inputs = (Port("x"), Port("ctx", optional=True))

@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import model_validator
 
-from mmgraph.components.common import Act, NonNegInt, Norm, PosInt, check_heads, seq, vec
+from mmgraph.components.common import Prob, ATTENTION, Act, NonNegInt, Norm, PosInt, check_heads, seq, vec
 from mmgraph.components.registry import Component, Params, Port, register
 from mmgraph.ir import types as T
 
@@ -18,13 +18,14 @@ class _TransformerParams(Params):
     mlp: PosInt | None = None  # hidden size of the FFN; 4 * width when omitted
     act: Act = "gelu"
     norm: Norm = "layer"
-    dropout: float = 0.0
+    dropout: Prob = 0.0
 
 
 @register
 class ViT(Component):
     name = "vit"
     category = "encoder"
+    lora_targets = ATTENTION
     summary = "Vision Transformer: patch embedding, class token, learned positions, pre-norm blocks"
     inputs = (Port("image"),)
 
@@ -80,6 +81,7 @@ class ViT(Component):
 class TextTransformer(Component):
     name = "text_transformer"
     category = "encoder"
+    lora_targets = ATTENTION
     summary = "Text Transformer: token + position embeddings, causal or bidirectional blocks"
     inputs = (Port("tokens"), Port("mask", optional=True))
 
@@ -111,6 +113,7 @@ class TextTransformer(Component):
 class AudioEncoder(Component):
     name = "audio_encoder"
     category = "encoder"
+    lora_targets = ATTENTION
     summary = "Whisper-style audio encoder: log-mel in, two conv layers (stride 2), Transformer"
     inputs = (Port("mel"),)
 
@@ -134,6 +137,7 @@ class AudioEncoder(Component):
 class VideoEncoder(Component):
     name = "video_encoder"
     category = "encoder"
+    lora_targets = ATTENTION
     summary = "Per-frame ViT with learned temporal position embeddings over frames"
     inputs = (Port("video"),)
 
@@ -263,6 +267,7 @@ class MelPatchEmbed(Component):
 class FeatureEmbed(Component):
     name = "feature_embed"
     category = "encoder"
+    lora_targets = ("self",)  # the component is its own linear layer(s)
     summary = "Precomputed features (regions, time series, tabular) to tokens: a linear map"
     inputs = (Port("x"), Port("boxes", optional=True))
 

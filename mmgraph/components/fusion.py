@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from pydantic import model_validator
+from pydantic import Field, model_validator
 
-from mmgraph.components.common import Act, Norm, Pos, PosInt, Prob, check_heads, tags_of
+from mmgraph.components.common import ATTENTION, FEEDFORWARD, Act, Norm, Pos, PosInt, Prob, check_heads, tags_of
 from mmgraph.components.registry import Component, Params, Port, register
 from mmgraph.ir import types as T
 
@@ -67,6 +67,7 @@ class TanhGate(Component):
 class SelfAttention(Component):
     name = "self_attention"
     category = "layer"
+    lora_targets = ATTENTION
     summary = "Multi-head self-attention, causal or bidirectional, optional grouped KV heads"
     inputs = (Port("x"), Port("mask", optional=True))
 
@@ -92,6 +93,7 @@ class SelfAttention(Component):
 class CrossAttention(Component):
     name = "cross_attention"
     category = "fusion"
+    lora_targets = ATTENTION
     summary = "Queries from x attend to keys/values from ctx (any length, projected width)"
     inputs = (Port("x"), Port("ctx"), Port("mask", optional=True))
 
@@ -119,6 +121,7 @@ class CrossAttention(Component):
 class GatedCrossAttention(Component):
     name = "gated_cross_attention"
     category = "fusion"
+    lora_targets = ATTENTION
     summary = ("Flamingo's gated cross-attention dense block: tanh-gated cross-attention and "
                "tanh-gated FFN, gates at 0 so the frozen LM starts unchanged")
     inputs = (Port("x"), Port("ctx"), Port("mask", optional=True))
@@ -142,6 +145,7 @@ class GatedCrossAttention(Component):
 class CoAttention(Component):
     name = "co_attention"
     category = "fusion"
+    lora_targets = ATTENTION
     summary = ("Two streams attend to each other (LXMERT/ViLBERT): outputs `out` (a attended "
                "to b) and `other` (b attended to a)")
     inputs = (Port("a"), Port("b"))
@@ -167,11 +171,12 @@ class CoAttention(Component):
 class FFN(Component):
     name = "ffn"
     category = "layer"
+    lora_targets = FEEDFORWARD
     summary = "Position-wise feed-forward network (GELU, ReLU or gated SwiGLU/GeGLU)"
     inputs = (Port("x"),)
 
     class Params(Params):
-        mult: float = 4.0
+        mult: float = Field(4.0, gt=0)
         hidden: PosInt | None = None
         act: Act = "gelu"
         bias: bool = True
@@ -186,6 +191,7 @@ class FFN(Component):
 class MoEFFN(Component):
     name = "moe_ffn"
     category = "fusion"
+    lora_targets = FEEDFORWARD
     summary = ("Mixture-of-experts FFN with a top-k router; extra output `aux` is the "
                "load-balancing loss")
     inputs = (Port("x"),)
@@ -240,6 +246,7 @@ def _check_routed(ctx, p, t):
 class ModalityFFN(Component):
     name = "modality_ffn"
     category = "fusion"
+    lora_targets = FEEDFORWARD
     summary = "Modality-routed FFN: each token goes through its own modality's FFN (LlamaFusion)"
     inputs = (Port("x"),)
 
@@ -257,6 +264,7 @@ class ModalityFFN(Component):
 class ModalityAttention(Component):
     name = "modality_attention"
     category = "fusion"
+    lora_targets = ATTENTION
     summary = ("Self-attention shared across modalities with per-modality Q/K/V/O projections "
                "and norms (LlamaFusion)")
     inputs = (Port("x"), Port("mask", optional=True))
@@ -276,6 +284,7 @@ class ModalityAttention(Component):
 class TransformerLayer(Component):
     name = "transformer_layer"
     category = "layer"
+    lora_targets = ATTENTION
     summary = ("One Transformer block: self-attention (+ optional cross-attention to ctx) and "
                "FFN, pre- or post-norm")
     inputs = (Port("x"), Port("ctx", optional=True), Port("mask", optional=True))
@@ -301,6 +310,7 @@ class TransformerLayer(Component):
 class Transformer(Component):
     name = "transformer"
     category = "layer"
+    lora_targets = ATTENTION
     summary = "A stack of `depth` Transformer blocks with a final norm (a shared encoder)"
     inputs = (Port("x"), Port("ctx", optional=True), Port("mask", optional=True))
 

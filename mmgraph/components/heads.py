@@ -18,6 +18,7 @@ def _logits(ctx, t, classes):
 class Classifier(Component):
     name = "classifier"
     category = "head"
+    lora_targets = ("self",)  # the component is its own linear layer(s)
     summary = "Linear (or MLP) classifier: Vec -> Logits[B, classes], Seq -> per-token logits"
     inputs = (Port("x"),)
 
@@ -34,6 +35,7 @@ class Classifier(Component):
 class LMHead(Component):
     name = "lm_head"
     category = "head"
+    lora_targets = ("self",)  # the component is its own linear layer(s)
     summary = "Per-token vocabulary logits (MLM, captioning)"
     inputs = (Port("x"),)
 
@@ -51,6 +53,7 @@ class LMHead(Component):
 class ITMHead(Component):
     name = "itm_head"
     category = "head"
+    lora_targets = ("self",)  # the component is its own linear layer(s)
     summary = "Image-text matching head: two logits (match / no match) from a fused vector"
     inputs = (Port("x"),)
 
@@ -63,6 +66,7 @@ class ITMHead(Component):
 class Regression(Component):
     name = "regression"
     category = "head"
+    lora_targets = ("self",)  # the component is its own linear layer(s)
     summary = "Linear regression head: Vec[B, D] -> Vec[B, out] (e.g. fMRI voxels)"
     inputs = (Port("x"),)
 
@@ -80,6 +84,7 @@ class Regression(Component):
 class BoxHead(Component):
     name = "box_head"
     category = "head"
+    lora_targets = ("self",)  # the component is its own linear layer(s)
     summary = "3-layer MLP predicting one box per token (DETR/MDETR)"
     inputs = (Port("x"),)
 

@@ -120,7 +120,7 @@ class TokenMask(Component):
     name = "token_mask"
     category = "op"
     summary = ("Keep a random subset of `keep` tokens (MAE/MultiMAE); extra output `mask` is "
-               "true for the dropped ones. With several inputs the subset spans all of them.")
+               "true for the dropped ones. Concatenate modalities first to mask across them.")
     has_weights = False
     inputs = (Port("x"),)
 

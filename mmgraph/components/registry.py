@@ -5,8 +5,8 @@ A component is a Python class with
    pointing at the offending argument);
 2. `infer`, its type rule: input types to output types, with shape arithmetic. It reports
    mistakes through `RuleContext`, whose messages name both sides;
-3. `module`, the dotted path of its torch `nn.Module` (the torch backend imports it lazily, so
-   the language layers never import torch).
+3. a torch module of the same name in `mmgraph.components.nn` (imported only by the torch
+   backend, so the language layers never import torch).
 
 Users add components with an explicit plugin (`--plugin file.py` or the `mmgraph.components`
 entry point group), never from inside a spec.
@@ -45,12 +45,14 @@ class Port:
 
 
 class TypeRuleError(Exception):
-    """A component's type rule rejecting its inputs; the checker adds the span."""
+    """A component's type rule rejecting its inputs; the checker adds the span: the input
+    `port`'s argument, or the declaration's `param` argument for a bad parameter."""
 
     def __init__(self, message: str, port: str | None = None, hint: str | None = None,
-                 code: str = "E301"):
+                 code: str = "E301", param: str | None = None):
         super().__init__(message)
         self.message, self.port, self.hint, self.code = message, port, hint, code
+        self.param = param
 
 
 class RuleContext:
@@ -64,8 +66,8 @@ class RuleContext:
         return self.sources.get(port, port)
 
     def fail(self, message: str, port: str | None = None, hint: str | None = None,
-             code: str = "E301"):
-        raise TypeRuleError(message, port, hint, code)
+             code: str = "E301", param: str | None = None):
+        raise TypeRuleError(message, port, hint, code, param)
 
     def expect_kind(self, port: str, t: TensorType, *kinds: str) -> None:
         if t.kind not in kinds:
@@ -81,9 +83,10 @@ class RuleContext:
 
     def expect_same(self, port_a: str, a: Any, port_b: str, b: Any, what: str) -> None:
         if T.differ(T.sympy.sympify(a), T.sympy.sympify(b)):
-            self.fail(f"{self.name} needs the same {what} for '{port_a}' and '{port_b}', but "
-                      f"{self.source(port_a)} gives {T.format_dim(T.sympy.sympify(a))} and "
-                      f"{self.source(port_b)} gives {T.format_dim(T.sympy.sympify(b))}", port_b)
+            self.fail(f"{self.name} needs the same {what} from {self.source(port_a)} and "
+                      f"{self.source(port_b)}, but they give "
+                      f"{T.format_dim(T.sympy.sympify(a))} and "
+                      f"{T.format_dim(T.sympy.sympify(b))}", port_b)
 
     def exact_div(self, port: str, value, by: int, what: str):
         """value / by, which must be a whole number (e.g. image size by patch size)."""
@@ -103,7 +106,8 @@ class Component:
     Params: ClassVar[type[BaseModel]] = NoParams
     inputs: ClassVar[tuple[Port, ...]] = (Port("x"),)
     has_weights: ClassVar[bool] = True
-    module: ClassVar[str | None] = None  # "package.module:ClassName" of the torch module
+    # names of the linear layers inside, which `lora(targets=[...])` can adapt
+    lora_targets: ClassVar[tuple[str, ...]] = ()
 
     def outputs(self, p: BaseModel) -> tuple[str, ...]:
         """Output port names; the first is always `out`."""
@@ -192,7 +196,11 @@ def describe_type(annotation: Any, metadata: list | tuple = ()) -> str:
         return text + " (or none)" if len(rest) < len(args) else text
     if origin is tuple:
         plural = {int: "integers", float: "numbers", str: "strings", bool: "booleans"}
-        return f"a list of {plural.get(args[0], 'values')}" if args else "a list"
+        if not args:
+            return "a list"
+        what = plural.get(args[0], "values")
+        fixed = Ellipsis not in args
+        return f"a list of {len(args)} {what}" if fixed and len(args) > 1 else f"a list of {what}"
     bounds = []
     for m in metadata:
         for attr, word in (("gt", ">"), ("ge", ">="), ("lt", "<"), ("le", "<=")):

@@ -116,8 +116,9 @@ def evaluate_dim(expr: ast.Expr, env: Mapping[str, Any]) -> sympy.Expr:
             raise error("E306", "division by zero", expr.span)
         result = _OPS[expr.op](a, b)
         if result.is_number and not result.is_Integer:
-            raise error("E304", f"dimension {T.format_dim(a)} {expr.op} {T.format_dim(b)} = "
-                                f"{result} is not an integer", expr.span)
+            raise error("E304", f"dimension {T.format_dim(a)} {expr.op} {T.format_dim(b)} is "
+                                f"not a whole number ({float(result):g})", expr.span,
+                        hint="use // to round down, or sizes that divide exactly")
         return result
     raise error("E304", "a dimension must be an integer, a name or arithmetic of those",
                 getattr(expr, "span", None))

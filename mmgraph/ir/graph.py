@@ -251,7 +251,7 @@ class Graph:
                 mods.append("frozen")
             if inst.lora:
                 mods.append(f"lora(r={inst.lora.r}, alpha={_fmt(inst.lora.alpha)}, "
-                            f"targets={list(inst.lora.targets)})")
+                            f"targets={_fmt(inst.lora.targets)})")
             if inst.shared:
                 mods.append(f"shared({inst.shared})")
             mod = (" " + " ".join(mods)) if mods else ""
@@ -301,6 +301,8 @@ class Graph:
 
 
 def _fmt(v: Any) -> str:
+    if v is None:
+        return "none"
     if isinstance(v, bool):
         return "true" if v else "false"
     if isinstance(v, str):

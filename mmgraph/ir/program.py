@@ -52,8 +52,9 @@ def _load_imports(program: Program, module: ast.Module, chain: list[str],
             continue
         if not target.is_file():
             sink.add(Diagnostic("E103", f"cannot import \"{imp.path.value}\": no such file "
-                                        f"{target}", imp.path.span,
-                                hint="import paths are relative to the importing file"))
+                                        f"next to {Path(module.path).name}", imp.path.span,
+                                hint=f"import paths are relative to the importing file; "
+                                     f"looked for {target}"))
             continue
         try:
             imported = parse_file(target)

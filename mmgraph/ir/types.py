@@ -55,9 +55,15 @@ KINDS: dict[str, Kind] = {k.name: k for k in [
 ]}
 
 DTYPES = ("f32", "f16", "bf16", "f64", "i64", "i32", "i16", "i8", "u8", "bool")
+DTYPE_ALIASES = {"fp32": "f32", "float32": "f32", "float": "f32", "fp16": "f16",
+                 "float16": "f16", "half": "f16", "bfloat16": "bf16", "fp64": "f64",
+                 "float64": "f64", "double": "f64", "int64": "i64", "long": "i64",
+                 "int32": "i32", "int": "i32", "int16": "i16", "int8": "i8", "uint8": "u8"}
 FLOAT_DTYPES = ("f32", "f16", "bf16", "f64")
+# Modality tags mmgraph knows; others are allowed (a warning suggests a close known one).
 MODALITIES = ("image", "video", "audio", "text", "points", "regions", "depth", "semantic",
-              "time_series", "tabular", "graph", "skeleton", "sar", "fmri", "latent")
+              "time_series", "tabular", "graph", "skeleton", "sar", "fmri", "latent",
+              "prompt", "speech", "infrared", "xray", "thermal", "imu", "molecule")
 
 
 @dataclass(frozen=True)

@@ -56,7 +56,6 @@ CODES: dict[str, str] = {
     "E307": "dtype mismatch",
     # E4xx: graph structure
     "E401": "cycle in graph",
-    "E402": "value used before definition",
     "E403": "no outputs",
     "E404": "bad loss",
     "E405": "unused value",
@@ -107,6 +106,10 @@ class Diagnostic:
             "severity": self.severity,
             "message": self.message,
             "hint": self.hint,
+            "notes": [{"file": n.span.path if n.span else None,
+                       "line": n.span.line if n.span else None,
+                       "col": n.span.col if n.span else None,
+                       "message": n.message} for n in self.notes],
         }
 
     def sort_key(self):
@@ -128,15 +131,25 @@ def error(code: str, message: str, span: Span | None = None, hint: str | None = 
     return SpecError([Diagnostic(code, message, span, hint, notes=tuple(notes))])
 
 
+def closest(name: str, candidates: Iterable[str]) -> str | None:
+    """The candidate a misspelt `name` most likely meant, or None when nothing is close."""
+    pool = sorted(set(candidates) - {name})
+    close = difflib.get_close_matches(name, pool, n=1, cutoff=0.6)
+    if close:
+        return close[0]
+    lowered = {c.lower(): c for c in pool}
+    if name.lower() in lowered:
+        return lowered[name.lower()]
+    # a prefix either way: `vis` for `vision`, `projection` for `proj`
+    prefixed = [c for c in pool if min(len(c), len(name)) >= 3 and
+                (c.startswith(name) or name.startswith(c))]
+    return min(prefixed, key=lambda c: abs(len(c) - len(name))) if prefixed else None
+
+
 def did_you_mean(name: str, candidates: Iterable[str]) -> str | None:
     """A 'did you mean' hint for a misspelt name, or None when nothing is close."""
-    pool = sorted(set(candidates))
-    close = difflib.get_close_matches(name, pool, n=1, cutoff=0.6)
-    if not close:
-        lowered = {c.lower(): c for c in pool}
-        if name.lower() in lowered:
-            close = [lowered[name.lower()]]
-    return f"did you mean '{close[0]}'?" if close else None
+    match = closest(name, candidates)
+    return f"did you mean '{match}'?" if match else None
 
 
 def _excerpt(span: Span) -> list[str]:

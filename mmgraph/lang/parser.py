@@ -7,14 +7,17 @@ stop at either stage.
 from __future__ import annotations
 
 import functools
+import math
+from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
 from lark import Lark, Token, Transformer, Tree, v_args
-from lark.exceptions import UnexpectedCharacters, UnexpectedEOF, UnexpectedInput, UnexpectedToken
+from lark.exceptions import (UnexpectedCharacters, UnexpectedEOF, UnexpectedInput,
+                             UnexpectedToken, VisitError)
 
 from mmgraph.lang import ast
-from mmgraph.lang.diagnostics import error
+from mmgraph.lang.diagnostics import SpecError, error
 from mmgraph.lang.span import Source, Span
 
 
@@ -46,7 +49,12 @@ def parse(text: str, path: str = "<string>") -> ast.Module:
     """Text to AST."""
     source = Source(path, text)
     tree = parse_tree(text, path)
-    return _ToAst(source).transform(tree)
+    try:
+        return _ToAst(source).transform(tree)
+    except VisitError as exc:  # a SpecError raised while building the AST (a bad number)
+        if isinstance(exc.orig_exc, SpecError):
+            raise exc.orig_exc from None
+        raise
 
 
 def parse_file(path: str | Path) -> ast.Module:
@@ -61,73 +69,109 @@ def parse_file(path: str | Path) -> ast.Module:
 
 # ---------------------------------------------------------------- syntax errors
 
-# Known mistakes, each a few snippets that fail the same way. Lark re-parses them and matches
-# the parser state of the real error against theirs (lark's error_reporting_lalr example).
-_KNOWN_MISTAKES: dict[tuple[str, str, str], list[str]] = {
-    ("E002", "expected ':' after the instance name",
-     "declare an instance as `encoder NAME: component(param=value)`"): [
+@dataclass(frozen=True)
+class Mistake:
+    """A known kind of syntax mistake; `at_previous` puts the caret on the last token read
+    (e.g. under `Image` in `input x: Image`) instead of on the token that could not follow."""
+
+    code: str
+    message: str
+    hint: str
+    at_previous: bool = False
+
+
+# Known mistakes, each with snippets that fail the same way. A real error is matched to them
+# by the parser state it failed in (the idea of lark's match_examples, keyed on the state
+# alone so that a mistake is recognised however deep in the file it is).
+_KNOWN_MISTAKES: dict[Mistake, list[str]] = {
+    Mistake("E002", "expected ':' after the instance name",
+            "declare an instance as `encoder NAME: component(param=value)`"): [
         "model m { encoder v vit() }",
         "model m { connector p linear(out=4) }",
     ],
-    ("E002", "parameters are written name=value, not name: value",
-     "write `patch=32`"): [
+    Mistake("E002", "parameters are written name=value, not name: value", "write `patch=32`"): [
         "model m { encoder v: vit(patch: 32) }",
         "x = f(a: 1)",
     ],
-    ("E002", "missing ',' between arguments",
-     "separate arguments with commas: `f(a=1, b=2)`"): [
+    Mistake("E002", "missing ',' between arguments",
+            "separate arguments with commas: `f(a=1, b=2)`"): [
         "model m { encoder v: vit(patch=32 width=768) }",
         "model m { encoder v: vit(a=1, b=2 c=3) }",
         "model m { x = f(a b) }",
+        "model m { x = f(a, b c) }",
     ],
-    ("E002", "a type needs its dimensions in brackets",
-     "write e.g. `Image[B, 3, 224, 224]` or `Tokens[B, T]`"): [
+    Mistake("E002", "a type needs its dimensions in brackets",
+            "write e.g. `Image[B, 3, 224, 224]` or `Tokens[B, T]`", at_previous=True): [
         "model m { input x: Image }",
         "model m { input x: Image input y: Tokens[B, T] }",
-        "model m { input x: Seq }",
+        "model m { input x: Image<depth> }",
     ],
-    ("E006", "this statement belongs inside a `model` or `block`",
-     "wrap it in `model NAME { ... }`"): [
+    Mistake("E006", "this statement belongs inside a `model` or `block`",
+            "wrap it in `model NAME { ... }`", at_previous=True): [
         "input x: Image[B, 3, 8, 8]",
         "output x",
         "encoder v: vit()",
         "loss l = f(x)",
+    ],
+    Mistake("E006", "`train` and `export` blocks belong inside a `model`",
+            "move it into the model it configures", at_previous=True): [
         "train { lr = 1 }",
         "export { precision = fp32 }",
     ],
-    ("E002", "a loss needs a name",
-     "write `loss NAME = component(...)`"): [
+    Mistake("E002", "a loss needs a name", "write `loss NAME = component(...)`"): [
         "model m { loss = contrastive(a, b) }",
     ],
-    ("E002", "a dim range is written `dim NAME = low..high @ opt`",
-     "e.g. `dim B = 1..8 @ 1`"): [
+    Mistake("E002", "a dim range is written `dim NAME = low..high @ opt`",
+            "e.g. `dim B = 1..8 @ 1`"): [
         "model m { export { dim B = 1:8 } }",
         "model m { export { dim B = 1 to 8 } }",
         "model m { export { dim B = 1, 8 } }",
     ],
-    ("E002", "a part is written `part NAME: inputs -> outputs`",
-     "e.g. `part visual: image -> v`"): [
+    Mistake("E002", "a part is written `part NAME: inputs -> outputs`",
+            "e.g. `part visual: image -> v`"): [
         "model m { export { part v: image v } }",
         "model m { export { part v image -> v } }",
         "model m { export { part v: image => v } }",
     ],
-    ("E002", "a stage needs a name and a body in braces",
-     "write `stage NAME { trainable = [proj]; lr = 1e-3 }`"): [
+    Mistake("E002", "a stage needs a name and a body in braces",
+            "write `stage NAME { trainable = [proj]; lr = 1e-3 }`"): [
         "model m { train { stage { lr = 1 } } }",
         "model m { train { stage a lr = 1 } }",
     ],
-    ("E002", "expected a value after '='",
-     "give the setting or assignment a value"): [
+    Mistake("E002", "expected a value after '='", "give the setting or assignment a value",
+            at_previous=True): [
         "model m { x = }",
         "x = ",
         "model m { train { lr = } }",
+        "model m { export { precision = } }",
     ],
-    ("E002", "an instance declaration needs a component call",
-     "write e.g. `encoder vision: vit(patch=16)`; a component takes parentheses even with no parameters"): [
+    Mistake("E002", "an instance declaration needs a component call",
+            "write e.g. `encoder vision: vit(patch=16)`; a component takes parentheses even "
+            "with no parameters", at_previous=True): [
         "model m { encoder v: vit }",
         "model m { head h: linear frozen }",
+        "model m { encoder v: vit input x: Image[B, 3, 8, 8] }",
     ],
 }
+
+_STATEMENT_KEYWORDS = {"input", "output", "encoder", "connector", "fusion", "decoder", "head",
+                       "layer", "loss", "train", "export", "model", "block", "import", "stage",
+                       "part", "dim"}
+
+
+@functools.lru_cache(maxsize=1)
+def _mistake_table() -> dict[int, Mistake]:
+    """Parser state (where each known mistake fails) to the mistake."""
+    table: dict[int, Mistake] = {}
+    for mistake, examples in _KNOWN_MISTAKES.items():
+        for example in examples:
+            try:
+                parser().parse(example)
+            except UnexpectedToken as exc:
+                table.setdefault(exc.state.position, mistake)
+            except UnexpectedInput:
+                pass
+    return table
 
 
 _TOKEN_NAMES = {
@@ -142,13 +186,12 @@ _TOKEN_NAMES = {
 def _token_name(t: str) -> str:
     if t in _TOKEN_NAMES:
         return _TOKEN_NAMES[t]
-    if t.startswith("__ANON") or t.isupper():
-        try:
-            pattern = parser().get_terminal(t).pattern
-            if pattern.type == "str":
-                return f"'{pattern.value}'"
-        except KeyError:
-            pass
+    try:
+        pattern = parser().get_terminal(t).pattern
+        if pattern.type == "str":
+            return f"'{pattern.value}'"
+    except KeyError:
+        pass
     return t.lower()
 
 
@@ -162,13 +205,13 @@ def _expected(exc: UnexpectedInput) -> str:
     return "expected " + ", ".join(names)
 
 
-def _unclosed(text: str) -> tuple[str, int, int] | None:
-    """The last bracket left open at end of file, as (char, line, col)."""
+def _unclosed(text: str, upto: int | None = None) -> tuple[str, int, int] | None:
+    """The innermost bracket still open at offset `upto` (default: end), as (char, line, col)."""
     stack: list[tuple[str, int, int]] = []
     pairs = {")": "(", "]": "[", "}": "{"}
     in_string = in_comment = False
     line, col = 1, 0
-    for ch in text:
+    for ch in text[:upto]:
         col += 1
         if ch == "\n":
             line, col, in_comment = line + 1, 0, False
@@ -193,37 +236,95 @@ def _point(source: Source, line: int, col: int, width: int = 1) -> Span:
     return Span(source, line, col, line, col + max(width, 1))
 
 
+def _token_span(source: Source, tok: Token) -> Span:
+    return _point(source, tok.line, tok.column, len(str(tok)))
+
+
+def _keyword(tok) -> bool:
+    """A token of a keyword terminal (`encoder`, `input`, ...), as opposed to a name."""
+    return isinstance(tok, Token) and str(tok) in _STATEMENT_KEYWORDS | {"frozen", "lora",
+                                                                        "shared", "repeat"} \
+        and tok.type != "NAME"
+
+
 def _syntax_error(source: Source, exc: UnexpectedInput):
-    if isinstance(exc, UnexpectedEOF) or (
-            isinstance(exc, UnexpectedToken) and exc.token.type == "$END"):
+    if isinstance(exc, UnexpectedCharacters):
+        return _bad_character(source, exc)
+    token = getattr(exc, "token", None)
+    at_end = isinstance(exc, UnexpectedEOF) or (token is not None and token.type == "$END")
+    stack = list(exc.state.value_stack) if getattr(exc, "state", None) else []
+    previous = next((t for t in reversed(stack) if isinstance(t, Token)), None)
+
+    if at_end:
         open_ = _unclosed(source.text)
-        lines = source.text.splitlines() or [""]
-        end = _point(source, len(lines), len(lines[-1]) + 1)
         if open_:
             ch, line, col = open_
             closing = {"(": ")", "[": "]", "{": "}"}[ch]
             return error("E005", f"'{ch}' is never closed", _point(source, line, col),
                          hint=f"add the missing '{closing}'")
-        return error("E003", "unexpected end of file", end, hint=_expected(exc) or None)
-    if isinstance(exc, UnexpectedCharacters):
-        ch = source.text[exc.pos_in_stream] if exc.pos_in_stream < len(source.text) else "?"
-        hint = None
-        if ch == "'":
-            hint = 'strings use double quotes: "text"'
-        elif ch in "{}" and exc.allowed:
-            hint = _expected(exc)
-        return error("E004", f"unexpected character {ch!r}",
-                     _point(source, exc.line, exc.column),
-                     hint=hint or _expected(exc) or None)
-    assert isinstance(exc, UnexpectedToken)
-    token = exc.token
-    span = _point(source, token.line, token.column, len(str(token)))
-    label = exc.match_examples(parser().parse, _KNOWN_MISTAKES, use_accepts=True)
-    if label:
-        code, message, hint = label
-        return error(code, message, span, hint=hint)
-    shown = "end of file" if token.type == "$END" else f"'{token}'"
-    return error("E002", f"unexpected {shown}", span, hint=_expected(exc) or None)
+    elif token is not None:
+        # a statement keyword inside an open '(' or '[': the bracket was never closed
+        if str(token) in _STATEMENT_KEYWORDS and token.type != "NAME":
+            open_ = _unclosed(source.text, token.start_pos)
+            if open_ and open_[0] in "([":
+                ch, line, col = open_
+                return error("E005", f"'{ch}' is never closed", _point(source, line, col),
+                             hint=f"add the missing '{')' if ch == '(' else ']'}' before "
+                                  f"line {token.line}")
+        # `0.1.5`: a number glued to another number by a dot
+        if token.type == "NUMBER" and token.start_pos >= 2 and \
+                source.text[token.start_pos - 1] == "." and source.text[token.start_pos - 2].isdigit():
+            begin = token.start_pos - 1
+            while begin > 0 and (source.text[begin - 1].isdigit() or source.text[begin - 1] in "._"):
+                begin -= 1
+            text = source.text[begin:token.end_pos]
+            line_start = source.text.rfind("\n", 0, begin) + 1
+            return error("E007", f"invalid number '{text}'",
+                         _point(source, token.line, begin - line_start + 1, len(text)),
+                         hint="a number has at most one decimal point")
+        # `encoder = ...`: a keyword where a name was meant (unless a known mistake fits)
+        if token.type == "EQUAL" and _keyword(previous) and \
+                exc.state.position not in _mistake_table():
+            return error("E002", f"'{previous}' is a keyword and cannot be used as a name",
+                         _token_span(source, previous),
+                         hint=f"choose another name, e.g. {previous}_out")
+        # `lr =` followed by the next setting: the next name was taken as lr's value
+        if token.type == "EQUAL" and len(stack) >= 3 and isinstance(stack[-1], Token) and \
+                stack[-1].type == "NAME" and isinstance(stack[-2], Token) and \
+                stack[-2].type == "EQUAL":
+            return error("E002", "expected a value after '='", _token_span(source, stack[-2]),
+                         hint=f"give `{stack[-3]}` a value" if isinstance(stack[-3], Token)
+                         else "give the setting a value")
+    state = getattr(exc, "state", None)
+    mistake = _mistake_table().get(state.position) if state is not None else None
+    if mistake:
+        where = previous if mistake.at_previous and previous is not None else token
+        if where is None or where.type == "$END":
+            lines = source.text.splitlines() or [""]
+            span = _point(source, len(lines), len(lines[-1]) + 1)
+        else:
+            span = _token_span(source, where)
+        return error(mistake.code, mistake.message, span, hint=mistake.hint)
+    if at_end:
+        lines = source.text.splitlines() or [""]
+        return error("E003", "unexpected end of file",
+                     _point(source, len(lines), len(lines[-1]) + 1), hint=_expected(exc) or None)
+    shown = f"'{token}'"
+    hint = _expected(exc) or None
+    if str(token) in _STATEMENT_KEYWORDS and token.type != "NAME":
+        hint = (hint + "; " if hint else "") + f"'{token}' is a keyword"
+    return error("E002", f"unexpected {shown}", _token_span(source, token), hint=hint)
+
+
+def _bad_character(source: Source, exc: UnexpectedCharacters):
+    ch = source.text[exc.pos_in_stream] if exc.pos_in_stream < len(source.text) else "?"
+    hint = None
+    if ch == "'":
+        hint = 'strings use double quotes: "text"'
+    elif ch == '"':
+        hint = "this string is not closed on its line"
+    return error("E004", f"unexpected character {ch!r}", _point(source, exc.line, exc.column),
+                 hint=hint or _expected(exc) or None)
 
 
 # ---------------------------------------------------------------- tree to AST
@@ -382,7 +483,11 @@ class _ToAst(Transformer):
         return ast.Attr(value, self._ident(name), self._span(meta))
 
     def number(self, meta, tok):
-        return ast.Num(_number(str(tok)), Span.of_meta(self.source, tok))
+        span = Span.of_meta(self.source, tok)
+        value = _number(str(tok))
+        if isinstance(value, float) and not math.isfinite(value):
+            raise error("E007", f"number '{tok}' is too large", span)
+        return ast.Num(value, span)
 
     def string(self, meta, tok):
         return ast.Str(_unquote(str(tok)), Span.of_meta(self.source, tok))

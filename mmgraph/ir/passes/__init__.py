@@ -6,7 +6,8 @@ from mmgraph.ir.passes.base import Compilation, NamedPass, PassFailed, run_passe
 PASSES: list[NamedPass] = [
     NamedPass("resolve", resolve.run, "names, duplicates, cycles between values"),
     NamedPass("constants", constants.run, "evaluate constants, apply --set overrides"),
-    NamedPass("expand", expand.run, "lower to IR, expand blocks and repeats, check parameters"),
+    NamedPass("expand", expand.run, "lower to IR, expand blocks and repeats, check parameters",
+              recoverable=True),
     NamedPass("infer", infer.run, "types and shapes of every value"),
     NamedPass("verify", verify.run, "whole-graph invariants, component hooks, unused values"),
     NamedPass("trainability", trainability.run, "train settings and stage trainable lists"),

@@ -41,6 +41,9 @@ class NamedPass:
     name: str
     run: Pass
     doc: str
+    # the next pass may still run after errors here (it skips what failed), so that one run
+    # reports independent mistakes of both passes
+    recoverable: bool = False
 
 
 class PassFailed(SpecError):
@@ -54,6 +57,7 @@ class PassFailed(SpecError):
 def run_passes(c: Compilation, passes: list[NamedPass]) -> Compilation:
     import time
 
+    carried_errors: str | bool = False  # the recoverable pass that found errors, if any
     for p in passes:
         start = time.perf_counter()
         try:
@@ -67,6 +71,8 @@ def run_passes(c: Compilation, passes: list[NamedPass]) -> Compilation:
                         f"(at {where.filename.rsplit('/', 1)[-1]}:{where.lineno})",
                 c.model.span, hint="this is a bug in mmgraph; please report it with the spec"))
         c.timings[p.name] = time.perf_counter() - start
-        if c.sink.has_errors:
-            raise PassFailed(p.name, sorted(c.sink.diagnostics, key=Diagnostic.sort_key))
+        if c.sink.has_errors and (not p.recoverable or carried_errors):
+            raise PassFailed(carried_errors or p.name,
+                             sorted(c.sink.diagnostics, key=Diagnostic.sort_key))
+        carried_errors = carried_errors or (p.name if c.sink.has_errors else False)
     return c

@@ -63,6 +63,13 @@ def run(c: Compilation) -> None:
     model_defs = {a.targets[0].name: (a.targets[0], a.value) for a in c.model.body
                   if isinstance(a, ast.Assign) and a.targets[0].name in c.const_values}
     known = set(file_defs) | set(model_defs)
+    for name in set(file_defs) & set(model_defs):
+        c.sink.add(Diagnostic("E102", f"model '{c.model.name.name}' redefines the file's "
+                                      f"constant '{name}'", model_defs[name][0].span,
+                              severity="warning",
+                              notes=(Note(file_defs[name][0].span, "the file's definition"),),
+                              hint="the model's value wins inside the model; rename one to "
+                                   "avoid confusion"))
     for name in c.overrides:
         if name not in known:
             c.sink.add(Diagnostic(

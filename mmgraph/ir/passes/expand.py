@@ -17,8 +17,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import networkx as nx
-from pydantic import ValidationError
-
 from mmgraph.components import registry
 from mmgraph.components.registry import Component
 from mmgraph.ir import types as T
@@ -27,6 +25,7 @@ from mmgraph.ir.graph import Graph, Instance, Lora, LossTerm, Node, Ref
 from mmgraph.ir.passes.base import Compilation
 from mmgraph.ir.passes.constants import evaluate_all
 from mmgraph.ir.passes.resolve import classify_assigns, walk
+from mmgraph.ir.schema import PARAMS, kwargs, show, to_plain, validate
 from mmgraph.lang import ast
 from mmgraph.lang.diagnostics import Diagnostic, SpecError, did_you_mean, error
 from mmgraph.lang.span import Span
@@ -45,8 +44,12 @@ class Decl:
     block_env: dict[str, Any] | None = None
     times: int = 0  # > 0 for repeat
     frozen: bool = False
+    frozen_by: str | None = None  # the declaration whose `frozen` made this one frozen
     lora: Lora | None = None
+    lora_span: Span | None = None
     shared: str | None = None
+    shared_target: ast.Ident | None = None  # `shared(x)` as written, resolved after the body
+    param_spans: dict[str, Span] = field(default_factory=dict)
 
 
 @dataclass
@@ -58,6 +61,7 @@ class Scope:
     anon: Counter = field(default_factory=Counter)
     failed: set[str] = field(default_factory=set)  # names whose definition already failed
     frozen: bool = False  # inherited from a frozen block instance
+    frozen_by: str | None = None
     lora: Lora | None = None
     shared: str | None = None  # prefix of the block instance this expansion ties to
 
@@ -65,75 +69,21 @@ class Scope:
         return f"{self.prefix}.{local}" if self.prefix else local
 
 
-def to_plain(value: Any) -> Any:
-    """Spec lists become tuples, so parameter schemas can be strict and hashable."""
-    if isinstance(value, list):
-        return tuple(to_plain(v) for v in value)
-    return value
+def lora_fits(comp: Component, lora: Lora) -> bool:
+    """True when the LoRA's targets name linear layers the component has."""
+    if "self" in comp.lora_targets:  # linear, mlp, heads: their own linear layers
+        return True
+    return bool(comp.lora_targets) and ("all" in lora.targets or
+                                        bool(set(lora.targets) & set(comp.lora_targets)))
 
 
-def validate_params(schema, call: ast.Call, kwargs: list[ast.KwArg], env: dict[str, Any],
-                    what: str):
-    """Evaluate keyword arguments and validate them; every problem becomes a diagnostic."""
-    values: dict[str, Any] = {}
-    spans: dict[str, Span] = {}
-    problems: list[Diagnostic] = []
-    for kw in kwargs:
-        if kw.name.name in values:
-            problems.append(Diagnostic("E205", f"parameter '{kw.name.name}' is given twice",
-                                       kw.name.span))
-            continue
-        try:
-            values[kw.name.name] = to_plain(evaluate(kw.value, env, what="a parameter"))
-            spans[kw.name.name] = kw.value.span
-        except SpecError as exc:
-            problems.extend(exc.diagnostics)
-    if problems:
-        raise SpecError(problems)
-    try:
-        return schema.model_validate(values, strict=True)
-    except ValidationError as exc:
-        fields = list(schema.model_fields)
-        for err in exc.errors():
-            loc = [str(p) for p in err["loc"]]
-            pname = loc[0] if loc else None
-            if err["type"] == "extra_forbidden":
-                kw = next(k for k in kwargs if k.name.name == pname)
-                problems.append(Diagnostic(
-                    "E202", f"{what} has no parameter '{pname}'", kw.name.span,
-                    hint=did_you_mean(pname, fields) or
-                    (f"its parameters are: {', '.join(fields)}" if fields else
-                     f"{what} takes no parameters")))
-            elif err["type"] == "missing":
-                problems.append(Diagnostic("E204", f"{what} needs parameter '{pname}'",
-                                           call.span, hint=f"add {pname}=..."))
-            else:
-                msg = err["msg"].removeprefix("Value error, ")
-                msg = msg[0].lower() + msg[1:] if msg else msg
-                if pname in spans:
-                    where = ".".join([pname] + loc[1:])
-                    got = values[pname]
-                    problems.append(Diagnostic(
-                        "E203", f"{what} parameter '{where}': {msg} (got {_show(got)})",
-                        spans[pname], hint=_param_hint(schema, pname)))
-                else:
-                    problems.append(Diagnostic("E203", f"{what}: {msg}", call.span))
-        raise SpecError(problems) from None
-
-
-def _show(v: Any) -> str:
-    if isinstance(v, bool):
-        return str(v).lower()
-    if isinstance(v, str):
-        return f'"{v}"'
-    if isinstance(v, tuple):
-        return "[" + ", ".join(_show(x) for x in v) + "]"
-    return repr(v)
-
-
-def _param_hint(schema, name: str) -> str | None:
-    f = schema.model_fields.get(name)
-    return None if f is None else f"'{name}' takes {registry.describe_field(f)}"
+def lora_error(comp: Component, lora: Lora, span: Span) -> SpecError:
+    if not comp.lora_targets:
+        return error("E206", f"lora adapts linear layers, and {comp.name} has none", span,
+                     hint="put lora(...) on an attention or feed-forward layer")
+    return error("E206", f"lora targets {list(lora.targets)} name no linear layer of "
+                         f"{comp.name}", span,
+                 hint=f"its linear layers are: {', '.join(comp.lora_targets)} (or 'all')")
 
 
 class Lowerer:
@@ -150,7 +100,11 @@ class Lowerer:
         body = self.c.model.body
         for stmt in body:
             if isinstance(stmt, ast.Input):
-                self.lower_input(stmt, scope)
+                try:
+                    self.lower_input(stmt, scope)
+                except SpecError as exc:
+                    self.sink.add(exc)
+                    scope.failed.add(stmt.name.name)
         self.lower_body(body, scope)
         self.g.meta["values"] = {k: v[0] for k, v in scope.values.items()}
         self.g.meta["roles"] = {k: d.role for k, d in scope.decls.items()}
@@ -174,6 +128,13 @@ class Lowerer:
                 except SpecError as exc:
                     self.sink.add(exc)
                     scope.failed.add(stmt.name.name)
+        for local, decl in scope.decls.items():
+            if decl.shared_target is not None:
+                try:
+                    self.tie(local, decl, scope)
+                except SpecError as exc:
+                    self.sink.add(exc)
+                    scope.failed.add(local)
         inputs = set(scope.values)
         _, value_assigns = classify_assigns(body, inputs)
         producers = {t.name: a for a in value_assigns for t in a.targets}
@@ -211,8 +172,10 @@ class Lowerer:
                             t.dims[i].span)
         if kind.name == "Boxes" and not T.same_dim(dims[2], 4):
             raise error("E303", "Boxes have 4 coordinates per box", t.dims[2].span)
-        dtype = next((tag.name for tag in t.tags if tag.name in T.DTYPES), None)
-        tags = [tag.name for tag in t.tags if tag.name not in T.DTYPES]
+        dtype = next((T.DTYPE_ALIASES.get(tag.name, tag.name) for tag in t.tags
+                      if tag.name in T.DTYPES or tag.name in T.DTYPE_ALIASES), None)
+        tags = [tag.name for tag in t.tags
+                if tag.name not in T.DTYPES and tag.name not in T.DTYPE_ALIASES]
         return T.make(kind.name, dims, dtype, tags or None)
 
     # ---------------------------------------------------------------- declarations
@@ -228,11 +191,12 @@ class Lowerer:
                 raise error("E207", "repeat takes one layer and times=N", extra[0].span)
             times = evaluate(times_kw.value, scope.consts, what="times")
             if not isinstance(times, int) or isinstance(times, bool) or times < 1:
-                raise error("E207", f"times must be a positive integer, got {_show(times)}",
+                raise error("E207", f"times must be a positive integer, got {show(times)}",
                             times_kw.value.span)
             call = call.args[0]
         decl = Decl(scope.full(stmt.name.name), stmt.role, stmt.span, times=times,
-                    frozen=scope.frozen, lora=scope.lora)
+                    frozen=scope.frozen, frozen_by=scope.frozen_by, lora=scope.lora,
+                    shared=f"{scope.shared}.{stmt.name.name}" if scope.shared else None)
         self.apply_modifiers(decl, stmt.modifiers, scope)
         name = call.func.name
         if name in self.c.program.blocks:
@@ -242,8 +206,11 @@ class Lowerer:
         else:
             comp = registry.get(name)
             decl.component = comp
-            decl.params = validate_params(comp.Params, call, list(call.kwargs), scope.consts,
-                                          f"{name}")
+            decl.params, given = validate(comp.Params, kwargs(call.kwargs), scope.consts, name,
+                                          PARAMS, call.span)
+            decl.param_spans = {k: v[1].span for k, v in given.items()}
+            if decl.lora and decl.lora_span and not lora_fits(comp, decl.lora):
+                raise lora_error(comp, decl.lora, decl.lora_span)
             for i in range(times) if times else [None]:
                 name = decl.name if i is None else f"{decl.name}.{i}"
                 shared = None if i is None or not decl.shared else f"{decl.shared}.{i}"
@@ -257,19 +224,35 @@ class Lowerer:
                 raise error("E206", f"'{m.kind}' is given twice", m.span)
             seen.add(m.kind)
             if m.kind == "frozen":
-                decl.frozen = True
+                decl.frozen, decl.frozen_by = True, decl.name
             elif m.kind == "lora":
                 if m.args:
                     raise error("E206", "lora takes its settings by name", m.args[0].span,
                                 hint="e.g. lora(r=8, alpha=16)")
-                decl.lora = self.lora(m, scope)
+                decl.lora, decl.lora_span = self.lora(m, scope), m.span
             elif m.kind == "shared":
-                if m.target.name not in scope.decls:
-                    raise error("E206", f"shared({m.target.name}): no layer '{m.target.name}' "
-                                        "is declared before this one", m.target.span,
-                                hint=did_you_mean(m.target.name, scope.decls) or
-                                "declare the layer to share first")
-                decl.shared = scope.decls[m.target.name].name
+                decl.shared_target = m.target
+
+    def tie(self, local: str, decl: Decl, scope: Scope) -> None:
+        """Resolve `shared(x)`: x may be declared anywhere in the same body."""
+        target = decl.shared_target
+        if target.name == local:
+            raise error("E206", f"'{local}' cannot share weights with itself", target.span,
+                        hint="name another layer of the same component and parameters")
+        if target.name not in scope.decls:
+            raise error("E206", f"shared({target.name}): no layer '{target.name}' is declared "
+                                "here", target.span,
+                        hint=did_you_mean(target.name, scope.decls) or
+                        "name a layer declared in the same model or block")
+        other = scope.decls[target.name]
+        decl.shared = other.name
+        if decl.times != other.times or (decl.block is None) != (other.block is None):
+            raise error("E206", f"'{local}' and '{target.name}' have different structure, so "
+                                "their weights cannot be tied", target.span)
+        for i in range(decl.times) if decl.times else [None]:
+            name = decl.name if i is None else f"{decl.name}.{i}"
+            if name in self.g.instances:
+                self.g.instances[name].shared = other.name if i is None else f"{other.name}.{i}"
 
     def lora(self, m: ast.Modifier, scope: Scope) -> Lora:
         from mmgraph.components.registry import Params
@@ -281,8 +264,9 @@ class Lowerer:
             targets: tuple[str, ...] = ("q", "k", "v", "o")
             dropout: float = 0.0
 
-        call = ast.Call(ast.Ident("lora", m.span), (), m.kwargs, m.span)
-        p = validate_params(LoraParams, call, list(m.kwargs), scope.consts, "lora")
+        p, _ = validate(LoraParams, kwargs(m.kwargs), scope.consts, "lora", PARAMS, m.span)
+        if "all" in p.targets and len(p.targets) > 1:
+            raise error("E206", "lora targets: 'all' already covers every linear layer", m.span)
         if p.alpha <= 0:
             raise error("E206", "lora alpha must be positive", m.span)
         return Lora(p.r, p.alpha, p.targets, p.dropout)
@@ -323,7 +307,7 @@ class Lowerer:
 
     def make_instance(self, decl: Decl, name: str, span: Span, anonymous: bool,
                       component: Component | None = None, params=None,
-                      shared: str | None = None) -> Instance:
+                      shared: str | None = None, param_spans=None) -> Instance:
         if name in self.g.instances:
             return self.g.instances[name]
         comp = component or decl.component
@@ -332,10 +316,13 @@ class Lowerer:
                                                 else "layer")
         if comp.category == "loss":
             role = "loss"
+        lora = decl.lora if decl.lora and lora_fits(comp, decl.lora) else None
         inst = Instance(name, role, comp.name, params if params is not None else decl.params,
-                        span, frozen=decl.frozen, lora=decl.lora if comp.has_weights else None,
+                        span, frozen=decl.frozen, lora=lora,
                         shared=shared if shared is not None else decl.shared,
-                        anonymous=anonymous)
+                        anonymous=anonymous,
+                        meta={"param_spans": dict(param_spans or decl.param_spans),
+                              "frozen_by": decl.frozen_by})
         return self.g.add_instance(inst)
 
     # ---------------------------------------------------------------- values
@@ -402,22 +389,27 @@ class Lowerer:
 
     def lower_loss(self, stmt: ast.Loss, scope: Scope) -> None:
         expr, weight = stmt.value, 1.0
-        if isinstance(expr, ast.BinOp) and expr.op == "*":
+        while isinstance(expr, ast.BinOp) and expr.op == "*":  # `2 * mse(a, b) * 0.5`
             for const_side, value_side in ((expr.left, expr.right), (expr.right, expr.left)):
                 if not any(isinstance(e, (ast.Call, ast.Index, ast.Attr)) or
                            (isinstance(e, ast.Name) and e.id in scope.values)
                            for e in walk(const_side)):
                     try:
-                        weight = evaluate(const_side, scope.consts, what="a loss weight")
+                        factor = evaluate(const_side, scope.consts, what="a loss weight")
                     except SpecError as exc:
                         self.sink.add(exc)
                         return
+                    if isinstance(factor, bool) or not isinstance(factor, (int, float)) or \
+                            factor < 0:
+                        self.sink.add(Diagnostic(
+                            "E404", f"loss weight must be a non-negative number, got "
+                                    f"{show(factor)}", const_side.span))
+                        return
+                    weight *= factor
                     expr = value_side
                     break
-        if isinstance(weight, bool) or not isinstance(weight, (int, float)) or weight < 0:
-            self.sink.add(Diagnostic("E404", f"loss weight must be a non-negative number, got "
-                                             f"{_show(weight)}", stmt.value.span))
-            return
+            else:
+                break
         try:
             before = set(self.g.nodes)
             if isinstance(expr, ast.Call) and expr.func.name not in scope.decls:
@@ -440,7 +432,7 @@ class Lowerer:
         out = self.expr(e, scope)
         if not isinstance(out, list):
             raise error("E302", f"expected a graph value here, but this is the constant "
-                                f"{_show(to_plain(out))}", e.span)
+                                f"{show(to_plain(out))}", e.span)
         return out
 
     def expr(self, e: ast.Expr, scope: Scope):
@@ -493,7 +485,7 @@ class Lowerer:
             return [self.node(scope, ops[e.op], [("a", a[0]), ("b", b[0])], e.span)]
         value, const = (a, b) if isinstance(a, list) else (b, a)
         if isinstance(const, bool) or not isinstance(const, (int, float)):
-            raise error("E302", f"cannot combine a graph value with {_show(to_plain(const))}",
+            raise error("E302", f"cannot combine a graph value with {show(to_plain(const))}",
                         e.span)
         if e.op in ("-", "/") and not isinstance(a, list):
             raise error("E302", f"'constant {e.op} value' is not supported", e.span,
@@ -510,13 +502,13 @@ class Lowerer:
                 evaluate(e.index.stop, scope.consts, what="a slice bound")
             for bound in (start, stop):
                 if bound is not None and (isinstance(bound, bool) or not isinstance(bound, int)):
-                    raise error("E305", f"slice bounds must be integers, got {_show(bound)}",
+                    raise error("E305", f"slice bounds must be integers, got {show(bound)}",
                                 e.index.span)
             return [self.node(scope, "slice", [("x", v[0])], e.span,
                               attrs={"start": start, "stop": stop})]
         i = evaluate(e.index, scope.consts, what="an index")
         if isinstance(i, bool) or not isinstance(i, int):
-            raise error("E305", f"an index must be an integer, got {_show(i)}", e.index.span)
+            raise error("E305", f"an index must be an integer, got {show(i)}", e.index.span)
         return [self.node(scope, "select", [("x", v[0])], e.span, attrs={"index": i})]
 
     # ---------------------------------------------------------------- calls
@@ -533,18 +525,20 @@ class Lowerer:
             kw = [k for k in e.kwargs if k.name.name not in inputs]
             env = self.block_env(block, ast.Call(e.func, (), tuple(kw), e.span), scope)
             decl = Decl(self.anon_name(scope, name), "layer", e.span, block=block,
-                        block_env=env, frozen=scope.frozen, lora=scope.lora)
+                        block_env=env, frozen=scope.frozen, frozen_by=scope.frozen_by,
+                        lora=scope.lora)
             inputs_call = ast.Call(e.func, e.args,
                                    tuple(k for k in e.kwargs if k.name.name in inputs), e.span)
             return self.call_decl(decl, inputs_call, scope)
         comp = registry.get(name)
         ports = {p.name for p in comp.inputs}
         params_kw = [k for k in e.kwargs if k.name.name not in ports]
-        p = validate_params(comp.Params, e, params_kw, scope.consts, name)
+        p, given = validate(comp.Params, kwargs(params_kw), scope.consts, name, PARAMS, e.span)
         inst_name = self.anon_name(scope, name_hint or name)
         shared = f"{scope.shared}.{inst_name[len(scope.prefix) + 1:]}" if scope.shared else None
         decl = Decl(inst_name, "layer", e.span, component=comp, params=p, frozen=scope.frozen,
-                    lora=scope.lora)
+                    frozen_by=scope.frozen_by, lora=scope.lora,
+                    param_spans={k: v[1].span for k, v in given.items()})
         self.make_instance(decl, inst_name, e.span, anonymous=True, shared=shared)
         inputs_call = ast.Call(e.func, e.args,
                                tuple(k for k in e.kwargs if k.name.name in ports), e.span)
@@ -565,7 +559,7 @@ class Lowerer:
             v = self.expr(a, scope)
             if not isinstance(v, list):
                 raise error("E205", f"{e.func.name}: a constant cannot be an input "
-                                    f"({_show(to_plain(v))})", a.span,
+                                    f"({show(to_plain(v))})", a.span,
                             hint="inputs are graph values; parameters are given by name")
             pos.append((v[0], a.span))
         kw = {}
@@ -639,15 +633,27 @@ class Lowerer:
             return self.expand(decl, decl.name, bound, e)
         current = bound
         outs: list[Ref] = []
+        threaded_refs: list[Ref] = []  # the previous repetition's outputs, fed back in
         for i in range(decl.times):
             prefix = f"{decl.name}.{i}"
+            before = set(self.g.nodes)
             if decl.block is not None:
                 outs = self.expand(decl, prefix, current, e)
             else:
                 outs = self.call_component(decl, prefix, e, scope, args=current)
+            if threaded_refs:  # tell `infer` which inputs are fed back
+                first_inputs = {port: ref for port, ref, _ in bound}
+                for name in set(self.g.nodes) - before:
+                    node = self.g.nodes[name]
+                    for port, ref in node.inputs:
+                        if any(ref == r for r in threaded_refs):
+                            own = node.name.rsplit(".", 1)[-1] if node.op == "bind" else port
+                            node.meta.setdefault("threaded", {})[port] = (
+                                decl.name, decl.span, first_inputs.get(own, bound[0][1]))
             # thread the first len(outs) inputs through the next repetition
             threaded = [(port, ref, span) for (port, _, span), ref
                         in zip(current, outs[:1] if decl.block is None else outs)]
+            threaded_refs = [ref for _, ref, _ in threaded]
             current = threaded + current[len(threaded):]
         return outs
 
@@ -655,7 +661,8 @@ class Lowerer:
         """Inline one copy of a block under `prefix`, its inputs bound to `bound`."""
         block = decl.block
         self.binding_groups += 1
-        inner = Scope(prefix, dict(decl.block_env), frozen=decl.frozen, lora=decl.lora,
+        inner = Scope(prefix, dict(decl.block_env), frozen=decl.frozen,
+                      frozen_by=decl.frozen_by, lora=decl.lora,
                       shared=(decl.shared + prefix[len(decl.name):]) if decl.shared else None)
         by_port = {p: (r, s) for p, r, s in bound}
         for stmt in block.body:

@@ -92,6 +92,12 @@ def infer_call(g: Graph, node: Node, args) -> dict[str, T.TensorType]:
     try:
         out = comp.infer(inst.params, x, ctx)
     except TypeRuleError as exc:
+        if exc.param is not None:  # a bad parameter: point at it where the layer is declared
+            span = inst.meta.get("param_spans", {}).get(exc.param, inst.span)
+            raise SpecError([Diagnostic(exc.code, exc.message, span, hint=exc.hint)]) from None
+        threaded = node.meta.get("threaded", {}).get(exc.port)
+        if threaded is not None:
+            raise repeat_error(g, node, exc.port, threaded, args[exc.port]) from None
         spans = node.meta.get("arg_spans", {})
         port = exc.port if exc.port in spans else f"{exc.port}0"
         span = spans.get(port) or node.span
@@ -111,22 +117,39 @@ def infer_call(g: Graph, node: Node, args) -> dict[str, T.TensorType]:
     return out
 
 
+def repeat_error(g: Graph, node: Node, port: str, threaded, got: T.TensorType) -> SpecError:
+    """A repetition's output fed back as the next one's input does not fit it."""
+    decl, span, first_input = threaded
+    took = g.type_of(first_input)
+    return SpecError([Diagnostic(
+        "E207", f"repeat '{decl}' feeds each repetition's output back in as '{port}', but a "
+                f"repetition turns {took} into {got}", span,
+        hint="a repeated layer must give back what it takes; move the layer that changes "
+             "the shape out of the repeat")])
+
+
 def infer_bind(g: Graph, node: Node, actual: T.TensorType, bindings) -> T.TensorType:
     """A block input: the argument must fit the declared type; free symbols bind per call."""
     declared: T.TensorType = node.attrs["expect"]
     env = bindings.setdefault(node.meta["group"], {})
     block = node.meta["block"]
     arg_span = node.meta["arg_span"]
-    where = (Note(node.span, f"block '{block}' declares this input"),)
+    port = node.name.rsplit(".", 1)[-1]
+    source = node.inputs[0][1].node
+    where = (Note(node.span, f"block '{block}' declares input '{port}' here"),)
 
-    def fail(message):
-        raise SpecError([Diagnostic("E301", message, arg_span, notes=where)])
+    def fail(message, code="E301"):
+        threaded = node.meta.get("threaded", {}).get("x")
+        if threaded is not None:
+            raise repeat_error(g, node, port, threaded, actual)
+        raise SpecError([Diagnostic(code, message, arg_span, notes=where)])
 
     if declared.kind != "Tensor" and actual.kind != declared.kind:
-        fail(f"block '{block}' input '{node.name.rsplit('.', 1)[-1]}' expects {declared} but "
-             f"gets {actual}")
+        fail(f"block '{block}' input '{port}' expects {declared} but {source} gives {actual}",
+             code="E302")
     if actual.rank != declared.rank:
-        fail(f"block '{block}' input expects rank {declared.rank} ({declared}) but gets {actual}")
+        fail(f"block '{block}' input '{port}' expects {declared} but {source} gives {actual}",
+             code="E302")
     for axis, (want, got) in enumerate(zip(declared.dims, actual.dims)):
         want = want.subs(env)
         free = [s for s in want.free_symbols if s not in env]
@@ -134,8 +157,8 @@ def infer_bind(g: Graph, node: Node, actual: T.TensorType, bindings) -> T.Tensor
             env[free[0]] = got
             continue
         if not free and T.differ(want, got):
-            fail(f"block '{block}' input '{node.name.rsplit('.', 1)[-1]}' expects "
-                 f"{declared.axes[axis]} = {T.format_dim(want)} but gets {actual}")
+            fail(f"block '{block}' input '{port}' expects {declared.axes[axis]} = "
+                 f"{T.format_dim(want)} but {source} gives {actual}")
     if declared.dtype != actual.dtype and declared.dtype != T.KINDS[declared.kind].dtype:
         raise SpecError([Diagnostic("E307", f"block '{block}' input expects dtype "
                                             f"{declared.dtype} but gets {actual}", arg_span,
@@ -196,11 +219,11 @@ def infer_index(g: Graph, node: Node, t: T.TensorType) -> T.TensorType:
     lo, hi = resolve(start, sympy.Integer(0)), resolve(stop, n)
     if n.is_Integer:
         lo, hi = min(max(lo, 0), n), min(max(hi, 0), n)
+    elif stop is not None and stop > 0:
+        hi = sympy.Min(hi, n)  # `x[:100]` of a sequence of unknown length N: min(100, N) tokens
     length = sympy.expand(hi - lo)
     if length.is_number and length <= 0:
         raise error("E305", f"slice [{_b(start)}:{_b(stop)}] of {t} ({src}) is empty", node.span)
-    if not n.is_Integer and (start or 0) >= 0 and stop is not None and stop > 0:
-        length = sympy.Integer(stop - (start or 0))  # bounded by the caller's promise
     return t.with_(dims=(t.dims[0], length) + t.dims[2:])
 
 

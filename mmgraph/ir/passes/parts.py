@@ -15,12 +15,13 @@ from pydantic import Field
 from mmgraph.ir.consts import evaluate
 from mmgraph.ir.graph import DimRange, ExportPart, ExportPlan, Graph, Ref
 from mmgraph.ir.passes.base import Compilation
-from mmgraph.ir.passes.trainability import _Settings, validate_settings
+from mmgraph.ir import schema
+from mmgraph.ir.schema import Codes, Settings, validate
 from mmgraph.lang import ast
-from mmgraph.lang.diagnostics import Diagnostic, SpecError, did_you_mean, error
+from mmgraph.lang.diagnostics import Diagnostic, Note, SpecError, closest, did_you_mean, error
 
 
-class ExportSettings(_Settings):
+class ExportSettings(Settings):
     precision: Literal["fp32", "fp16", "bf16", "int8"] = "fp32"
     opset: int = Field(18, ge=13, le=23)
     target: str | None = None
@@ -42,15 +43,24 @@ def check_dims(c: Compilation, node: ast.Export) -> dict[str, DimRange]:
     g = c.graph
     symbols = free_dims(g)
     ranges: dict[str, DimRange] = {}
+    meant: set[str] = set()  # dims a misspelt range was probably for
+    named = {d.name.name for d in node.dims}
+    unranged = [s for s in symbols if s not in named]
+    unknown = [d.name.name for d in node.dims if d.name.name not in symbols]
     for d in node.dims:
         name = d.name.name
         if name in ranges:
-            c.sink.add(Diagnostic("E601", f"dim {name} has two ranges", d.name.span))
+            c.sink.add(Diagnostic("E601", f"dim {name} has two ranges", d.name.span,
+                                  notes=(Note(ranges[name].span, "first range here"),)))
             continue
         if name not in symbols:
+            match = closest(name, unranged)
+            if match is None and len(unknown) == 1 and len(unranged) == 1:
+                match = unranged[0]  # the one dim without a range is what it was meant for
+            meant.add(match)
             c.sink.add(Diagnostic(
                 "E601", f"dim {name} is not a dimension of any input", d.name.span,
-                hint=did_you_mean(name, symbols) or
+                hint=f"did you mean '{match}'?" if match else
                 (f"the inputs' free dims are: {', '.join(symbols)}" if symbols else
                  "every input of this model has a fixed shape")))
             continue
@@ -61,11 +71,11 @@ def check_dims(c: Compilation, node: ast.Export) -> dict[str, DimRange]:
         except SpecError as exc:
             c.sink.add(exc)
             continue
-        bad = next((v for v in (lo, hi, opt) if isinstance(v, bool) or not isinstance(v, int)),
-                   None)
+        bad = next(((v, e) for v, e in ((lo, d.low), (hi, d.high), (opt, d.opt or d.low))
+                    if isinstance(v, bool) or not isinstance(v, int)), None)
         if bad is not None:
-            c.sink.add(Diagnostic("E601", f"dim {name}: bounds must be integers, got {bad!r}",
-                                  d.span))
+            c.sink.add(Diagnostic("E601", f"dim {name}: bounds must be integers, got "
+                                          f"{schema.show(bad[0])}", bad[1].span))
             continue
         if lo < 1:
             c.sink.add(Diagnostic("E601", f"dim {name}: the smallest size must be at least 1, "
@@ -81,7 +91,8 @@ def check_dims(c: Compilation, node: ast.Export) -> dict[str, DimRange]:
         else:
             ranges[name] = DimRange(name, lo, hi, opt, d.span)
     for name, user in symbols.items():
-        if name not in ranges and not any(r.name.name == name for r in node.dims):
+        if name not in ranges and name not in meant and \
+                not any(r.name.name == name for r in node.dims):
             c.sink.add(Diagnostic("E601", f"dim {name} (of input '{user}') has no range",
                                   node.span, hint=f"add `dim {name} = 1..N @ opt` to export"))
     return ranges
@@ -91,13 +102,14 @@ def check_parts(c: Compilation, node: ast.Export) -> list[ExportPart]:
     g = c.graph
     values = _value_names(c)
     parts: list[ExportPart] = []
-    seen = set()
+    seen: dict[str, ast.Ident] = {}
     nxg = g.nx_graph()
     for p in node.parts:
         if p.name.name in seen:
-            c.sink.add(Diagnostic("E602", f"part '{p.name.name}' is defined twice", p.name.span))
+            c.sink.add(Diagnostic("E602", f"part '{p.name.name}' is defined twice", p.name.span,
+                                  notes=(Note(seen[p.name.name].span, "first defined here"),)))
             continue
-        seen.add(p.name.name)
+        seen[p.name.name] = p.name
         try:
             ins = [_resolve(values, i, "input") for i in p.inputs]
             outs = [_resolve(values, o, "output") for o in p.outputs]
@@ -152,8 +164,9 @@ def run(c: Compilation) -> None:
     if node is None:
         return
     try:
-        settings, _ = validate_settings(ExportSettings, node.settings, c.consts, "E603",
-                                        "export")
+        settings, _ = validate(ExportSettings, schema.settings(node.settings), c.consts,
+                               "export", Codes("E603", "E603", "E603", "E603"), node.span,
+                               symbols=True)
     except SpecError as exc:
         c.sink.add(exc)
         settings = None

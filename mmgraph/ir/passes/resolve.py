@@ -16,7 +16,7 @@ from mmgraph.ir import types as T
 from mmgraph.ir.consts import BUILTIN_CONSTS, CONST_FUNCTIONS
 from mmgraph.ir.passes.base import Compilation
 from mmgraph.lang import ast
-from mmgraph.lang.diagnostics import Diagnostic, DiagnosticSink, Note, did_you_mean
+from mmgraph.lang.diagnostics import Diagnostic, DiagnosticSink, Note, closest, did_you_mean
 
 
 def walk(expr) -> Iterator:
@@ -86,13 +86,17 @@ class BodyChecker:
         self.params = {p.name.name: p.name for p in params}
         self.defined: dict[str, ast.Ident] = dict(self.params)
         self.kind: dict[str, str] = {name: "constant" for name in self.params}
+        self.duplicates: set[str] = set()
 
     def define(self, ident: ast.Ident, kind: str) -> None:
         if ident.name in self.defined:
             first = self.defined[ident.name]
+            self.duplicates.add(ident.name)
+            hint = (f"a value is defined once; give the new one its own name, e.g. "
+                    f"{ident.name}2" if kind == "value" else "choose another name")
             self.sink.add(Diagnostic(
                 "E102", f"'{ident.name}' is already defined in {self.owner}", ident.span,
-                notes=(Note(first.span, "first defined here"),), hint="choose another name"))
+                notes=(Note(first.span, "first defined here"),), hint=hint))
             return
         self.defined[ident.name] = ident
         self.kind[ident.name] = kind
@@ -129,10 +133,6 @@ class BodyChecker:
                     self.check_expr(item.value)
             elif isinstance(stmt, ast.Loss):
                 self.check_expr(stmt.value)
-        if not any(isinstance(s, ast.Output) for s in body) and self.is_block:
-            self.sink.add(Diagnostic("E403", f"{self.owner} has no output", None
-                                     if not body else body[0].span,
-                                     hint="end the block with `output VALUE`"))
         return {a.targets[0].name for a in const_assigns}
 
     def misplaced(self, stmt, what: str) -> None:
@@ -144,9 +144,24 @@ class BodyChecker:
             self.sink.add(Diagnostic("E303", f"unknown type '{t.kind.name}'", t.kind.span,
                                      hint=did_you_mean(t.kind.name, T.KINDS) or
                                      "types are " + ", ".join(T.KINDS)))
-        dtypes = [tag for tag in t.tags if tag.name in T.DTYPES]
+        dtypes = [tag for tag in t.tags if tag.name in T.DTYPES or tag.name in T.DTYPE_ALIASES]
         if len(dtypes) > 1:
             self.sink.add(Diagnostic("E303", "a type has one dtype", dtypes[1].span))
+        for tag in t.tags:
+            if tag.name in T.DTYPES or tag.name in T.DTYPE_ALIASES or tag.name in T.MODALITIES:
+                continue
+            dtype = closest(tag.name, T.DTYPES + tuple(T.DTYPE_ALIASES))
+            if dtype:
+                self.sink.add(Diagnostic("E303", f"unknown dtype '{tag.name}'", tag.span,
+                                         hint=f"did you mean '{dtype}'? dtypes are "
+                                              f"{', '.join(T.DTYPES)}"))
+                continue
+            modality = closest(tag.name, T.MODALITIES)
+            if modality:
+                self.sink.add(Diagnostic(
+                    "E303", f"'{tag.name}' is not a known modality", tag.span,
+                    severity="warning", hint=f"did you mean '{modality}'? (custom modality "
+                                             "tags are allowed)"))
 
     def callables(self) -> list[str]:
         return (registry.names() + list(self.c.program.blocks) + list(CONST_FUNCTIONS) +
@@ -173,7 +188,18 @@ class BodyChecker:
             self.check_expr(kw.value, const_only=True)
         for arg in call.args:
             self.sink.add(Diagnostic("E205", f"parameters of '{name}' are given by name",
-                                     arg.span, hint="write name=value, e.g. width=768"))
+                                     arg.span, hint=f"write name=value, e.g. "
+                                                    f"{self.example_param(name)}=..."))
+
+    def example_param(self, name: str) -> str:
+        """A parameter of component or block `name` to show in a hint."""
+        comp = registry.get(name)
+        if comp is not None:
+            fields = comp.Params.model_fields
+            required = [f for f, info in fields.items() if info.is_required()]
+            return (required or list(fields) or ["width"])[0]
+        block = self.c.program.blocks.get(name)
+        return block.params[0].name.name if block and block.params else "width"
 
     def check_expr(self, expr, const_only: bool = False) -> None:
         for e in walk(expr):
@@ -217,6 +243,9 @@ class BodyChecker:
                             or "declare it first, e.g. `layer NAME: component(...)`"))
 
     def check_cycles(self, value_assigns: list[ast.Assign]) -> None:
+        # a name defined twice is already an error; its "cycle" would only repeat it
+        value_assigns = [a for a in value_assigns
+                         if not any(t.name in self.duplicates for t in a.targets)]
         producers = {t.name: a for a in value_assigns for t in a.targets}
         g = nx.DiGraph()
         for a in value_assigns:
@@ -230,12 +259,61 @@ class BodyChecker:
         except nx.NetworkXNoCycle:
             return
         path = [u for u, _ in edges] + [edges[0][0]]
-        first = producers[path[1]]
+        first = producers[path[0]]
         notes = tuple(Note(producers[v].span, f"'{v}' uses '{u}'")
                       for u, v in zip(path, path[1:]))
         self.sink.add(Diagnostic("E401", f"cycle in graph: {' -> '.join(path)}", first.span,
                                  notes=notes, hint="a value cannot depend on itself; break the "
                                                    "loop or use repeat(...) for recurrence"))
+
+
+def block_uses(block: ast.Block) -> set[str]:
+    """Names of callables a block's body mentions (declarations and inline calls)."""
+    return {e.func.name for stmt in block.body for e in _exprs(stmt) if isinstance(e, ast.Call)}
+
+
+def check_blocks(c: Compilation) -> None:
+    """Every block body's names, outputs, and no block that contains itself."""
+    blocks = c.program.blocks
+    for block in blocks.values():
+        BodyChecker(c, c.sink, f"block '{block.name.name}'", is_block=True,
+                    params=block.params).check(block.body)
+        if block.name.name in registry.names():
+            c.sink.add(Diagnostic("E102", f"block '{block.name.name}' has the name of a "
+                                          "built-in component", block.name.span,
+                                  hint="rename the block"))
+        if not any(isinstance(s, ast.Output) for s in block.body):
+            c.sink.add(Diagnostic("E403", f"block '{block.name.name}' has no output",
+                                  block.name.span, hint="end the block with `output VALUE`"))
+    g = nx.DiGraph()
+    for name, block in blocks.items():
+        g.add_node(name)
+        for used in block_uses(block) & set(blocks):
+            g.add_edge(name, used)
+    for cycle in nx.simple_cycles(g):
+        first = min(cycle, key=lambda n: (blocks[n].span.path, blocks[n].span.line))
+        i = cycle.index(first)
+        path = cycle[i:] + cycle[:i]
+        callee = path[1] if len(path) > 1 else first
+        use = next(e.func for stmt in blocks[first].body for e in _exprs(stmt)
+                   if isinstance(e, ast.Call) and e.func.name == callee)
+        through = "" if len(path) == 1 else \
+            " through " + " and ".join(f"'{n}'" for n in path[1:])
+        c.sink.add(Diagnostic(
+            "E208", f"block '{first}' uses itself{through}", use.span,
+            notes=(Note(blocks[first].name.span, f"'{first}' is defined here"),),
+            hint="a block cannot contain itself; use repeat(...) to stack copies of a block"))
+
+
+def _exprs(stmt):
+    """Every sub-expression of a statement."""
+    if isinstance(stmt, ast.Instance):
+        yield from walk(stmt.call)
+    elif isinstance(stmt, (ast.Assign, ast.Loss)):
+        yield from walk(stmt.value)
+    elif isinstance(stmt, ast.Output):
+        for item in stmt.items:
+            yield from walk(item.value)
 
 
 def run(c: Compilation) -> None:
@@ -246,10 +324,4 @@ def run(c: Compilation) -> None:
                               c.model.name.span,
                               hint="add `output VALUE` (or a `loss`) so the graph computes "
                                    "something"))
-    for block in c.program.blocks.values():
-        BodyChecker(c, c.sink, f"block '{block.name.name}'", is_block=True,
-                    params=block.params).check(block.body)
-        if block.name.name in registry.names():
-            c.sink.add(Diagnostic("E102", f"block '{block.name.name}' has the name of a "
-                                          "built-in component", block.name.span,
-                                  hint="rename the block"))
+    check_blocks(c)

@@ -9,25 +9,22 @@ instances, which the trainer uses as is.
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import Field
 
-from mmgraph.ir.consts import BUILTIN_CONSTS
-from mmgraph.ir.graph import Graph, Stage, TrainPlan
+from mmgraph.components import registry
+from mmgraph.ir import schema
+from mmgraph.ir.graph import Graph, Instance, Stage, TrainPlan
 from mmgraph.ir.passes.base import Compilation
-from mmgraph.ir.passes.expand import to_plain
+from mmgraph.ir.schema import Codes, Settings, validate
 from mmgraph.lang import ast
-from mmgraph.lang.diagnostics import Diagnostic, SpecError, did_you_mean, error
+from mmgraph.lang.diagnostics import Diagnostic, Note, SpecError, did_you_mean, error
 
 ROLES = ("encoder", "connector", "fusion", "decoder", "head", "layer")
 
 
-class _Settings(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class StageSettings(_Settings):
+class StageSettings(Settings):
     trainable: tuple[str, ...] | None = None
     epochs: int | None = Field(None, gt=0)
     steps: int | None = Field(None, gt=0)
@@ -39,7 +36,7 @@ class StageSettings(_Settings):
     losses: tuple[str, ...] | None = None  # which of the model's losses this stage uses
 
 
-class TrainSettings(_Settings):
+class TrainSettings(Settings):
     optimizer: Literal["adamw", "adam", "sgd"] = "adamw"
     lr: float = Field(1e-4, gt=0)
     weight_decay: float = Field(0.0, ge=0)
@@ -60,72 +57,41 @@ class TrainSettings(_Settings):
     ema: float | None = Field(None, gt=0, lt=1)
 
 
-def evaluate_setting(expr, env: dict[str, Any]) -> Any:
-    """Like constant evaluation, but a bare unknown name is a symbol: `precision = bf16`."""
-    from mmgraph.ir.consts import evaluate
-
-    if isinstance(expr, ast.Name) and expr.id not in env and expr.id not in BUILTIN_CONSTS:
-        return expr.id
-    if isinstance(expr, ast.ListExpr):
-        return [evaluate_setting(i, env) for i in expr.items]
-    return evaluate(expr, env)
+TRAIN = Codes("E501", "E501", "E501", "E501")
+STAGE = Codes("E502", "E502", "E502", "E502")
 
 
-def validate_settings(schema, settings: tuple[ast.Setting, ...], env, code: str, where: str):
-    values, spans, problems = {}, {}, []
-    for s in settings:
-        if s.name.name in values:
-            problems.append(Diagnostic(code, f"'{s.name.name}' is set twice in {where}",
-                                       s.name.span))
-            continue
-        try:
-            values[s.name.name] = to_plain(evaluate_setting(s.value, env))
-            spans[s.name.name] = s
-        except SpecError as exc:
-            problems.extend(exc.diagnostics)
-    if problems:
-        raise SpecError(problems)
-    try:
-        return schema.model_validate(values, strict=False), spans
-    except ValidationError as exc:
-        fields = list(schema.model_fields)
-        for err in exc.errors():
-            name = str(err["loc"][0]) if err["loc"] else None
-            s = spans.get(name)
-            if err["type"] == "extra_forbidden":
-                problems.append(Diagnostic(code, f"unknown setting '{name}' in {where}",
-                                           s.name.span, hint=did_you_mean(name, fields) or
-                                           f"settings are: {', '.join(fields)}"))
-            else:
-                msg = err["msg"].removeprefix("Value error, ")
-                problems.append(Diagnostic(code, f"{where} setting '{name}': "
-                                                 f"{msg[0].lower() + msg[1:]}",
-                                           s.value.span if s else None))
-        raise SpecError(problems) from None
+def weighted(g: Graph) -> list[Instance]:
+    """The instances that have parameters to train (not ops, not weightless losses)."""
+    return [i for i in g.instances.values() if registry.get(i.component).has_weights]
 
 
-def resolve_trainable(g: Graph, names: tuple[str, ...], setting: ast.Setting,
+def trains_by_default(inst: Instance) -> bool:
+    """Not frozen, or frozen with LoRA adapters (which then train while the base stays)."""
+    return not inst.frozen or inst.lora is not None
+
+
+def resolve_trainable(g: Graph, names: tuple[str, ...], value: ast.Expr,
                       role_of: dict[str, str]) -> list[str]:
     """Names, roles or `all` to the list of weighted instances they cover."""
-    items = setting.value.items if isinstance(setting.value, ast.ListExpr) else [setting.value]
-    weighted = [i for i in g.instances.values() if i.role not in ("op",)]
+    items = value.items if isinstance(value, ast.ListExpr) else [value]
+    layers = weighted(g)
     out: list[str] = []
     problems = []
     for name, item in zip(names, items):
         if name == "all":
-            covered = [i.name for i in weighted if not i.frozen]
+            covered = [i.name for i in layers if trains_by_default(i)]
         elif name in ROLES:
-            covered = [i.name for i in weighted
-                       if role_of.get(i.name.split(".")[0]) == name and not i.frozen]
+            covered = [i.name for i in layers
+                       if role_of.get(i.name.split(".")[0]) == name and trains_by_default(i)]
         else:
-            # A name covers the layers under it, except those declared `frozen` inside it;
-            # naming a layer that is itself declared frozen unfreezes it for the stage.
-            unfreeze = name in g.meta.get("frozen_decls", ())
-            covered = [i.name for i in weighted
-                       if (i.name == name or i.name.startswith(name + "."))
-                       and (unfreeze or not i.frozen)]
-            if not covered and not any(i.name == name or i.name.startswith(name + ".")
-                                       for i in weighted):
+            # A name covers the layers under it that train by default, plus those frozen by
+            # this very declaration: naming a frozen layer unfreezes it for the stage, while
+            # layers declared frozen inside it stay frozen.
+            under = [i for i in layers if i.name == name or i.name.startswith(name + ".")]
+            covered = [i.name for i in under
+                       if trains_by_default(i) or i.meta.get("frozen_by") == name]
+            if not under:
                 declared = sorted({n.split(".")[0] for n in g.instances if not
                                    g.instances[n].anonymous})
                 problems.append(Diagnostic(
@@ -145,7 +111,8 @@ def run(c: Compilation) -> None:
     if node is None:
         return
     try:
-        settings, _ = validate_settings(TrainSettings, node.settings, c.consts, "E501", "train")
+        settings, _ = validate(TrainSettings, schema.settings(node.settings), c.consts, "train",
+                               TRAIN, node.span, symbols=True)
     except SpecError as exc:
         c.sink.add(exc)
         settings = None
@@ -154,25 +121,27 @@ def run(c: Compilation) -> None:
     seen: dict[str, ast.Stage] = {}
     for st in node.stages:
         if st.name.name in seen:
-            c.sink.add(error("E502", f"stage '{st.name.name}' is defined twice", st.name.span))
+            c.sink.add(error("E502", f"stage '{st.name.name}' is defined twice", st.name.span,
+                             notes=(Note(seen[st.name.name].name.span, "first defined here"),)))
             continue
         seen[st.name.name] = st
         try:
-            ss, spans = validate_settings(StageSettings, st.settings, c.consts, "E502",
-                                          f"stage '{st.name.name}'")
-            trainable = [i.name for i in g.instances.values() if i.trainable and i.role != "op"]
+            ss, given = validate(StageSettings, schema.settings(st.settings), c.consts,
+                                 f"stage '{st.name.name}'", STAGE, st.span, symbols=True)
+            trainable = [i.name for i in weighted(g) if trains_by_default(i)]
             if ss.trainable is not None:
-                trainable = resolve_trainable(g, ss.trainable, spans["trainable"], role_of)
-            for loss in ss.losses or ():
+                trainable = resolve_trainable(g, ss.trainable, given["trainable"][1], role_of)
+            value = given["losses"][1] if "losses" in given else None
+            items = value.items if isinstance(value, ast.ListExpr) else [value]
+            for loss, item in zip(ss.losses or (), items):
                 if loss not in g.losses:
-                    s = spans["losses"]
                     raise error("E502", f"stage '{st.name.name}' uses loss '{loss}', which the "
-                                        "model does not define", s.value.span,
+                                        "model does not define", item.span,
                                 hint=did_you_mean(loss, g.losses) or
                                 f"losses are: {', '.join(g.losses) or 'none'}")
             if ss.epochs is not None and ss.steps is not None:
                 raise error("E502", f"stage '{st.name.name}' sets both epochs and steps",
-                            spans["steps"].span, hint="give one of them")
+                            given["steps"][0].span, hint="give one of them")
             data = {k: v for k, v in ss.model_dump().items() if v is not None}
             stages.append(Stage(st.name.name, data, trainable, st.span))
         except SpecError as exc:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from mmgraph.components import registry
 from mmgraph.ir.passes.base import Compilation
+from mmgraph.ir.schema import show
 from mmgraph.lang.diagnostics import Diagnostic, Note
 
 
@@ -24,7 +25,8 @@ def run(c: Compilation) -> None:
         t = g.type_of(term.value)
         if t is not None and t.kind != "Scalar":
             c.sink.add(Diagnostic("E404", f"loss '{term.name}' must be a Scalar, but "
-                                          f"{term.value.node} gives {t}", term.span,
+                                          f"{term.value.node} gives {t}",
+                                  g.nodes[term.value.node].span,
                                   hint="use a loss component such as contrastive(...) or "
                                        "cross_entropy(...)"))
 
@@ -33,11 +35,16 @@ def run(c: Compilation) -> None:
             other = g.instances.get(inst.shared)
             if other is None:
                 continue
-            if other.component != inst.component or other.params != inst.params:
+            if other.component != inst.component:
+                differs = f"{inst.component} vs {other.component}"
+            else:
+                mine, theirs = inst.params.model_dump(), other.params.model_dump()
+                differs = ", ".join(f"{k}={show(mine[k])} vs {show(theirs[k])}"
+                                    for k in mine if mine[k] != theirs[k])
+            if differs:
                 c.sink.add(Diagnostic(
                     "E206", f"'{inst.name}' shares weights with '{other.name}', but they differ: "
-                            f"{inst.component}({inst.params_text()}) vs "
-                            f"{other.component}({other.params_text()})", inst.span,
+                            f"{differs}", inst.span,
                     notes=(Note(other.span, f"'{other.name}' is declared here"),),
                     hint="tied layers need the same component and parameters"))
 
@@ -66,6 +73,15 @@ def _warn_unused(c: Compilation) -> None:
             c.sink.add(Diagnostic("E405", f"value '{node.name}' is computed but never used",
                                   node.span, severity="warning",
                                   hint="output it, use it in a loss, or remove it"))
+    unused_inputs = set()
+    for node in g.nodes.values():
+        if node.op == "bind" and node.name not in used:
+            key = (node.meta["block"], node.name.rsplit(".", 1)[-1])
+            if key not in unused_inputs:
+                unused_inputs.add(key)
+                c.sink.add(Diagnostic("E405", f"input '{key[1]}' of block '{key[0]}' is never "
+                                              "used", node.span, severity="warning",
+                                      hint="remove it from the block, or use it"))
     called = {n.target for n in g.nodes.values() if n.op == "call"}
     for inst in g.instances.values():
         if inst.name not in called and not inst.anonymous:

@@ -1,0 +1,297 @@
+"""Encoders and tokenizers as torch modules (the third face of the components in
+mmgraph/components/encoders.py; their constructor arguments are those components' parameters
+plus sizes the checker derived from the input types)."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from mmgraph.components.nn.layers import Block, init_linear_like_bert, make_norm, sincos_2d
+
+
+class Blocks(nn.Module):
+    """A stack of Transformer blocks that can stop early (`select_layer`) or tap layers."""
+
+    def __init__(self, depth: int, **block_args):
+        super().__init__()
+        self.layers = nn.ModuleList([Block(**block_args) for _ in range(depth)])
+
+    def forward(self, x, ctx=None, mask=None, stop: int | None = None, taps=()):
+        tapped = {}
+        for i, layer in enumerate(self.layers[:stop]):
+            x = layer(x, ctx=ctx, mask=mask)
+            if i + 1 in taps:
+                tapped[i + 1] = x
+        return x, tapped
+
+
+class ViT(nn.Module):
+    """Vision Transformer: conv patch embedding, class token, positions, pre-norm blocks."""
+
+    def __init__(self, *, channels: int | None = None, grid: tuple[int, int], width: int,
+                 depth: int, heads: int, patch: int, mlp: int | None = None, act: str = "gelu",
+                 norm: str = "layer", dropout: float = 0.0, cls_token: bool = True,
+                 pos: str = "learned", pre_norm: bool = False, post_norm: bool = True,
+                 patch_bias: bool = True, select_layer: int = -1, pool: str = "none",
+                 drop_cls: bool = False, taps: tuple[int, ...] = (), in_channels: int = 3):
+        super().__init__()
+        channels = channels or in_channels
+        self.pool, self.drop_cls, self.taps = pool, drop_cls, tuple(taps)
+        self.stop = depth + 1 + select_layer if select_layer < 0 else select_layer
+        self.patch_embed = nn.Conv2d(channels, width, patch, stride=patch, bias=patch_bias)
+        n = grid[0] * grid[1] + (1 if cls_token else 0)
+        self.cls = nn.Parameter(torch.zeros(width)) if cls_token else None
+        if pos == "learned":
+            self.pos = nn.Parameter(torch.randn(n, width) * 0.02)
+        else:
+            table = sincos_2d(grid[0], grid[1], width)
+            if cls_token:
+                table = torch.cat([torch.zeros(1, width), table])
+            self.register_buffer("pos", table, persistent=False)
+        self.norm_pre = make_norm(norm, width) if pre_norm else None
+        self.blocks = Blocks(depth, width=width, heads=heads, mlp=mlp, act=act, norm=norm,
+                             dropout=dropout)
+        self.norm_post = make_norm(norm, width) if post_norm else None
+        init_linear_like_bert(self)
+
+    def forward(self, image):
+        x = self.patch_embed(image).flatten(2).transpose(1, 2)  # [B, N, D]
+        if self.cls is not None:
+            x = torch.cat([self.cls.expand(x.shape[0], 1, -1).to(x.dtype), x], dim=1)
+        x = x + self.pos.to(x.dtype)
+        if self.norm_pre is not None:
+            x = self.norm_pre(x)
+        last = self.stop == len(self.blocks.layers)
+        x, tapped = self.blocks(x, stop=self.stop, taps=self.taps)
+        if self.pool == "cls":
+            out = x[:, 0]
+        elif self.pool == "mean":
+            out = x[:, 1:].mean(1) if self.cls is not None else x.mean(1)
+        else:
+            out = x[:, 1:] if self.drop_cls and self.cls is not None else x
+        # CLIP normalises the pooled token; timm the whole last layer; neither an earlier one
+        if self.norm_post is not None and (self.pool != "none" or last):
+            out = self.norm_post(out)
+        if self.taps:
+            return (out, *(tapped[k] for k in self.taps))
+        return out
+
+
+def eot_pool(x, tokens):
+    """The hidden state at each sequence's end-of-text token (its largest id), as CLIP."""
+    idx = tokens.argmax(dim=-1)
+    return x[torch.arange(x.shape[0], device=x.device), idx]
+
+
+def pool_sequence(x, mode: str, tokens=None, mask=None):
+    if mode == "cls":
+        return x[:, 0]
+    if mode == "last":
+        return x[:, -1]
+    if mode == "eot":
+        return eot_pool(x, tokens)
+    if mask is not None:
+        m = mask.to(x.dtype).unsqueeze(-1)
+        return (x * m).sum(1) / m.sum(1).clamp(min=1)
+    return x.mean(1)
+
+
+class TextTransformer(nn.Module):
+    """Token + position embeddings, causal or bidirectional blocks, optional pooling.
+
+    Pre-norm blocks end with a final LayerNorm (CLIP); BERT-style post-norm blocks start with
+    an embedding LayerNorm instead, and may add token-type embeddings.
+    """
+
+    def __init__(self, *, width: int, depth: int, heads: int, vocab: int, mlp: int | None = None,
+                 act: str = "gelu", norm: str = "layer", dropout: float = 0.0,
+                 max_len: int = 77, causal: bool = False, pool: str = "none",
+                 type_vocab: int = 0, post_norm_blocks: bool = False):
+        super().__init__()
+        self.pool, self.post = pool, post_norm_blocks
+        self.tokens = nn.Embedding(vocab, width)
+        self.pos = nn.Embedding(max_len, width)
+        self.types = nn.Embedding(type_vocab, width) if type_vocab else None
+        eps = 1e-12 if post_norm_blocks else None
+        self.blocks = Blocks(depth, width=width, heads=heads, mlp=mlp, act=act, norm=norm,
+                             causal=causal, post_norm=post_norm_blocks, dropout=dropout, eps=eps)
+        self.norm = make_norm(norm, width, eps)
+        init_linear_like_bert(self)
+
+    def forward(self, tokens, mask=None):
+        n = tokens.shape[1]
+        x = self.tokens(tokens) + self.pos.weight[:n]
+        if self.types is not None:
+            x = x + self.types.weight[0]
+        if self.post:
+            x = self.norm(x)
+        x, _ = self.blocks(x, mask=mask)
+        if not self.post:
+            x = self.norm(x)
+        if self.pool == "none":
+            return x
+        return pool_sequence(x, self.pool, tokens=tokens, mask=mask)
+
+
+class AudioEncoder(nn.Module):
+    """Whisper-style: two convs over log-mel frames (the second with stride 2), positions,
+    pre-norm blocks, final norm."""
+
+    def __init__(self, *, width: int, depth: int, heads: int, mlp: int | None = None,
+                 act: str = "gelu", norm: str = "layer", dropout: float = 0.0, mels: int = 80,
+                 max_frames: int = 3000, pool: str = "none"):
+        super().__init__()
+        self.pool = pool
+        self.conv1 = nn.Conv1d(mels, width, 3, padding=1)
+        self.conv2 = nn.Conv1d(width, width, 3, stride=2, padding=1)
+        self.pos = nn.Parameter(torch.randn(max_frames // 2, width) * 0.02)
+        self.blocks = Blocks(depth, width=width, heads=heads, mlp=mlp, act=act, norm=norm,
+                             dropout=dropout)
+        self.norm = make_norm(norm, width)
+
+    def forward(self, mel):
+        x = F.gelu(self.conv1(mel))
+        x = F.gelu(self.conv2(x)).transpose(1, 2)
+        x = x + self.pos[: x.shape[1]].to(x.dtype)
+        x, _ = self.blocks(x)
+        x = self.norm(x)
+        return x.mean(1) if self.pool == "mean" else x
+
+
+class VideoEncoder(nn.Module):
+    """Each frame through a ViT, one token (or all patches) per frame, plus learned temporal
+    positions."""
+
+    def __init__(self, *, width: int, depth: int, heads: int, patch: int, grid: tuple[int, int],
+                 in_channels: int = 3, mlp: int | None = None, act: str = "gelu",
+                 norm: str = "layer", dropout: float = 0.0, max_frames: int = 32,
+                 frame_pool: str = "cls", pool: str = "none"):
+        super().__init__()
+        self.frame_pool, self.pool = frame_pool, pool
+        self.frames = ViT(grid=grid, width=width, depth=depth, heads=heads, patch=patch,
+                          mlp=mlp, act=act, norm=norm, dropout=dropout, in_channels=in_channels,
+                          pool=frame_pool if frame_pool != "none" else "none", drop_cls=True)
+        self.temporal = nn.Parameter(torch.zeros(max_frames, width))
+
+    def forward(self, video):
+        b, f = video.shape[:2]
+        x = self.frames(video.flatten(0, 1))  # [B*F, D] or [B*F, N, D]
+        if self.frame_pool != "none":
+            x = x.view(b, f, -1) + self.temporal[:f].to(x.dtype)
+        else:
+            x = x.view(b, f, x.shape[1], -1) + self.temporal[:f, None].to(x.dtype)
+            x = x.flatten(1, 2)
+        return x.mean(1) if self.pool == "mean" else x
+
+
+class PatchEmbed(nn.Module):
+    """Image (or class-id map) to patch tokens, with optional class token and positions."""
+
+    def __init__(self, *, patch: int, width: int, grid: tuple[int, int], in_channels: int,
+                 pos: str = "learned", cls_token: bool = False, classes: int | None = None,
+                 class_width: int = 64, bias: bool = True):
+        super().__init__()
+        self.classes = classes
+        if classes is not None:
+            self.class_embed = nn.Embedding(classes, class_width)
+            in_channels = class_width
+        self.proj = nn.Conv2d(in_channels, width, patch, stride=patch, bias=bias)
+        self.cls = nn.Parameter(torch.zeros(width)) if cls_token else None
+        n = grid[0] * grid[1] + (1 if cls_token else 0)
+        if pos == "learned":
+            self.pos = nn.Parameter(torch.randn(n, width) * 0.02)
+        elif pos == "sincos2d":
+            table = sincos_2d(grid[0], grid[1], width)
+            if cls_token:
+                table = torch.cat([torch.zeros(1, width), table])
+            self.register_buffer("pos", table, persistent=False)
+        else:
+            self.pos = None
+
+    def forward(self, image):
+        if self.classes is not None:
+            image = self.class_embed(image[:, 0].long()).permute(0, 3, 1, 2)
+        x = self.proj(image).flatten(2).transpose(1, 2)
+        if self.cls is not None:
+            x = torch.cat([self.cls.expand(x.shape[0], 1, -1).to(x.dtype), x], dim=1)
+        if self.pos is not None:
+            x = x + self.pos.to(x.dtype)
+        return x
+
+
+class TokenEmbedding(nn.Module):
+    def __init__(self, *, vocab: int, width: int, pos: str = "none", max_len: int = 2048):
+        super().__init__()
+        self.embed = nn.Embedding(vocab, width)
+        self.pos = nn.Embedding(max_len, width) if pos == "learned" else None
+
+    def forward(self, tokens):
+        x = self.embed(tokens)
+        if self.pos is not None:
+            x = x + self.pos.weight[: tokens.shape[1]]
+        return x
+
+
+class PointTokenizer(nn.Module):
+    """Point-BERT/Meta-Transformer style: farthest-point centres, k nearest neighbours
+    around each, a shared MLP over the local offsets with max pooling, plus centre positions."""
+
+    def __init__(self, *, groups: int, width: int, neighbours: int = 32, in_features: int = 3):
+        super().__init__()
+        self.groups, self.k = groups, neighbours
+        self.local = nn.Sequential(nn.Linear(in_features, 128), nn.GELU(), nn.Linear(128, 256),
+                                   nn.GELU(), nn.Linear(256, width))
+        self.centre = nn.Sequential(nn.Linear(3, 128), nn.GELU(), nn.Linear(128, width))
+
+    @staticmethod
+    def farthest_points(xyz, m):
+        b, n, _ = xyz.shape
+        chosen = torch.zeros(b, m, dtype=torch.long, device=xyz.device)
+        dist = torch.full((b, n), float("inf"), device=xyz.device)
+        far = torch.zeros(b, dtype=torch.long, device=xyz.device)
+        rows = torch.arange(b, device=xyz.device)
+        for i in range(m):
+            chosen[:, i] = far
+            d = ((xyz - xyz[rows, far][:, None]) ** 2).sum(-1)
+            dist = torch.minimum(dist, d)
+            far = dist.argmax(-1)
+        return chosen
+
+    def forward(self, points):
+        xyz = points[..., :3]
+        rows = torch.arange(points.shape[0], device=points.device)[:, None]
+        centres = xyz[rows, self.farthest_points(xyz, self.groups)]  # [B, G, 3]
+        k = min(self.k, points.shape[1])
+        knn = torch.cdist(centres, xyz).topk(k, largest=False).indices  # [B, G, k]
+        local = points[rows[..., None], knn]  # [B, G, k, C]
+        local = torch.cat([local[..., :3] - centres[:, :, None], local[..., 3:]], dim=-1)
+        return self.local(local).max(dim=2).values + self.centre(centres)
+
+
+class MelPatchEmbed(nn.Module):
+    """AST-style audio tokens: (possibly overlapping) square patches of a log-mel map."""
+
+    def __init__(self, *, width: int, patch: int = 16, stride: int | None = None):
+        super().__init__()
+        self.proj = nn.Conv2d(1, width, patch, stride=stride or patch)
+
+    def forward(self, mel):
+        return self.proj(mel[:, None]).flatten(2).transpose(1, 2)
+
+
+class FeatureEmbed(nn.Module):
+    """Precomputed features (and optionally their boxes) to tokens."""
+
+    def __init__(self, *, width: int, in_width: int, with_boxes: bool = False):
+        super().__init__()
+        self.proj = nn.Linear(in_width, width)
+        self.box = nn.Linear(4, width) if with_boxes else None
+        self.norm = nn.LayerNorm(width)
+
+    def forward(self, x, boxes=None):
+        h = self.proj(x)
+        if self.box is not None and boxes is not None:
+            h = h + self.box(boxes)
+        return self.norm(h)

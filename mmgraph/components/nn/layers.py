@@ -1,0 +1,216 @@
+"""Transformer building blocks shared by every component: norms, attention, FFN, blocks.
+
+Plain modules in the style of nanoGPT: one concept each, `forward` reads top to bottom.
+Linear layers are named `q`, `k`, `v`, `o` (attention) and `fc1`/`fc2` or `gate`/`up`/`down`
+(FFN) everywhere, so that `lora(targets=[...])` means the same thing in every component.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, width: int, eps: float = 1e-6):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(width))
+
+    def forward(self, x):
+        variance = x.float().pow(2).mean(-1, keepdim=True)
+        return (x.float() * torch.rsqrt(variance + self.eps)).type_as(x) * self.weight
+
+
+def make_norm(kind: str, width: int, eps: float | None = None) -> nn.Module:
+    if kind == "rms":
+        return RMSNorm(width, eps or 1e-6)
+    return nn.LayerNorm(width, eps=eps or 1e-5)
+
+
+class QuickGELU(nn.Module):
+    """CLIP's GELU approximation: x * sigmoid(1.702 x)."""
+
+    def forward(self, x):
+        return x * torch.sigmoid(1.702 * x)
+
+
+def make_act(name: str) -> nn.Module:
+    return {"gelu": nn.GELU(), "quick_gelu": QuickGELU(), "relu": nn.ReLU(), "silu": nn.SiLU(),
+            "tanh": nn.Tanh()}[name]
+
+
+# ---------------------------------------------------------------- positions
+
+def rope_tables(length: int, dim: int, theta: float, device, dtype):
+    """cos/sin tables of rotary embeddings for positions 0..length-1."""
+    inv = 1.0 / (theta ** (torch.arange(0, dim, 2, device=device, dtype=torch.float32) / dim))
+    t = torch.arange(length, device=device, dtype=torch.float32)
+    freqs = torch.outer(t, inv)
+    emb = torch.cat([freqs, freqs], dim=-1)
+    return emb.cos().to(dtype), emb.sin().to(dtype)
+
+
+def apply_rope(x, cos, sin):
+    """Rotate the halves of each head's features (LLaMA's layout). x: [B, H, N, Dh]."""
+    half = x.shape[-1] // 2
+    rotated = torch.cat([-x[..., half:], x[..., :half]], dim=-1)
+    return x * cos + rotated * sin
+
+
+def alibi_bias(heads: int, n: int, device, dtype):
+    """ALiBi: a per-head linear penalty on distance (MPT, BLOOM). [H, N, N]."""
+    slopes = torch.tensor([2 ** (-8 * (i + 1) / heads) for i in range(heads)], device=device)
+    pos = torch.arange(n, device=device)
+    distance = (pos[None, :] - pos[:, None]).clamp(max=0).float()
+    return (slopes[:, None, None] * distance[None]).to(dtype)
+
+
+# ---------------------------------------------------------------- attention
+
+class Attention(nn.Module):
+    """Multi-head attention. Queries from x; keys/values from ctx (cross) or x (self).
+
+    Supports grouped KV heads, causal masking, rotary or ALiBi positions, and a key padding
+    mask (true = attend). Uses PyTorch's fused scaled_dot_product_attention.
+    """
+
+    def __init__(self, width: int, heads: int, kv_width: int | None = None,
+                 kv_heads: int | None = None, dim_head: int | None = None, bias: bool = True,
+                 causal: bool = False, pos: str = "none", rope_theta: float = 10000.0,
+                 dropout: float = 0.0, out_bias: bool | None = None):
+        super().__init__()
+        self.heads, self.kv_heads = heads, kv_heads or heads
+        self.dim_head = dim_head or width // heads
+        self.causal, self.pos, self.rope_theta, self.dropout = causal, pos, rope_theta, dropout
+        inner, kv_inner = self.heads * self.dim_head, self.kv_heads * self.dim_head
+        kv_width = kv_width or width
+        self.q = nn.Linear(width, inner, bias=bias)
+        self.k = nn.Linear(kv_width, kv_inner, bias=bias)
+        self.v = nn.Linear(kv_width, kv_inner, bias=bias)
+        self.o = nn.Linear(inner, width, bias=bias if out_bias is None else out_bias)
+
+    def forward(self, x, ctx=None, mask=None):
+        b, n, _ = x.shape
+        src = x if ctx is None else ctx
+        m = src.shape[1]
+        q = self.q(x).view(b, n, self.heads, self.dim_head).transpose(1, 2)
+        k = self.k(src).view(b, m, self.kv_heads, self.dim_head).transpose(1, 2)
+        v = self.v(src).view(b, m, self.kv_heads, self.dim_head).transpose(1, 2)
+        if self.pos == "rope" and ctx is None:
+            cos, sin = rope_tables(n, self.dim_head, self.rope_theta, x.device, q.dtype)
+            q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        if self.kv_heads != self.heads:
+            k = k.repeat_interleave(self.heads // self.kv_heads, dim=1)
+            v = v.repeat_interleave(self.heads // self.kv_heads, dim=1)
+        bias = None
+        if self.pos == "alibi" and ctx is None:
+            bias = alibi_bias(self.heads, n, x.device, q.dtype)[None]
+        if mask is not None:  # [B, M] true = attend
+            pad = torch.zeros(b, 1, 1, m, device=x.device, dtype=q.dtype)
+            pad = pad.masked_fill(~mask[:, None, None, :].bool(), float("-inf"))
+            bias = pad if bias is None else bias + pad
+        causal = self.causal and ctx is None
+        if causal and bias is not None:
+            tri = torch.ones(n, m, device=x.device, dtype=torch.bool).tril()
+            bias = bias.masked_fill(~tri, float("-inf"))
+            causal = False
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, is_causal=causal,
+                                             dropout_p=self.dropout if self.training else 0.0)
+        return self.o(out.transpose(1, 2).reshape(b, n, -1))
+
+
+class FeedForward(nn.Module):
+    """Position-wise FFN: fc1 -> act -> fc2, or gated (SwiGLU/GeGLU): down(act(gate) * up)."""
+
+    def __init__(self, width: int, hidden: int, act: str = "gelu", bias: bool = True,
+                 dropout: float = 0.0, out: int | None = None):
+        super().__init__()
+        self.gated = act in ("swiglu", "geglu")
+        out = out or width
+        if self.gated:
+            self.gate = nn.Linear(width, hidden, bias=bias)
+            self.up = nn.Linear(width, hidden, bias=bias)
+            self.down = nn.Linear(hidden, out, bias=bias)
+            self.act = nn.SiLU() if act == "swiglu" else nn.GELU()
+        else:
+            self.fc1 = nn.Linear(width, hidden, bias=bias)
+            self.act = make_act(act)
+            self.fc2 = nn.Linear(hidden, out, bias=bias)
+        self.drop = nn.Dropout(dropout)
+
+    def forward(self, x):
+        if self.gated:
+            return self.drop(self.down(self.act(self.gate(x)) * self.up(x)))
+        return self.drop(self.fc2(self.act(self.fc1(x))))
+
+
+class Block(nn.Module):
+    """A Transformer block: self-attention, optional cross-attention, FFN.
+
+    Pre-norm (GPT/ViT/LLaMA) by default; `post_norm=True` gives BERT's layout, where each
+    sub-layer is followed by its LayerNorm.
+    """
+
+    def __init__(self, width: int, heads: int, mlp: int | None = None, act: str = "gelu",
+                 norm: str = "layer", causal: bool = False, cross: bool = False,
+                 kv_width: int | None = None, kv_heads: int | None = None, pos: str = "none",
+                 post_norm: bool = False, bias: bool = True, dropout: float = 0.0,
+                 eps: float | None = None, rope_theta: float = 10000.0):
+        super().__init__()
+        self.post_norm = post_norm
+        self.norm1 = make_norm(norm, width, eps)
+        self.attn = Attention(width, heads, kv_heads=kv_heads, bias=bias, causal=causal,
+                              pos=pos, rope_theta=rope_theta, dropout=dropout)
+        self.cross = None
+        if cross:
+            self.norm_cross = make_norm(norm, width, eps)
+            self.cross = Attention(width, heads, kv_width=kv_width, bias=bias, dropout=dropout)
+        self.norm2 = make_norm(norm, width, eps)
+        self.ffn = FeedForward(width, mlp or 4 * width, act, bias, dropout)
+
+    def forward(self, x, ctx=None, mask=None):
+        if self.post_norm:
+            x = self.norm1(x + self.attn(x, mask=mask))
+            if self.cross is not None:
+                x = self.norm_cross(x + self.cross(x, ctx))
+            return self.norm2(x + self.ffn(x))
+        x = x + self.attn(self.norm1(x), mask=mask)
+        if self.cross is not None:
+            x = x + self.cross(self.norm_cross(x), ctx)
+        return x + self.ffn(self.norm2(x))
+
+
+def init_linear_like_bert(module: nn.Module, std: float = 0.02) -> None:
+    """Normal(0, 0.02) weights and zero biases, as BERT/GPT/ViT initialise."""
+    for m in module.modules():
+        if isinstance(m, nn.Linear):
+            nn.init.normal_(m.weight, std=std)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.Embedding):
+            nn.init.normal_(m.weight, std=std)
+
+
+def sincos_2d(grid_h: int, grid_w: int, width: int) -> torch.Tensor:
+    """Fixed 2D sine-cosine position embeddings (MAE). [grid_h * grid_w, width]."""
+    quarter = width // 4
+    omega = 1.0 / (10000 ** (torch.arange(quarter, dtype=torch.float32) / max(quarter, 1)))
+    ys, xs = torch.meshgrid(torch.arange(grid_h, dtype=torch.float32),
+                            torch.arange(grid_w, dtype=torch.float32), indexing="ij")
+    parts = []
+    for coord in (ys.flatten(), xs.flatten()):
+        angles = coord[:, None] * omega[None]
+        parts += [angles.sin(), angles.cos()]
+    emb = torch.cat(parts, dim=1)
+    if emb.shape[1] < width:
+        emb = F.pad(emb, (0, width - emb.shape[1]))
+    return emb
+
+
+__all__ = ["Attention", "Block", "FeedForward", "QuickGELU", "RMSNorm", "alibi_bias",
+           "apply_rope", "init_linear_like_bert", "make_act", "make_norm", "rope_tables",
+           "sincos_2d", "math"]

@@ -1,0 +1,65 @@
+"""The torch side of the spec's modifiers: `frozen` and `lora(...)`.
+
+(`shared(x)` needs no helper: the generated code assigns the same module twice.)
+"""
+
+from __future__ import annotations
+
+import math
+import types
+
+import torch
+from torch import nn
+
+
+def _stay_in_eval(self, mode: bool = True):
+    return nn.Module.train(self, False)
+
+
+def freeze(module: nn.Module) -> nn.Module:
+    """No gradients, and eval mode for good: a frozen tower's dropout stays off and its norms
+    use their running statistics even while the rest of the model trains."""
+    module.requires_grad_(False)
+    module.train = types.MethodType(_stay_in_eval, module)
+    module.eval()
+    module._mm_frozen = True
+    return module
+
+
+class LoRALinear(nn.Linear):
+    """y = x W^T + b + (alpha / r) * x A^T B^T, with B = 0 at init: the layer starts exactly
+    as the base layer. The base weight and bias keep their names and are frozen."""
+
+    def __init__(self, base: nn.Linear, r: int, alpha: float, dropout: float = 0.0):
+        nn.Module.__init__(self)
+        self.in_features, self.out_features = base.in_features, base.out_features
+        self.weight, self.bias = base.weight, base.bias
+        self.weight.requires_grad_(False)
+        if self.bias is not None:
+            self.bias.requires_grad_(False)
+        self.lora_a = nn.Parameter(torch.empty(r, self.in_features, device=base.weight.device,
+                                               dtype=base.weight.dtype))
+        self.lora_b = nn.Parameter(torch.zeros(self.out_features, r, device=base.weight.device,
+                                               dtype=base.weight.dtype))
+        nn.init.kaiming_uniform_(self.lora_a, a=math.sqrt(5))
+        self.scale = alpha / r
+        self.drop = nn.Dropout(dropout)
+
+    def forward(self, x):
+        out = nn.functional.linear(x, self.weight, self.bias)
+        return out + (self.drop(x) @ self.lora_a.t() @ self.lora_b.t()) * self.scale
+
+
+def lora(module: nn.Module, r: int, alpha: float, targets=("q", "k", "v", "o"),
+         dropout: float = 0.0) -> nn.Module:
+    """Wrap every nn.Linear named in `targets` (or every one, with targets=["all"])."""
+    found = 0
+    for parent in list(module.modules()):
+        for name, child in list(parent.named_children()):
+            if type(child) is nn.Linear and ("all" in targets or name in targets):
+                setattr(parent, name, LoRALinear(child, r, alpha, dropout))
+                found += 1
+    if not found:
+        raise ValueError(f"lora: no linear layer named {list(targets)} in "
+                         f"{type(module).__name__}")
+    return module
