@@ -4,7 +4,21 @@ The language layers (`mmgraph.lang`, `mmgraph.ir`, `mmgraph.components`) are pur
 import no torch, so checking a spec is fast enough for an editor.
 """
 
-from mmgraph.compiler import CheckResult, build_graph, check_file, check_text
-from mmgraph.lang.diagnostics import Diagnostic, SpecError
+__version__ = "0.1.0"
 
-__all__ = ["CheckResult", "Diagnostic", "SpecError", "build_graph", "check_file", "check_text"]
+from mmgraph.compiler import CheckResult, build_graph, check_file, check_text  # noqa: E402
+from mmgraph.lang.diagnostics import Diagnostic, SpecError  # noqa: E402
+
+
+def load(spec, model: str | None = None, **overrides):
+    """The spec's model as a ready-to-train torch.nn.Module (imports torch).
+
+    Keyword arguments override the spec's constants: `load("specs/llava.mmg", width=64)`.
+    """
+    from mmgraph.backends.torch.load import load as _load
+
+    return _load(spec, model=model, **overrides)
+
+
+__all__ = ["CheckResult", "Diagnostic", "SpecError", "__version__", "build_graph", "check_file",
+           "check_text", "load"]

@@ -89,6 +89,10 @@ def check_program(program: Program, overrides: dict[str, Any] | None = None,
             run_passes(c, PASSES)
         except PassFailed as exc:
             result.failed_pass = result.failed_pass or exc.pass_name
+        except RecursionError:  # a pathologically deep expression in a later stage
+            c.sink.add(Diagnostic("E008", "expressions are nested too deeply", m.name.span,
+                                  hint="split the expression into named constants or values"))
+            result.failed_pass = result.failed_pass or "check"
         result.diagnostics.extend(c.sink.diagnostics)
         if not c.sink.has_errors:
             result.graphs[m.name.name] = c.graph

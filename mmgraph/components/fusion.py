@@ -240,6 +240,14 @@ def _check_routed(ctx, p, t):
         ctx.fail(f"{ctx.name} routes {list(p.modalities)} but {ctx.source('x')} also carries "
                  f"{missing}: {t}", "x",
                  hint=f"add {missing} to modalities=[...] so every token has weights")
+    if len(t.tags) > 1 and t.segments is None:
+        ctx.fail(f"{ctx.name} needs to know which tokens of {ctx.source('x')} belong to which "
+                 f"modality, but {t} was not built by concat of single-modality sequences",
+                 "x", hint="build the sequence with concat(image_tokens, text_tokens)")
+    unknown = [length for _, length in (t.segments or ()) if not length.is_Integer]
+    if len(unknown) > 1:
+        ctx.fail(f"{ctx.name}: at most one modality segment may have a symbolic length, but "
+                 f"{ctx.source('x')} has {len(unknown)}", "x")
 
 
 @register
@@ -368,7 +376,17 @@ class Concat(Component):
                 ctx.expect_same("xs0", first.width, f"xs{i}", t.width, "width")
         n = sum((t.dims[1] for t in parts), T.sympy.Integer(0))
         dims = (first.dims[0], n) + first.dims[2:]
-        return first.with_(dims=dims, tags=tags_of(*parts))
+        segments: list | None = []
+        for t in parts:
+            if t.segments is not None:
+                segments.extend(t.segments)
+            elif len(t.tags) == 1:
+                segments.append((next(iter(t.tags)), t.dims[1]))
+            else:
+                segments = None
+                break
+        return first.with_(dims=dims, tags=tags_of(*parts),
+                           segments=tuple(segments) if segments else None)
 
 
 @register

@@ -169,9 +169,14 @@ def load_plugin(path: str | Path) -> None:
     """
     _load_builtins()
     p = Path(path).resolve()
-    if not p.is_file():
+    if not p.exists():
         raise FileNotFoundError(f"plugin {path} does not exist")
+    if not p.is_file():
+        raise FileNotFoundError(f"plugin {path} is not a file")
     name = f"mmgraph_plugin_{p.stem}"
+    loaded = sys.modules.get(name)
+    if loaded is not None and getattr(loaded, "__file__", None) == str(p):
+        return  # the same plugin named twice
     spec = importlib.util.spec_from_file_location(name, p)
     if spec is None or spec.loader is None:
         raise ImportError(f"cannot import plugin {path}")

@@ -40,7 +40,17 @@ def _arith(op: str, a: Any, b: Any, node: ast.BinOp) -> Any:
                     node.span)
     if op in ("/", "//", "%") and b == 0:
         raise error("E306", "division by zero", node.span)
-    result = _OPS[op](a, b)
+    if op == "**" and abs(b) > 64 and abs(a) > 1 and \
+            float(abs(b)) * math.log10(float(abs(a))) > 308:
+        raise error("E306", f"{a} ** {b} is too large a number", node.span)
+    try:
+        result = _OPS[op](a, b)
+    except (ZeroDivisionError, OverflowError) as exc:
+        raise error("E306", f"cannot compute {a} {op} {b}: {exc}", node.span) from None
+    if isinstance(result, float) and not math.isfinite(result):
+        raise error("E306", f"{a} {op} {b} is too large a number", node.span)
+    if isinstance(result, complex):
+        raise error("E306", f"{a} {op} {b} is not a real number", node.span)
     if op == "/" and isinstance(a, int) and isinstance(b, int) and result == int(result):
         return int(result)  # 768 / 12 is the integer 64, as a researcher means it
     return result
@@ -87,7 +97,7 @@ def evaluate(expr: ast.Expr, env: Mapping[str, Any], *, what: str = "a constant"
         args = [evaluate(a, env, what=what) for a in expr.args]
         try:
             return CONST_FUNCTIONS[expr.func.name](*args)
-        except (TypeError, ValueError) as exc:
+        except (TypeError, ValueError, OverflowError) as exc:
             raise error("E306", f"{expr.func.name}(): {exc}", expr.span) from None
     raise error("E306", f"{what} must be a constant expression", expr.span,
                 hint="only numbers, strings, true/false, lists, arithmetic and "
@@ -110,10 +120,10 @@ def evaluate_dim(expr: ast.Expr, env: Mapping[str, Any]) -> sympy.Expr:
         return sympy.Integer(expr.value)
     if isinstance(expr, ast.BinOp) and expr.op in ("+", "-", "*", "/", "//"):
         a, b = evaluate_dim(expr.left, env), evaluate_dim(expr.right, env)
+        if expr.op in ("/", "//") and b == 0:
+            raise error("E306", "division by zero", expr.span)
         if expr.op == "//":
             return sympy.floor(a / b)
-        if expr.op == "/" and b == 0:
-            raise error("E306", "division by zero", expr.span)
         result = _OPS[expr.op](a, b)
         if result.is_number and not result.is_Integer:
             raise error("E304", f"dimension {T.format_dim(a)} {expr.op} {T.format_dim(b)} is "

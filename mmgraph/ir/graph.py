@@ -92,6 +92,33 @@ class Node:
 
 
 @dataclass
+class Expansion:
+    """One inlined copy of a block (or one repetition of a repeated component)."""
+
+    prefix: str  # the instance prefix: `lm.3`
+    nodes: list[str] = field(default_factory=list)  # every node made inside, nested too
+    inputs: list[str] = field(default_factory=list)  # its `bind` nodes, in the block's order
+    outputs: list[Ref] = field(default_factory=list)
+    values: dict[str, Ref] = field(default_factory=dict)  # names given inside the block
+    calls: list[BlockCall] = field(default_factory=list)  # block/repeat calls made inside
+
+
+@dataclass
+class BlockCall:
+    """A call of a block or repeat layer: what backends turn into one submodule call."""
+
+    decl: str  # the declared layer's full name
+    block: str | None  # the block's name, or None for a repeated component
+    component: str | None
+    times: int  # 0: a plain block call
+    inputs: list[tuple[str, Ref]]  # (port, value outside) as bound for the first copy
+    threaded: int  # how many leading inputs each repetition feeds to the next
+    outputs: list[Ref]
+    span: Span
+    expansions: list[Expansion] = field(default_factory=list)
+
+
+@dataclass
 class LossTerm:
     name: str
     value: Ref

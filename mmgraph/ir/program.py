@@ -6,7 +6,7 @@ relative to the importing file). Imports are files only: nothing is executed.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from mmgraph.lang import ast
@@ -59,8 +59,8 @@ def _load_imports(program: Program, module: ast.Module, chain: list[str],
         try:
             imported = parse_file(target)
         except SpecError as exc:
-            for d in exc.diagnostics:
-                sink.add(d)
+            for d in exc.diagnostics:  # a file that cannot be read: point at the import
+                sink.add(d if d.span else replace(d, span=imp.path.span))
             continue
         _load_imports(program, imported, chain + [key], sink)
 

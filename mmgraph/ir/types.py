@@ -7,7 +7,7 @@ batch `B`, length `576 + T`, width 4096. Dims are sympy expressions so that `H /
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Iterable
 
 import sympy
@@ -72,6 +72,9 @@ class TensorType:
     dims: tuple[Dim, ...]
     dtype: str
     tags: frozenset[str] = frozenset()
+    # The token layout of a sequence built by concat: ((modality, length), ...) in order.
+    # Modality-routed layers need it; anything that changes the token axis drops it.
+    segments: tuple[tuple[str, Dim], ...] | None = field(default=None, compare=False)
 
     def __post_init__(self):
         object.__setattr__(self, "dims", tuple(sympy.sympify(d) for d in self.dims))
@@ -94,6 +97,10 @@ class TensorType:
         return self.dims[-1]
 
     def with_(self, **changes) -> TensorType:
+        if "dims" in changes and self.segments is not None and "segments" not in changes:
+            new = changes["dims"]
+            if len(new) != self.rank or not same_dim(sympy.sympify(new[1]), self.dims[1]):
+                changes["segments"] = None
         return replace(self, **changes)
 
     def __str__(self) -> str:

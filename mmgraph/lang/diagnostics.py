@@ -28,6 +28,7 @@ CODES: dict[str, str] = {
     "E005": "missing closing bracket",
     "E006": "misplaced statement",
     "E007": "invalid number",
+    "E008": "nesting too deep",
     # E1xx: names, scopes and imports
     "E101": "unknown name",
     "E102": "duplicate definition",

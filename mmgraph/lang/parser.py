@@ -43,6 +43,8 @@ def parse_tree(text: str, path: str = "<string>") -> Tree:
         return parser().parse(text)
     except UnexpectedInput as exc:
         raise _syntax_error(source, exc) from None
+    except RecursionError:
+        raise _too_deep(source) from None
 
 
 def parse(text: str, path: str = "<string>") -> ast.Module:
@@ -54,14 +56,26 @@ def parse(text: str, path: str = "<string>") -> ast.Module:
     except VisitError as exc:  # a SpecError raised while building the AST (a bad number)
         if isinstance(exc.orig_exc, SpecError):
             raise exc.orig_exc from None
+        if isinstance(exc.orig_exc, RecursionError):
+            raise _too_deep(source) from None
         raise
+    except RecursionError:
+        raise _too_deep(source) from None
+
+
+def _too_deep(source: Source):
+    return error("E008", "expressions are nested too deeply", Span(source, 1, 1, 1, 2),
+                 hint="split the expression into named constants or values")
 
 
 def parse_file(path: str | Path) -> ast.Module:
     p = Path(path)
     try:
         text = p.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
+    except UnicodeDecodeError as exc:
+        raise error("E001", f"cannot read {path}: it is not UTF-8 text (byte {exc.start})",
+                    hint="specs are UTF-8 text files") from None
+    except OSError as exc:
         raise error("E001", f"cannot read {path}: {exc.strerror or exc}",
                     hint="check the path; specs are UTF-8 text files") from None
     return parse(text, str(path))

@@ -17,8 +17,11 @@ class Source:
     text: str = field(repr=False, compare=False)
 
     def line(self, number: int) -> str:
-        """The 1-based line `number`, without its newline ('' past the end)."""
-        lines = self.text.splitlines()
+        """The 1-based line `number`, without its newline ('' past the end).
+
+        Lines end at '\\n' only, as the parser counts them (not at form feeds and the other
+        breaks `str.splitlines` knows)."""
+        lines = self.text.split("\n")
         return lines[number - 1] if 1 <= number <= len(lines) else ""
 
 

@@ -15,12 +15,13 @@ from mmgraph.components.nn.fusion import (FFN, CoAttention, CrossAttention, Gate
                                           LayerNorm, ModalityAttention, ModalityFFN, MoEFFN,
                                           RMSNorm, SelfAttention, TanhGate, Transformer,
                                           TransformerLayer)
+from mmgraph.components.nn.generated import GeneratedModel
 from mmgraph.components.nn.losses import Contrastive
 from mmgraph.components.nn.modifiers import LoRALinear, freeze, lora
 
 __all__ = [
     "AudioEncoder", "BoxHead", "CausalLM", "Classifier", "CoAttention", "Contrastive",
-    "CrossAttention", "FFN", "FeatureEmbed", "GatedCrossAttention", "ITMHead", "LMHead",
+    "CrossAttention", "FFN", "FeatureEmbed", "GeneratedModel", "GatedCrossAttention", "ITMHead", "LMHead",
     "LayerNorm", "Linear", "MAEDecoder", "MLP", "MelPatchEmbed", "ModalityAttention",
     "ModalityFFN", "MoEFFN", "ObjectQueries", "PatchEmbed", "PerceiverResampler",
     "PointTokenizer", "Pool", "PromptTokens", "QFormer", "RMSNorm", "Regression",

@@ -110,6 +110,7 @@ class MoEFFN(nn.Module):
         hidden = hidden or int(in_width * mult)
         self.router = nn.Linear(in_width, experts, bias=router_bias)
         self.experts = nn.ModuleList([FeedForward(in_width, hidden, act) for _ in range(experts)])
+        self.aux = None
 
     def forward(self, x):
         shape = x.shape
@@ -118,6 +119,12 @@ class MoEFFN(nn.Module):
         weights, chosen = probs.topk(self.top_k, dim=-1)
         weights = (weights / weights.sum(-1, keepdim=True)).to(x.dtype)
         out = torch.zeros_like(flat)
+        if flat.device.type == "meta":  # shape-only runs (`mmgraph stats`): the expected load
+            load = max(1, flat.shape[0] * self.top_k // len(self.experts))
+            for expert in self.experts:
+                out[:load] += expert(flat[:load])
+            self.aux = probs.sum() * 0
+            return out.reshape(shape), self.aux
         for e, expert in enumerate(self.experts):
             hit = chosen == e  # [T, k]
             rows = hit.any(-1).nonzero(as_tuple=True)[0]
@@ -126,6 +133,7 @@ class MoEFFN(nn.Module):
                 out[rows] += w * expert(flat[rows])
         fraction = F.one_hot(chosen, len(self.experts)).float().sum(1).mean(0) / self.top_k
         aux = len(self.experts) * (fraction * probs.mean(0)).sum()
+        self.aux = aux  # for moe_aux(...) over a whole tower
         return out.reshape(shape), aux
 
 

@@ -173,7 +173,11 @@ def mse(pred, target):
     return F.mse_loss(pred.float(), target.float())
 
 
-def moe_aux(x, *aux_losses):
-    """The sum of the load-balancing losses of the MoE layers upstream of x (the compiler
-    passes them in)."""
-    return torch.stack([a.float() for a in aux_losses]).sum() if aux_losses else x.sum() * 0
+def moe_aux(x, *modules):
+    """The sum of the load-balancing losses that the MoE layers inside `modules` computed in
+    this forward pass (the compiler passes the submodules upstream of x)."""
+    from mmgraph.components.nn.fusion import MoEFFN
+
+    losses = [m.aux for mod in modules for m in mod.modules()
+              if isinstance(m, MoEFFN) and m.aux is not None]
+    return torch.stack([a.float() for a in losses]).sum() if losses else x.sum() * 0

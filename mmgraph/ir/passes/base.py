@@ -64,6 +64,8 @@ def run_passes(c: Compilation, passes: list[NamedPass]) -> Compilation:
             p.run(c)
         except SpecError as exc:
             c.sink.add(exc)
+        except RecursionError:
+            raise
         except Exception as exc:  # a bug in mmgraph: report it as one, never a traceback
             where = traceback.extract_tb(exc.__traceback__)[-1]
             c.sink.add(Diagnostic(

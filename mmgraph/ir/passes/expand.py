@@ -21,7 +21,7 @@ from mmgraph.components import registry
 from mmgraph.components.registry import Component
 from mmgraph.ir import types as T
 from mmgraph.ir.consts import CONST_FUNCTIONS, evaluate, evaluate_dim
-from mmgraph.ir.graph import Graph, Instance, Lora, LossTerm, Node, Ref
+from mmgraph.ir.graph import BlockCall, Expansion, Graph, Instance, Lora, LossTerm, Node, Ref
 from mmgraph.ir.passes.base import Compilation
 from mmgraph.ir.passes.constants import evaluate_all
 from mmgraph.ir.passes.resolve import classify_assigns, walk
@@ -92,6 +92,9 @@ class Lowerer:
         self.sink = c.sink
         self.g = Graph(c.model.name.name, c.model.span)
         self.binding_groups = 0
+        self.calls: list[BlockCall] = []  # where a block/repeat call made now is recorded
+        self.g.meta["calls"] = self.calls
+        self.g.meta["decls"] = {}
 
     # ---------------------------------------------------------------- bodies
     def lower_model(self) -> Graph:
@@ -216,6 +219,7 @@ class Lowerer:
                 shared = None if i is None or not decl.shared else f"{decl.shared}.{i}"
                 self.make_instance(decl, name, stmt.span, anonymous=False, shared=shared)
         scope.decls[stmt.name.name] = decl
+        self.g.meta["decls"][decl.name] = decl
 
     def apply_modifiers(self, decl: Decl, mods, scope: Scope) -> None:
         seen = set()
@@ -629,8 +633,13 @@ class Lowerer:
         else:
             ports = [(p.name, p.optional, p.variadic) for p in decl.component.inputs]
         bound = self.bind(ports, e, scope, f"'{e.func.name}'")
+        record = BlockCall(decl.name, decl.block.name.name if decl.block else None,
+                           decl.component.name if decl.component else None, decl.times,
+                           [(port, ref) for port, ref, _ in bound], 0, [], e.span)
+        self.calls.append(record)
         if not decl.times:
-            return self.expand(decl, decl.name, bound, e)
+            record.outputs = self.expand(decl, decl.name, bound, e, record)
+            return record.outputs
         current = bound
         outs: list[Ref] = []
         threaded_refs: list[Ref] = []  # the previous repetition's outputs, fed back in
@@ -638,9 +647,10 @@ class Lowerer:
             prefix = f"{decl.name}.{i}"
             before = set(self.g.nodes)
             if decl.block is not None:
-                outs = self.expand(decl, prefix, current, e)
+                outs = self.expand(decl, prefix, current, e, record)
             else:
                 outs = self.call_component(decl, prefix, e, scope, args=current)
+                record.expansions.append(Expansion(prefix, [outs[0].node], [], outs))
             if threaded_refs:  # tell `infer` which inputs are fed back
                 first_inputs = {port: ref for port, ref, _ in bound}
                 for name in set(self.g.nodes) - before:
@@ -655,12 +665,30 @@ class Lowerer:
                         in zip(current, outs[:1] if decl.block is None else outs)]
             threaded_refs = [ref for _, ref, _ in threaded]
             current = threaded + current[len(threaded):]
+        record.threaded, record.outputs = len(threaded_refs), outs
         return outs
 
-    def expand(self, decl: Decl, prefix: str, bound, e: ast.Call) -> list[Ref]:
+    def expand(self, decl: Decl, prefix: str, bound, e: ast.Call,
+               record: BlockCall) -> list[Ref]:
         """Inline one copy of a block under `prefix`, its inputs bound to `bound`."""
         block = decl.block
         self.binding_groups += 1
+        expansion = Expansion(prefix)
+        record.expansions.append(expansion)
+        outer_calls, self.calls = self.calls, expansion.calls
+        before = list(self.g.nodes)
+        try:
+            outs = self._expand(decl, prefix, bound, e, expansion)
+        finally:
+            self.calls = outer_calls
+        seen = set(before)
+        expansion.nodes = [n for n in self.g.nodes if n not in seen]
+        expansion.outputs = outs
+        return outs
+
+    def _expand(self, decl: Decl, prefix: str, bound, e: ast.Call,
+                expansion: Expansion) -> list[Ref]:
+        block = decl.block
         inner = Scope(prefix, dict(decl.block_env), frozen=decl.frozen,
                       frozen_by=decl.frozen_by, lora=decl.lora,
                       shared=(decl.shared + prefix[len(decl.name):]) if decl.shared else None)
@@ -674,7 +702,9 @@ class Lowerer:
                                  meta={"group": self.binding_groups, "arg_span": span,
                                        "block": block.name.name})
                 inner.values[stmt.name.name] = [node]
+                expansion.inputs.append(node.node)
         self.lower_body(block.body, inner)
+        expansion.values = {k: v[0] for k, v in inner.values.items()}
         outs: list[Ref] = []
         for stmt in block.body:
             if isinstance(stmt, ast.Output):

@@ -1,0 +1,1 @@
+"""The torch backend: checked IR to generated PyTorch source, loaded or written to disk."""

@@ -1,0 +1,58 @@
+"""Compile a spec to a torch module in memory, or write its source to disk."""
+
+from __future__ import annotations
+
+import linecache
+import sys
+import types
+from pathlib import Path
+
+from mmgraph.backends.torch.codegen import Generated, generate
+from mmgraph.compiler import build_graph
+from mmgraph.ir.graph import Graph
+
+
+def compile_source(spec: str | Path, overrides: dict | None = None,
+                   model: str | None = None) -> tuple[Graph, Generated]:
+    g = build_graph(spec, overrides, model)
+    return g, generate(g, str(spec))
+
+
+def module_from_source(gen: Generated, filename: str) -> types.ModuleType:
+    """Execute generated source as a module. The source is registered with linecache so
+    tracebacks (and the spec-line notes) show the generated lines."""
+    module = types.ModuleType(gen.module_name)
+    module.__file__ = filename
+    linecache.cache[filename] = (len(gen.source), None, gen.source.splitlines(True), filename)
+    code = compile(gen.source, filename, "exec")
+    exec(code, module.__dict__)  # exec: only the source just generated from the checked IR
+    sys.modules[gen.module_name] = module
+    return module
+
+
+def load_class(spec: str | Path, model: str | None = None, **overrides):
+    """The generated model class (not yet instantiated) and its graph."""
+    g, gen = compile_source(spec, overrides, model)
+    module = module_from_source(gen, f"<mmgraph {spec}>")
+    return getattr(module, gen.class_name), g
+
+
+def load(spec: str | Path, model: str | None = None, **overrides):
+    """The spec's model, instantiated: the same source `mmgraph compile` writes."""
+    cls, g = load_class(spec, model, **overrides)
+    instance = cls()
+    instance.graph = g  # the checked IR it came from, for trainers and exporters
+    return instance
+
+
+def write(spec: str | Path, out_dir: str | Path, overrides: dict | None = None,
+          model: str | None = None) -> tuple[Path, Path]:
+    """Write `<model>.py` and `<model>.ir.txt` into out_dir."""
+    g, gen = compile_source(spec, overrides, model)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    py = out / f"{g.name}.py"
+    ir = out / f"{g.name}.ir.txt"
+    py.write_text(gen.source)
+    ir.write_text(g.dump())
+    return py, ir
