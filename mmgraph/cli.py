@@ -58,6 +58,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--expand", action="store_true", help="draw every layer inside blocks")
     _common(p)
 
+    p = sub.add_parser("compile", help="write the generated PyTorch module and the IR")
+    p.add_argument("spec", metavar="SPEC")
+    p.add_argument("-o", "--output", default="build", metavar="DIR",
+                   help="directory for <model>.py and <model>.ir.txt (default: build)")
+    _common(p)
+
+    p = sub.add_parser("stats", help="parameters, FLOPs and memory, without allocating weights")
+    p.add_argument("spec", metavar="SPEC")
+    p.add_argument("--dims", default="", metavar="B=1,T=32",
+                   help="sizes of the free dims (default: the export block's opt sizes, "
+                        "B=1, others 32)")
+    p.add_argument("--json", action="store_true")
+    _common(p)
+
     p = sub.add_parser("components", help="list the registered components")
     p.add_argument("name", nargs="?", help="show one component's parameters")
     p.add_argument("--plugin", action="append", default=[], metavar="FILE.py")
@@ -173,6 +187,51 @@ def cmd_graph(args) -> int:
     return EXIT_OK
 
 
+# ---------------------------------------------------------------- compile / stats
+
+def _report(exc) -> int:
+    for d in exc.diagnostics:
+        print(render(d), file=sys.stderr)
+        print(file=sys.stderr)
+    return EXIT_SPEC
+
+
+def cmd_compile(args) -> int:
+    from mmgraph.backends.torch.load import write
+    from mmgraph.lang.diagnostics import SpecError
+
+    _plugins(args.plugin)
+    try:
+        py, ir = write(args.spec, args.output, _overrides(args.overrides), args.model)
+    except SpecError as exc:
+        return _report(exc)
+    print(f"wrote {py} and {ir}")
+    return EXIT_OK
+
+
+def _dims(text: str) -> dict[str, int]:
+    dims = {}
+    for item in filter(None, (p.strip() for p in text.split(","))):
+        name, _, value = item.partition("=")
+        if not name.strip().isidentifier() or not value.strip().isdigit():
+            raise UsageError(f"--dims expects NAME=INT[,NAME=INT...], got {item!r}")
+        dims[name.strip()] = int(value)
+    return dims
+
+
+def cmd_stats(args) -> int:
+    from mmgraph.backends.torch.stats import compute, table
+    from mmgraph.lang.diagnostics import SpecError
+
+    _plugins(args.plugin)
+    try:
+        stats = compute(args.spec, _overrides(args.overrides), _dims(args.dims), args.model)
+    except SpecError as exc:
+        return _report(exc)
+    print(json.dumps(stats.to_json(), indent=2) if args.json else table(stats))
+    return EXIT_OK
+
+
 # ---------------------------------------------------------------- components
 
 def cmd_components(args) -> int:
@@ -221,7 +280,8 @@ def _value(v) -> str:
     return str(v)
 
 
-COMMANDS = {"check": cmd_check, "graph": cmd_graph, "components": cmd_components}
+COMMANDS = {"check": cmd_check, "graph": cmd_graph, "compile": cmd_compile, "stats": cmd_stats,
+            "components": cmd_components}
 
 
 EXIT_INTERNAL = 3

@@ -345,7 +345,9 @@ class ScopeCode:
     def call_args(self, node: Node, comp) -> tuple[list[str], list[tuple[str, str]]]:
         args, kwargs = [], []
         variadic = next((p.name for p in comp.inputs if p.variadic), None)
-        first = comp.inputs[0].name
+        # the first input goes by position when it is required (vit(image)); optional ones
+        # by name, as the spec writes them (lm(prefix=v, tokens=prompt))
+        first = comp.inputs[0].name if not comp.inputs[0].optional else None
         for port, ref in node.inputs:
             if variadic and port.startswith(variadic) or port == first:
                 args.append(self.var(ref))
@@ -465,8 +467,8 @@ class ModelCodegen:
             lbody = scope.statements(loss_nodes)
             terms = [f'"{k}": {scope.var(t.value)}' for k, t in g.losses.items()]
             lbody.append("losses = {" + ", ".join(terms) + "}")
-            lbody.append('losses["total"] = sum(self.loss_weights[k] * v for k, v in '
-                         "losses.items())")
+            lbody.append('losses["total"] = sum(self.loss_weights[name] * value '
+                         "for name, value in losses.items())")
             lbody.append("return losses")
             methods.append(Method(f"losses(self, {', '.join(all_inputs)})",
                                   "Each declared loss, unweighted, and their weighted 'total'.",

@@ -16,10 +16,15 @@ def _stay_in_eval(self, mode: bool = True):
     return nn.Module.train(self, False)
 
 
+LORA_PARAMS = ("lora_a", "lora_b")
+
+
 def freeze(module: nn.Module) -> nn.Module:
     """No gradients, and eval mode for good: a frozen tower's dropout stays off and its norms
-    use their running statistics even while the rest of the model trains."""
-    module.requires_grad_(False)
+    use their running statistics even while the rest of the model trains. LoRA adapters
+    inside stay trainable: `frozen lora(...)` is how LoRA is meant to be used."""
+    for name, p in module.named_parameters():
+        p.requires_grad_(name.rsplit(".", 1)[-1] in LORA_PARAMS)
     module.train = types.MethodType(_stay_in_eval, module)
     module.eval()
     module._mm_frozen = True
@@ -53,10 +58,13 @@ class LoRALinear(nn.Linear):
 def lora(module: nn.Module, r: int, alpha: float, targets=("q", "k", "v", "o"),
          dropout: float = 0.0) -> nn.Module:
     """Wrap every nn.Linear named in `targets` (or every one, with targets=["all"])."""
+    if isinstance(module, nn.Linear) and not isinstance(module, LoRALinear):
+        return LoRALinear(module, r, alpha, dropout)  # the layer is itself a linear map
     found = 0
     for parent in list(module.modules()):
         for name, child in list(parent.named_children()):
-            if type(child) is nn.Linear and ("all" in targets or name in targets):
+            if isinstance(child, nn.Linear) and not isinstance(child, LoRALinear) and \
+                    ("all" in targets or name in targets):
                 setattr(parent, name, LoRALinear(child, r, alpha, dropout))
                 found += 1
     if not found:

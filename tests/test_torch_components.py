@@ -1,0 +1,239 @@
+"""Every registered component, built through a one-layer spec: the torch module's output has
+the shape and dtype the checker inferred, and gradients reach its weights (or, for losses,
+its inputs). The table must name every component, so adding one means adding its case."""
+
+from __future__ import annotations
+
+import inspect
+import textwrap
+
+import pytest
+import torch
+
+from mmgraph.backends.torch.inputs import TORCH_DTYPES, concrete_shape, example_inputs
+from mmgraph.backends.torch.load import load
+from mmgraph.components import nn as mm
+from mmgraph.components import registry
+
+IMG = "input x: Image[B, 3, 32, 32]"
+SEQ = "input x: Seq[B, 6, 16]"
+SEQ2 = "input x: Seq[B, 6, 16]\n  input c: Seq[B, 4, 8]"
+VEC = "input x: Vec[B, 16]"
+TOK = "input t: Tokens[B, 6]"
+
+# component -> (inputs, expression producing the output)
+CASES = {
+    "vit": (IMG, "vit(patch=16, width=16, depth=1, heads=2, taps=[1])(x)"),
+    "text_transformer": (TOK, 'text_transformer(vocab=32, width=16, depth=1, heads=2, '
+                              'causal=true, pool="eot")(t)'),
+    "audio_encoder": ("input x: Mel[B, 8, 10]", "audio_encoder(width=16, depth=1, heads=2, "
+                                                "mels=8, max_frames=20)(x)"),
+    "video_encoder": ("input x: Video[B, 3, 3, 32, 32]", "video_encoder(width=16, depth=1, "
+                                                         "heads=2, patch=16)(x)"),
+    "patch_embed": (IMG, "patch_embed(patch=16, width=16, cls_token=true)(x)"),
+    "token_embedding": (TOK, 'token_embedding(vocab=32, width=16, pos="learned")(t)'),
+    "point_tokenizer": ("input x: Points[B, 40, 3]", "point_tokenizer(groups=8, neighbours=4, "
+                                                     "width=16)(x)"),
+    "mel_patch_embed": ("input x: Mel[B, 32, 48]", "mel_patch_embed(patch=16, stride=10, "
+                                                   "width=16)(x)"),
+    "feature_embed": ("input x: Seq[B, 5, 12]\n  input b: Boxes[B, 5, 4]",
+                      "feature_embed(width=16)(x, boxes=b)"),
+    "linear": (SEQ, "linear(out=8)(x)"),
+    "mlp": (SEQ, "mlp(out=8, hidden=32, layers=3)(x)"),
+    "qformer": (SEQ, "qformer(queries=4, width=16, depth=2, heads=2, mlp=32)(x)"),
+    "perceiver_resampler": (SEQ, "perceiver_resampler(latents=3, depth=1, heads=2, "
+                                 "dim_head=8)(x)"),
+    "pool": (SEQ, 'pool(x, mode="attention", heads=2)'),
+    "token_merge": (SEQ, "token_merge(x, ratio=2)"),
+    "prompt_tokens": (SEQ, "concat(prompt_tokens(n=3, width=16)(x), x)"),
+    "layer_norm": (SEQ, "layer_norm(x)"),
+    "rms_norm": (SEQ, "rms_norm(x)"),
+    "tanh_gate": (SEQ, "x + tanh_gate(init=0.5)(x)"),
+    "self_attention": (SEQ, 'self_attention(heads=2, causal=true, pos="rope")(x)'),
+    "cross_attention": (SEQ2, "cross_attention(heads=2)(x, c)"),
+    "gated_cross_attention": (SEQ2, "gated_cross_attention(heads=2, dim_head=8)(x, c)"),
+    "co_attention": ("input x: Seq[B, 6, 16]\n  input c: Seq[B, 4, 16]\n"
+                     "  layer co: co_attention(heads=2)", "concat(co(x, c), co(c, x).other)"),
+    "ffn": (SEQ, 'ffn(act="swiglu", hidden=24)(x)'),
+    "moe_ffn": (SEQ, "moe_ffn(experts=2, top_k=1, hidden=24)(x)"),
+    "modality_ffn": ("input x: Seq<image>[B, 4, 16]\n  input y: Seq<text>[B, 3, 16]",
+                     'modality_ffn(modalities=["image", "text"], hidden=24)(concat(x, y))'),
+    "modality_attention": ("input x: Seq<image>[B, 4, 16]\n  input y: Seq<text>[B, T, 16]",
+                           'modality_attention(heads=2, modalities=["image", "text"], '
+                           'frozen_modalities=["text"])(concat(x, y))'),
+    "transformer_layer": (SEQ2, "transformer_layer(heads=2, cross=true)(x, ctx=c)"),
+    "transformer": (SEQ, "transformer(depth=2, heads=2, post_norm=true)(x)"),
+    "concat": ("input x: Seq[B, 6, 16]\n  input y: Seq[B, 2, 16]", "concat(x, y)"),
+    "concat_width": ("input x: Seq[B, 6, 16]\n  input y: Seq[B, 6, 4]", "concat_width(x, y)"),
+    "causal_lm": ("input p: Seq[B, 3, 16]\n  " + TOK,
+                  "causal_lm(vocab=32, width=16, depth=1, heads=4, kv_heads=2)(prefix=p, "
+                  "tokens=t)"),
+    "transformer_decoder": (SEQ2, "transformer_decoder(depth=1, heads=2)(x, ctx=c)"),
+    "object_queries": (SEQ, "object_queries(n=5, width=16)(x)"),
+    "mae_decoder": (SEQ, "mae_decoder(width=8, depth=1, heads=2, patch=8, size=16, "
+                         "channels=2)(x)"),
+    "classifier": (VEC, "classifier(classes=5, hidden=8)(x)"),
+    "lm_head": (SEQ, "lm_head(vocab=20, transform=true)(x)"),
+    "itm_head": (VEC, "itm_head()(x)"),
+    "regression": (VEC, "regression(out=3)(x)"),
+    "box_head": (SEQ, "box_head()(x)"),
+    "l2norm": (VEC, "l2norm(x)"), "gelu": (VEC, "gelu(x)"), "relu": (VEC, "relu(x)"),
+    "silu": (VEC, "silu(x)"), "tanh": (VEC, "tanh(x)"), "sigmoid": (VEC, "sigmoid(x)"),
+    "softmax": (VEC, "softmax(x)"), "detach": (VEC, "x + detach(x)"),
+    "dropout": (VEC, "dropout(x, p=0.5)"),
+    "batch_concat": (VEC, "batch_concat(x, x)"),
+    "hard_negatives": ("input x: Vec[B, 16]\n  input y: Vec[B, 16]",
+                       "hard_negatives(x, y, y) + x"),
+    "mask_tokens": (TOK, "token_embedding(vocab=200, width=16)(mask_tokens(t, vocab=32))"),
+    "token_mask": (SEQ, "token_mask(x, keep=4)"),
+    "contrastive": ("input x: Vec[B, 16]\n  input y: Vec[B, 16]", "contrastive(x, y, queue=8)"),
+    "itm": ("input x: Vec[B, 16]", "itm(itm_head()(x), itm_head()(x))"),
+    "next_token": ("input p: Seq[B, 3, 16]\n  " + TOK, "next_token(causal_lm(vocab=32, width=16, "
+                   "depth=1, heads=2)(prefix=p, tokens=t), t, skip=3)"),
+    "mlm": (SEQ + "\n  " + TOK, "mlm(lm_head(vocab=16)(x), t, mask_tokens(t).mask)"),
+    "masked_reconstruction": ("input x: Seq[B, 4, 16]\n  input y: Image[B, 2, 16, 16]",
+                              "masked_reconstruction(mae_decoder(width=8, depth=1, heads=2, "
+                              "patch=8, size=16, channels=2)(x), y, token_mask(x, keep=2).mask, "
+                              "patch=8)"),
+    "cross_entropy": (VEC + "\n  input lab: Labels[B]",
+                      "cross_entropy(classifier(classes=2)(x), lab)"),
+    "kl_distill": (VEC, "kl_distill(classifier(classes=4)(x), classifier(classes=4)(x))"),
+    "feature_distill": (VEC + "\n  input y: Vec[B, 8]", "feature_distill(linear(out=8)(x), y)"),
+    "mse": (VEC, "mse(linear(out=8)(x), linear(out=8)(x))"),
+    "moe_aux": (SEQ, "moe_aux(moe_ffn(experts=2, top_k=1)(x))"),
+}
+
+# parameters that rightly get no gradient in a case, and why
+NO_GRAD = {"moe_aux": ("experts", "the balancing loss depends on the router alone")}
+
+
+def test_every_component_has_a_case():
+    assert sorted(CASES) == registry.names()
+
+
+def build(name):
+    inputs, expr = CASES[name]
+    # `comp(params)(inputs)` in the table reads like a declaration and a call: write it as
+    # an inline call, keyword inputs and parameters together
+    inline = _inline(expr)
+    comp = registry.get(name)
+    out = "loss l = " if comp.category == "loss" else "output "
+    suffix = "" if comp.category == "loss" else " as y"
+    src = f"model m {{\n  {inputs}\n  {out}{inline}{suffix}\n}}\n"
+    path = f"/tmp/mmgraph_case_{name}.mmg"
+    with open(path, "w") as f:
+        f.write(src)
+    return load(path), src
+
+
+def _inline(expr: str) -> str:
+    """`comp(p=1)(x, k=y)` -> `comp(x, k=y, p=1)` (recursively)."""
+    out, i = "", 0
+    while i < len(expr):
+        j = expr.find(")(", i)
+        if j < 0:
+            return out + expr[i:]
+        start = _open(expr, j)
+        params = expr[start + 1:j]
+        k = _close(expr, j + 1)
+        args = _inline(expr[j + 2:k])
+        head = expr[i:start]
+        out += f"{head}({args}{', ' if args and params else ''}{params})"
+        i = k + 1
+    return out
+
+
+def _open(s, j):
+    depth = 0
+    for i in range(j, -1, -1):
+        depth += s[i] == ")"
+        depth -= s[i] == "("
+        if depth == 0:
+            return i
+    raise ValueError(s)
+
+
+def _close(s, j):
+    depth = 0
+    for i in range(j, len(s)):
+        depth += s[i] == "("
+        depth -= s[i] == ")"
+        if depth == 0:
+            return i
+    raise ValueError(s)
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_component_shapes_dtypes_and_gradients(name):
+    torch.manual_seed(0)
+    model, src = build(name)
+    g = model.graph
+    dims = {"B": 3, "T": 5}
+    x = example_inputs(g, dims, int_high=8)
+    comp = registry.get(name)
+    if comp.category == "loss":
+        value = model.losses(**x)["l"]
+        assert value.dim() == 0 and torch.isfinite(value), src
+        if value.requires_grad:
+            value.backward()
+    else:
+        model.train()
+        out = model(**{k: v for k, v in x.items() if k in g.inputs})["y"]
+        want = g.type_of(g.outputs["y"])
+        assert tuple(out.shape) == concrete_shape(want, dims), src
+        assert out.dtype == TORCH_DTYPES[want.dtype], src
+        if out.requires_grad:
+            out.float().pow(2).mean().backward()
+    exempt = NO_GRAD.get(name, ("\0",))[0]
+    for pname, p in model.named_parameters():
+        if p.requires_grad and exempt not in pname:
+            assert p.grad is not None, f"{pname} got no gradient\n{src}"
+
+
+def test_torch_modules_take_the_same_parameters_with_the_same_defaults():
+    for name in registry.names():
+        comp = registry.get(name)
+        if not comp.has_weights:
+            fn = getattr(mm.ops, name)
+            accepted = inspect.signature(fn).parameters
+        else:
+            accepted = inspect.signature(getattr(mm, type(comp).__name__).__init__).parameters
+        for field, info in comp.Params.model_fields.items():
+            assert field in accepted, f"{name}: torch side has no parameter {field!r}"
+            default = accepted[field].default
+            if not info.is_required():
+                assert default == info.default, f"{name}.{field}: {default!r} vs {info.default!r}"
+
+
+def test_frozen_modules_stay_in_eval_mode():
+    path = "/tmp/mmgraph_frozen.mmg"
+    with open(path, "w") as f:
+        f.write(textwrap.dedent("""
+            model m {
+              input x: Seq[B, 4, 8]
+              layer enc: transformer(depth=1, heads=2, dropout=0.5) frozen
+              layer head: linear(out=2)
+              output head(enc(x)) as y
+            }"""))
+    model = load(path)
+    model.train()
+    assert not model.enc.training and model.head.training
+    assert all(not p.requires_grad for p in model.enc.parameters())
+
+
+def test_lora_starts_as_the_base_layer_and_trains_only_adapters():
+    path = "/tmp/mmgraph_lora.mmg"
+    with open(path, "w") as f:
+        f.write(textwrap.dedent("""
+            model m {
+              input x: Seq[B, 4, 8]
+              layer enc: transformer_layer(heads=2) frozen lora(r=2, alpha=4, targets=["q", "v"])
+              output enc(x) as y
+            }"""))
+    model = load(path)
+    trainable = sorted(n for n, p in model.named_parameters() if p.requires_grad)
+    assert trainable == ["enc.block.attn.q.lora_a", "enc.block.attn.q.lora_b",
+                         "enc.block.attn.v.lora_a", "enc.block.attn.v.lora_b"]
+    x = torch.randn(2, 4, 8)
+    base = model.enc.block.attn.q
+    assert torch.equal(base(x), torch.nn.functional.linear(x, base.weight, base.bias))
