@@ -72,6 +72,37 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     _common(p)
 
+    p = sub.add_parser("train", help="train a spec, stage by stage, with exact resume")
+    p.add_argument("spec", metavar="SPEC")
+    p.add_argument("--data", default="digits", metavar="NAME|PATH",
+                   help="digits (built in, the default), a .jsonl file or an image folder")
+    p.add_argument("--out", metavar="DIR", help="run directory (default: runs/<model>)")
+    p.add_argument("--stage", help="run only this stage")
+    p.add_argument("--max-steps", type=int, metavar="N", help="at most N steps per stage")
+    p.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
+    p.add_argument("--train", dest="train_overrides", action="append", default=[],
+                   metavar="SETTING=VALUE",
+                   help="override a train setting, e.g. --train lr=1e-3 (repeatable)")
+    p.add_argument("--tokenizer", metavar="byte|DIR",
+                   help="byte (built in, default) or a local Hugging Face tokenizer folder")
+    p.add_argument("--dims", default="", metavar="T=32", help="sizes of free dims in inputs")
+    p.add_argument("--skip-bad", action="store_true", help="skip unreadable examples, counted")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--quiet", action="store_true", help="no progress line")
+    p.add_argument("--json", action="store_true")
+    _common(p)
+
+    p = sub.add_parser("eval", help="evaluate a trained spec (zero-shot, accuracy, perplexity)")
+    p.add_argument("spec", metavar="SPEC")
+    p.add_argument("--checkpoint", required=True, metavar="DIR",
+                   help="a run directory or one checkpoint folder")
+    p.add_argument("--data", default="digits", metavar="NAME|PATH")
+    p.add_argument("--split", default="test")
+    p.add_argument("--tokenizer", metavar="byte|DIR")
+    p.add_argument("--dims", default="", metavar="T=32")
+    p.add_argument("--json", action="store_true")
+    _common(p)
+
     p = sub.add_parser("components", help="list the registered components")
     p.add_argument("name", nargs="?", help="show one component's parameters")
     p.add_argument("--plugin", action="append", default=[], metavar="FILE.py")
@@ -232,6 +263,98 @@ def cmd_stats(args) -> int:
     return EXIT_OK
 
 
+# ---------------------------------------------------------------- train / eval
+
+def _train_overrides(items: list[str]) -> dict:
+    from mmgraph.compiler import parse_value
+
+    out = {}
+    for item in items:
+        name, sep, value = item.partition("=")
+        if not sep or not name.strip().isidentifier():
+            raise UsageError(f"--train expects SETTING=VALUE, got {item!r}")
+        raw = value.strip()
+        out[name.strip()] = [parse_value(v.strip()) for v in raw.strip("[]").split(",")] \
+            if raw.startswith("[") else parse_value(raw)
+    return out
+
+
+def _friendly_errors():
+    """The exceptions of training that are the user's to fix, not bugs."""
+    from pydantic import ValidationError
+
+    from mmgraph.train.checkpoint import CheckpointError
+    from mmgraph.train.data import DataError
+
+    return DataError, CheckpointError, ValidationError
+
+
+def cmd_train(args) -> int:
+    from mmgraph.lang.diagnostics import SpecError
+    from mmgraph.train.run import train, write_json
+
+    _plugins(args.plugin)
+    friendly = _friendly_errors()
+    try:
+        result = train(args.spec, data=args.data, out=args.out,
+                       overrides=_overrides(args.overrides),
+                       settings_overrides=_train_overrides(args.train_overrides),
+                       stage=args.stage, max_steps=args.max_steps, resume=args.resume,
+                       tokenizer=args.tokenizer, skip_bad=args.skip_bad,
+                       dims=_dims(args.dims), quiet=args.quiet or args.json,
+                       model_name=args.model, device=args.device)
+    except SpecError as exc:
+        return _report(exc)
+    except friendly as exc:
+        print(f"mmgraph: error: {exc}", file=sys.stderr)
+        return EXIT_SPEC
+    if result["rank"] != 0:  # under torchrun, the first process reports for all
+        return EXIT_OK
+    if args.json:
+        print(write_json(result))
+    else:
+        for st in result["stages"]:
+            losses = ", ".join(f"{k} {v:.4f}" for k, v in st["final_losses"].items())
+            print(f"stage {st['stage']}: {st['steps']} steps, "
+                  f"{st['trainable_params']:,} trainable parameters; last losses: {losses}")
+        print(f"trained {result['model']} on {result['examples']} examples in "
+              f"{result['seconds']:.1f} s; run in {result['out']}")
+    return EXIT_OK
+
+
+def cmd_eval(args) -> int:
+    from mmgraph.lang.diagnostics import SpecError
+    from mmgraph.train.data import SpecDataset, open_source
+    from mmgraph.train.evaluate import evaluate, headline
+    from mmgraph.train.run import load_trained, write_json
+    from mmgraph.train.tokenize import make_tokenizer
+
+    _plugins(args.plugin)
+    friendly = _friendly_errors()
+    try:
+        model, g, path = load_trained(args.spec, args.checkpoint, _overrides(args.overrides),
+                                      args.model)
+        tok = make_tokenizer(args.tokenizer)
+        source = open_source(args.data, args.split)
+        dataset = SpecDataset(source, g, tok, _dims(args.dims))
+        results = evaluate(model, g, source, dataset, tok)
+    except SpecError as exc:
+        return _report(exc)
+    except friendly as exc:
+        print(f"mmgraph: error: {exc}", file=sys.stderr)
+        return EXIT_SPEC
+    results = {"model": g.name, "checkpoint": str(path), "data": args.data,
+               "split": args.split, **results}
+    if args.json:
+        print(write_json(results))
+    else:
+        print(f"{g.name} from {path} on {args.data}/{args.split} ({results['examples']} "
+              "examples)")
+        for line in headline(results):
+            print("  " + line)
+    return EXIT_OK
+
+
 # ---------------------------------------------------------------- components
 
 def cmd_components(args) -> int:
@@ -281,7 +404,7 @@ def _value(v) -> str:
 
 
 COMMANDS = {"check": cmd_check, "graph": cmd_graph, "compile": cmd_compile, "stats": cmd_stats,
-            "components": cmd_components}
+            "train": cmd_train, "eval": cmd_eval, "components": cmd_components}
 
 
 EXIT_INTERNAL = 3

@@ -67,7 +67,7 @@ class TanhGate(Component):
 class SelfAttention(Component):
     name = "self_attention"
     category = "layer"
-    lora_targets = ATTENTION
+    lora_targets = ("q", "k", "v", "o")
     summary = "Multi-head self-attention, causal or bidirectional, optional grouped KV heads"
     inputs = (Port("x"), Port("mask", optional=True))
 
@@ -93,7 +93,7 @@ class SelfAttention(Component):
 class CrossAttention(Component):
     name = "cross_attention"
     category = "fusion"
-    lora_targets = ATTENTION
+    lora_targets = ("q", "k", "v", "o")
     summary = "Queries from x attend to keys/values from ctx (any length, projected width)"
     inputs = (Port("x"), Port("ctx"), Port("mask", optional=True))
 

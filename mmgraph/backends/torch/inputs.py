@@ -42,7 +42,7 @@ def example_inputs(g: Graph, dims: dict[str, int] | None = None, *, device="cpu"
     dims = {**default_dims(g), **(dims or {})}
     gen = torch.Generator().manual_seed(seed)
     out = {}
-    for name in names or g.inputs:
+    for name in g.inputs if names is None else names:
         t = g.nodes[name].type
         shape = concrete_shape(t, dims)
         dtype = TORCH_DTYPES[t.dtype]

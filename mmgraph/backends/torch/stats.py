@@ -83,11 +83,15 @@ def compute(spec, overrides: dict | None = None, dims: dict[str, int] | None = N
     trainable = sum(p.numel() for p in params if p.requires_grad)
     param_bytes = sum(p.numel() * p.element_size() for p in params)
 
-    forward_args = set(m.forward.__code__.co_varnames[1:m.forward.__code__.co_argcount])
-    x = example_inputs(g, use, device="meta", names=[n for n in g.inputs if n in forward_args])
+    code = m.forward.__code__
+    forward_args = set(code.co_varnames[1:code.co_argcount])
     counter = FlopCounterMode(display=False)
     with counter:  # (no no_grad: the module tracker wants autograd on; meta costs nothing)
-        m(**x)
+        if g.outputs:
+            m(**example_inputs(g, use, device="meta",
+                               names=[n for n in g.inputs if n in forward_args]))
+        else:  # a model with losses only: count the pass that computes them
+            m.losses(**example_inputs(g, use, device="meta"))
     flops = counter.get_total_flops()
 
     out_nodes = {r.node for r in g.outputs.values()}

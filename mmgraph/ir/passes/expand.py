@@ -671,7 +671,6 @@ class Lowerer:
     def expand(self, decl: Decl, prefix: str, bound, e: ast.Call,
                record: BlockCall) -> list[Ref]:
         """Inline one copy of a block under `prefix`, its inputs bound to `bound`."""
-        block = decl.block
         self.binding_groups += 1
         expansion = Expansion(prefix)
         record.expansions.append(expansion)

@@ -91,6 +91,12 @@ def resolve_trainable(g: Graph, names: tuple[str, ...], value: ast.Expr,
             under = [i for i in layers if i.name == name or i.name.startswith(name + ".")]
             covered = [i.name for i in under
                        if trains_by_default(i) or i.meta.get("frozen_by") == name]
+            if not under and name in g.instances:
+                problems.append(Diagnostic(
+                    "E503", f"trainable lists '{name}', which has no weights to train",
+                    item.span, hint=f"{g.instances[name].component} has no parameters; "
+                                    "remove it from the list"))
+                continue
             if not under:
                 declared = sorted({n.split(".")[0] for n in g.instances if not
                                    g.instances[n].anonymous})

@@ -57,6 +57,13 @@ def run(c: Compilation) -> None:
     _warn_unused(c)
 
 
+def _all_calls(calls):
+    for call in calls:
+        yield call
+        for e in call.expansions:
+            yield from _all_calls(e.calls)
+
+
 def _warn_unused(c: Compilation) -> None:
     g = c.graph
     used = {r.node for n in g.nodes.values() for r in n.refs()}
@@ -82,9 +89,16 @@ def _warn_unused(c: Compilation) -> None:
                 c.sink.add(Diagnostic("E405", f"input '{key[1]}' of block '{key[0]}' is never "
                                               "used", node.span, severity="warning",
                                       hint="remove it from the block, or use it"))
+    made = {call.decl for call in _all_calls(g.meta.get("calls", []))}
+    for name, decl in g.meta.get("decls", {}).items():
+        if (decl.block is not None or decl.times) and name not in made and "." not in name:
+            c.sink.add(Diagnostic("E405", f"layer '{name}' is declared but never called",
+                                  decl.span, severity="warning",
+                                  hint=f"call it, e.g. y = {name}(x), or remove it"))
     called = {n.target for n in g.nodes.values() if n.op == "call"}
     for inst in g.instances.values():
-        if inst.name not in called and not inst.anonymous:
+        if inst.name not in called and not inst.anonymous and \
+                inst.name.rsplit(".", 1)[0] not in made:
             c.sink.add(Diagnostic("E405", f"layer '{inst.name}' is declared but never called",
                                   inst.span, severity="warning",
                                   hint=f"call it, e.g. y = {inst.name}(x), or remove it"))
