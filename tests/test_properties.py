@@ -16,6 +16,8 @@ fails, Hypothesis prints the minimal failing text: fix the checker, do not loose
 from __future__ import annotations
 
 import re
+import subprocess
+import sys
 import traceback
 
 import pytest
@@ -25,7 +27,7 @@ from hypothesis import strategies as st
 from mmgraph.compiler import CheckResult, check_text
 from mmgraph.lang.diagnostics import CODES, render
 
-from conftest import SPECS
+from conftest import ROOT, SPECS
 
 SETTINGS = settings(
     max_examples=150,
@@ -199,6 +201,25 @@ def m_replace_number(draw, text):
     return text[:m.start()] + new + text[m.end():]
 
 
+# Constant expressions a number may become: each is legal syntax, and each must end in a
+# diagnostic (or a value), never in an exception. Power towers that would take minutes are
+# left to test_power_tower_is_refused_quickly.
+EXPRESSIONS = ["0 ** -1", "0.0 ** -1", "2.0 ** 5000", "2 ** 64", "(-8) ** 0.5", "ceil(2e400)",
+               "int(1e999)", "round(2e400)", "ceil(1e308 * 10)", "int(1e308 * 10)",
+               "round(1e308 * 10)", "1e300 ** 2", "floor(2e400 - 2e400)", "int(\"x\")", "min()",
+               "max([])", "1 // 0", "1 % 0", "1 / 0", "B // 0", "B / 0", "B ** 2", "-B",
+               "1e308 * 10", "2e400 - 2e400", "[1, 2]", "\"s\"", "true", "none",
+               "-(-(-(-1)))", "ceil(7 / 2)", "10 ** 40"]
+
+
+def m_replace_number_expr(draw, text):
+    m = _pick_span(draw, text, NUMBER_RE)
+    if m is None:
+        return text
+    new = draw(st.sampled_from(EXPRESSIONS))
+    return text[:m.start()] + "(" + new + ")" + text[m.end():]
+
+
 def m_replace_ident_same_spec(draw, text):
     m = _pick_span(draw, text, NAME_RE)
     if m is None:
@@ -236,7 +257,8 @@ def m_truncate(draw, text):
 CHAR_MUTATIONS = [m_delete_char, m_duplicate_char, m_swap_chars, m_replace_char, m_insert_char]
 TOKEN_MUTATIONS = [m_delete_token, m_duplicate_token, m_swap_tokens]
 LINE_MUTATIONS = [m_delete_line, m_duplicate_line, m_swap_lines]
-VALUE_MUTATIONS = [m_replace_number, m_replace_ident_same_spec, m_replace_ident_random]
+VALUE_MUTATIONS = [m_replace_number, m_replace_number_expr, m_replace_ident_same_spec,
+                   m_replace_ident_random]
 STRUCTURE_MUTATIONS = [m_drop_closer, m_insert_keyword, m_truncate]
 ALL_MUTATIONS = (CHAR_MUTATIONS + TOKEN_MUTATIONS + LINE_MUTATIONS + VALUE_MUTATIONS
                  + STRUCTURE_MUTATIONS)
@@ -288,6 +310,12 @@ def test_number_mutations(case):
 
 
 @SETTINGS
+@given(mutated([m_replace_number_expr], max_steps=2))
+def test_number_to_expression_mutations(case):
+    assert_robust(case[1], case[0])
+
+
+@SETTINGS
 @given(mutated([m_replace_ident_same_spec, m_replace_ident_random], max_steps=2))
 def test_identifier_mutations(case):
     assert_robust(case[1], case[0])
@@ -311,3 +339,81 @@ def test_mixed_mutations(case):
     path, text = case
     assume(text != TEXTS[path])
     assert_robust(text, path)
+
+
+# ---------------------------------------------------------------- known crashes
+# Minimal inputs found by the properties above and by probing their neighbourhood. They are
+# strict on purpose: each fails until the checker handles it (a diagnostic, not an exception
+# or E901). Do not mark them xfail; fix mmgraph and they pass.
+
+_MODEL = "model m { input a: Tensor[B, 4]; output a }\n"
+
+KNOWN_CRASHES = {
+    # E901 ZeroDivisionError in consts._arith: '**' is not guarded like '/', '//' and '%'.
+    "zero-to-negative-power": "x = 0 ** -1\n" + _MODEL,
+    "float-zero-to-negative-power": "x = 0.0 ** -1\n" + _MODEL,
+    # E901 OverflowError in consts._arith: float power out of range.
+    "float-power-overflow": "x = 2.0 ** 5000\n" + _MODEL,
+    # E901 OverflowError in consts.evaluate: only TypeError/ValueError of min/max/int/round/
+    # ceil/floor become E306.
+    # (A literal like 2e400 is now E007 'too large'; arithmetic still reaches infinity.)
+    "ceil-of-infinity": "x = ceil(1e308 * 10)\n" + _MODEL,
+    "int-of-infinity": "x = int(1e308 * 10)\n" + _MODEL,
+    "round-of-infinity": "x = round(1e308 * 10)\n" + _MODEL,
+    # E901 TypeError ('Invalid comparison of non-real zoo') in pass 'expand': a dim's '//'
+    # is not checked for a zero divisor, unlike '/'.
+    "dim-floordiv-zero": "model m { input a: Tensor[B, B // 0]; output a }\n",
+    "dim-const-floordiv-zero": "model m { input a: Tensor[B, 1 // 0]; output a }\n",
+    # RecursionError escapes check_text (raised from the AST transformer in lang/parser.py)
+    # for expressions nested ~500 deep.
+    "deep-negation": "x = " + "-" * 500 + "1\n" + _MODEL,
+    "long-sum": "x = " + " + ".join(["1"] * 500) + "\n" + _MODEL,
+    "deep-list": "x = " + "[" * 500 + "]" * 500 + "\n" + _MODEL,
+}
+
+
+@pytest.mark.parametrize("text", list(KNOWN_CRASHES.values()), ids=list(KNOWN_CRASHES))
+def test_known_crash(text):
+    assert_robust(text, "repro.mmg")
+
+
+def test_import_of_non_utf8_file_is_e001(tmp_path):
+    # AttributeError escapes check_text/check_file: parse_file reads `exc.strerror`, which a
+    # UnicodeDecodeError does not have.
+    (tmp_path / "latin1.mmg").write_bytes(b"x = 1  # caf\xe9\n")
+    spec = tmp_path / "main.mmg"
+    spec.write_text('import "latin1.mmg"\n' + _MODEL)
+    result = assert_robust(spec.read_text(), str(spec))
+    codes = {d.code for d in result.errors}
+    assert codes and codes <= {"E001", "E103"}, result.diagnostics
+    from mmgraph.compiler import check_file
+
+    try:
+        direct = check_file(tmp_path / "latin1.mmg")
+    except Exception:  # noqa: BLE001
+        pytest.fail(f"check_file raised on a non-UTF-8 file:\n{traceback.format_exc()}")
+    assert [d.code for d in direct.errors] == ["E001"], direct.diagnostics
+
+
+def test_power_tower_is_refused_quickly():
+    # `10 ** 10 ** 10` is a ten-billion-digit integer: the checker computes it and hangs
+    # (an editor runs `mmgraph check` on every keystroke). It should be an E306 instead.
+    code = ("from mmgraph.compiler import check_text\n"
+            f"r = check_text({('x = 10 ** 10 ** 10' + chr(10) + _MODEL)!r}, 'repro.mmg')\n"
+            "assert not r.ok\n")
+    try:
+        subprocess.run([sys.executable, "-c", code], cwd=ROOT, timeout=15, check=True)
+    except subprocess.TimeoutExpired:
+        pytest.fail("check_text('x = 10 ** 10 ** 10 ...') ran for more than 15 s")
+
+
+def test_excerpt_shows_the_line_the_span_names():
+    # Lark counts lines by '\n' only, Source.line splits with str.splitlines(), which also
+    # breaks at \f, \v, \r, \x1c-\x1e, \x85, \u2028 and \u2029: one form feed in a comment
+    # shifts every later excerpt by a line.
+    text = "# page one\x0cpage two\nmodel m {\n  input a: Tensor[B]\n  output zz\n}\n"
+    result = assert_robust(text, "repro.mmg")
+    [d] = result.errors
+    assert (d.code, d.span.line, d.span.col) == ("E101", 4, 10)
+    shown = render(d).splitlines()[2]
+    assert shown == "4 |   output zz", render(d)

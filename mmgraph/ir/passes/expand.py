@@ -69,6 +69,9 @@ class Scope:
         return f"{self.prefix}.{local}" if self.prefix else local
 
 
+MAX_REPEAT = 1024  # a repeat is expanded in full, so its count is bounded
+
+
 def lora_fits(comp: Component, lora: Lora) -> bool:
     """True when the LoRA's targets name linear layers the component has."""
     if "self" in comp.lora_targets:  # linear, mlp, heads: their own linear layers
@@ -196,6 +199,11 @@ class Lowerer:
             if not isinstance(times, int) or isinstance(times, bool) or times < 1:
                 raise error("E207", f"times must be a positive integer, got {show(times)}",
                             times_kw.value.span)
+            if times > MAX_REPEAT:
+                raise error("E207", f"times={times} is more repetitions than mmgraph expands "
+                                    f"(at most {MAX_REPEAT})", times_kw.value.span,
+                            hint="models this deep are written as a repeat of a block of "
+                                 "several layers")
             call = call.args[0]
         decl = Decl(scope.full(stmt.name.name), stmt.role, stmt.span, times=times,
                     frozen=scope.frozen, frozen_by=scope.frozen_by, lora=scope.lora,
