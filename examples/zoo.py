@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 from mmgraph.backends.picture import render
+from mmgraph.components import registry
 from mmgraph.compiler import check_file
 from mmgraph.lang.diagnostics import render_all
 
@@ -35,9 +36,10 @@ def main(out_dir: Path) -> int:
             print(render_all(result.diagnostics), file=sys.stderr)
             continue
         for name, g in result.graphs.items():
-            layers = sum(1 for i in g.instances.values() if i.role != "op")
+            layers = sum(1 for i in g.instances.values()
+                         if registry.get(i.component).has_weights)
             print(f"\n{spec.relative_to(ROOT)}: ok in {ms:.0f} ms — model {name}: "
-                  f"{len(g.nodes)} values, {layers} layers, losses: "
+                  f"{len(g.nodes)} values, {layers} layers with weights, losses: "
                   f"{', '.join(g.losses) or 'none'}")
             for out, ref in g.outputs.items():
                 print(f"  output {out:14} {g.type_of(ref)}")

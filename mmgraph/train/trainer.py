@@ -131,6 +131,7 @@ class Trainer:
         self.world = world  # a torch.distributed setup, or None
         self.log = log
         self.on_stage_end = on_stage_end
+        self._metrics = None  # the open metrics.jsonl
 
     # ------------------------------------------------------------ planning
     def plans(self) -> list[StagePlan]:
@@ -250,6 +251,7 @@ class Trainer:
                 self.save(pos, optimizer, scheduler)
         progress.close()
         self.save(pos, optimizer, scheduler)
+        self.last_rate = rate if pos.step else 0.0
         if self.on_stage_end:
             self.on_stage_end(plan.name)
         return {"stage": plan.name, "steps": plan.steps, "trainable_params": count,
@@ -267,6 +269,7 @@ class Trainer:
             epoch, start = epoch + 1, 0
 
     def save(self, pos: Position, optimizer, scheduler) -> None:
+        self.flush_metrics()
         if self.world and not self.world.is_main:
             return
         ckpt.save(self.out / "checkpoints", self.model, optimizer, scheduler, pos, self.g,
@@ -281,13 +284,21 @@ class Trainer:
             path.write_text("".join(line + "\n" for line in kept))
 
     def emit(self, record: dict) -> None:
+        """One line of metrics.jsonl per step; buffered, and flushed before every checkpoint
+        so that the log never lags behind what a resume restores."""
         if self.world and not self.world.is_main:
             return
-        self.out.mkdir(parents=True, exist_ok=True)
-        with open(self.out / "metrics.jsonl", "a") as f:
-            f.write(json.dumps(record) + "\n")
+        if self._metrics is None:
+            self.out.mkdir(parents=True, exist_ok=True)
+            self._metrics = open(self.out / "metrics.jsonl", "a")
+        self._metrics.write(json.dumps(record) + "\n")
         if self.log:
             self.log(record)
+
+    def flush_metrics(self) -> None:
+        if self._metrics is not None:
+            self._metrics.close()
+            self._metrics = None
 
     def say(self, text: str) -> None:
         if not self.quiet and not (self.world and not self.world.is_main):
