@@ -25,7 +25,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 
 from mmgraph.backends.torch.load import load  # noqa: E402
-from reference.hand_clip import CLIP, from_compiled  # noqa: E402
+
+from reference.hand_clip import matching  # noqa: E402
 from tiny import TINY  # noqa: E402
 
 FULL = dict(width=768, depth=12, heads=12, text_width=512, text_depth=12, text_heads=8,
@@ -35,13 +36,7 @@ FULL = dict(width=768, depth=12, heads=12, text_width=512, text_depth=12, text_h
 def pair(sizes: dict):
     torch.manual_seed(0)
     compiled = load(ROOT / "specs" / "clip.mmg", **sizes).eval()
-    reference = CLIP(embed=sizes["embed"], image=sizes["image_size"], patch=sizes["patch"],
-                     vision_width=sizes["width"], vision_layers=sizes["depth"],
-                     vision_heads=sizes["heads"], context=sizes["context"],
-                     vocab=sizes["vocab"], text_width=sizes["text_width"],
-                     text_layers=sizes["text_depth"], text_heads=sizes["text_heads"]).eval()
-    from_compiled(compiled, reference, sizes["depth"], sizes["text_depth"])
-    return compiled, reference
+    return compiled, matching(compiled, sizes)
 
 
 def side_by_side(a, b, runs: int, warmup: int = 3):
@@ -78,8 +73,9 @@ def main() -> int:
             image = torch.randn(batch, 3, sizes["image_size"], sizes["image_size"])
             text = torch.randint(0, sizes["vocab"], (batch, sizes["context"]))
             runs = args.runs if label == "tiny" else max(10, args.runs // 2)
-            ours, theirs = side_by_side(lambda: compiled(image=image, text=text),
-                                        lambda: reference(image, text), runs)
+            ours, theirs = side_by_side(
+                lambda m=compiled, i=image, t=text: m(image=i, text=t),
+                lambda m=reference, i=image, t=text: m(i, t), runs)
             rows.append({"size": label, "batch": batch, "runs": runs,
                          "compiled_ms": ours * 1e3, "hand_written_ms": theirs * 1e3,
                          "ratio": ours / theirs})

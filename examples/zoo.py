@@ -13,8 +13,8 @@ import time
 from pathlib import Path
 
 from mmgraph.backends.picture import render
-from mmgraph.components import registry
 from mmgraph.compiler import check_file
+from mmgraph.components import registry
 from mmgraph.lang.diagnostics import render_all
 
 ROOT = Path(__file__).resolve().parents[1]

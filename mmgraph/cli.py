@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from typing import Sequence
+from collections.abc import Sequence
 
 from mmgraph.compiler import CheckResult, check_file, parse_override
 from mmgraph.lang.diagnostics import render
@@ -194,7 +194,8 @@ def cmd_check(args) -> int:
 # ---------------------------------------------------------------- graph
 
 def cmd_graph(args) -> int:
-    from mmgraph.backends.picture import GraphvizMissing, render as draw
+    from mmgraph.backends.picture import GraphvizMissing
+    from mmgraph.backends.picture import render as draw
 
     overrides = _overrides(args.overrides)
     _plugins(args.plugin)
@@ -359,6 +360,7 @@ def cmd_eval(args) -> int:
 
 def cmd_components(args) -> int:
     from mmgraph.components import registry
+    from mmgraph.ir.schema import show
 
     _plugins(args.plugin)
     if args.name:
@@ -369,9 +371,11 @@ def cmd_components(args) -> int:
             hint = did_you_mean(args.name, registry.names())
             raise UsageError(f"no component '{args.name}'" + (f"; {hint}" if hint else ""))
         print(f"{comp.name} ({comp.category}): {comp.summary}")
-        print(f"  inputs: {', '.join(p.name + ('?' if p.optional else '') + ('...' if p.variadic else '') for p in comp.inputs)}")
+        ports = [p.name + ("?" if p.optional else "") + ("..." if p.variadic else "")
+                 for p in comp.inputs]
+        print(f"  inputs: {', '.join(ports)}")
         for fname, f in comp.Params.model_fields.items():
-            default = "required" if f.is_required() else f"default {_value(f.default)}"
+            default = "required" if f.is_required() else f"default {show(f.default)}"
             print(f"  {fname}: {registry.describe_field(f)} ({default})")
         return EXIT_OK
     by_cat: dict[str, list] = {}
@@ -389,18 +393,6 @@ def cmd_components(args) -> int:
         for comp in comps:
             print(f"  {comp.name:24} {comp.summary}")
     return EXIT_OK
-
-
-def _value(v) -> str:
-    if v is None:
-        return "none"
-    if isinstance(v, bool):
-        return str(v).lower()
-    if isinstance(v, str):
-        return f'"{v}"'
-    if isinstance(v, tuple):
-        return "[" + ", ".join(_value(x) for x in v) + "]"
-    return str(v)
 
 
 COMMANDS = {"check": cmd_check, "graph": cmd_graph, "compile": cmd_compile, "stats": cmd_stats,

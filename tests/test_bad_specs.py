@@ -16,9 +16,10 @@ import re
 
 import pytest
 
-from conftest import BAD, GOLDEN, ROOT, check_golden
 from mmgraph.compiler import check_file
 from mmgraph.lang.diagnostics import render_all
+
+from conftest import BAD, GOLDEN, ROOT, check_golden
 
 EXPECT = re.compile(r"^# expect: (E\d{3}) (\d+):(\d+) (.+)$")
 

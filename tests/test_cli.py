@@ -16,8 +16,9 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT, SPECS
 from mmgraph.cli import main
+
+from conftest import ROOT, SPECS
 
 CLIP = ROOT / "specs" / "clip.mmg"
 LLAVA = ROOT / "specs" / "llava.mmg"

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import json
 
-from conftest import ROOT
 from mmgraph.cli import main
+
+from conftest import ROOT
 
 
 def test_compile_writes_module_and_ir(tmp_path, capsys):

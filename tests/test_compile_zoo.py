@@ -7,11 +7,12 @@ from __future__ import annotations
 import pytest
 import torch
 
-from conftest import GOLDEN, ROOT, SPECS, check_golden
 from mmgraph.backends.torch.codegen import generate
 from mmgraph.backends.torch.inputs import concrete_shape, example_inputs
 from mmgraph.backends.torch.load import load
 from mmgraph.compiler import build_graph
+
+from conftest import GOLDEN, ROOT, SPECS, check_golden
 from tiny import DIMS, TINY
 
 

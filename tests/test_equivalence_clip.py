@@ -6,10 +6,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from conftest import ROOT
 from mmgraph.backends.torch.load import load
 from mmgraph.backends.torch.stats import compute
-from reference.hand_clip import CLIP, from_compiled
+
+from conftest import ROOT
+from reference.hand_clip import matching
 from tiny import TINY
 
 SIZES = TINY["clip"]
@@ -18,12 +19,7 @@ SIZES = TINY["clip"]
 def test_compiled_clip_equals_the_hand_written_one():
     torch.manual_seed(0)
     compiled = load(ROOT / "specs" / "clip.mmg", **SIZES).eval()
-    reference = CLIP(embed=SIZES["embed"], image=SIZES["image_size"], patch=SIZES["patch"],
-                     vision_width=SIZES["width"], vision_layers=SIZES["depth"],
-                     vision_heads=SIZES["heads"], context=SIZES["context"],
-                     vocab=SIZES["vocab"], text_width=SIZES["text_width"],
-                     text_layers=SIZES["text_depth"], text_heads=SIZES["text_heads"]).eval()
-    from_compiled(compiled, reference, SIZES["depth"], SIZES["text_depth"])
+    reference = matching(compiled, SIZES)
     image = torch.randn(4, 3, SIZES["image_size"], SIZES["image_size"])
     text = torch.randint(0, SIZES["vocab"], (4, SIZES["context"]))
     with torch.no_grad():

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from conftest import GOLDEN, SPECS, check_golden
 from mmgraph.compiler import check_file
+
+from conftest import GOLDEN, SPECS, check_golden
 
 
 @pytest.mark.parametrize("spec", SPECS, ids=lambda p: p.stem)

@@ -1,9 +1,9 @@
 """The pass manager: which pass failed, and bugs reported as E901 instead of tracebacks."""
 
-from helpers import check
-
 from mmgraph.ir import passes
 from mmgraph.ir.passes import NamedPass
+
+from helpers import check
 
 
 def test_the_failing_pass_is_named():

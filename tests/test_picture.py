@@ -4,9 +4,10 @@ import shutil
 
 import pytest
 
-from conftest import ROOT
 from mmgraph.backends.picture import GraphvizMissing, boxes, render, to_dot, to_mermaid
 from mmgraph.compiler import build_graph
+
+from conftest import ROOT
 
 
 @pytest.fixture(scope="module")

@@ -5,9 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from conftest import ROOT
 from mmgraph.backends.torch.inputs import example_inputs
 from mmgraph.backends.torch.load import load
+
+from conftest import ROOT
 from tiny import DIMS, TINY
 
 

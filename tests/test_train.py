@@ -15,10 +15,11 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import ROOT
 from mmgraph.cli import main
 from mmgraph.train.checkpoint import CheckpointError, find
 from mmgraph.train.run import load_trained, train
+
+from conftest import ROOT
 
 SPEC = ROOT / "examples" / "clip_digits.mmg"
 SMALL = {"width": 16, "depth": 1, "heads": 2, "text_width": 16, "text_depth": 1, "embed": 8,

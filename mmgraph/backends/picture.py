@@ -72,7 +72,7 @@ def boxes(g: Graph, expand: bool = False) -> tuple[list[Box], list[tuple[str, st
     seen = set()
     for node in g.nodes.values():
         dst = _group(node.name, expand)
-        for port, ref in node.inputs:
+        for ref in node.refs():
             src = _group(ref.node, expand)
             if src != dst and (src, dst) not in seen:
                 seen.add((src, dst))

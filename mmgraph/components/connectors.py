@@ -4,7 +4,16 @@ from __future__ import annotations
 
 from typing import Literal
 
-from mmgraph.components.common import ATTENTION, Act, NonNegInt, PosInt, check_heads, seq, vec, with_width
+from mmgraph.components.common import (
+    ATTENTION,
+    Act,
+    NonNegInt,
+    PosInt,
+    check_heads,
+    seq,
+    vec,
+    with_width,
+)
 from mmgraph.components.registry import Component, Params, Port, register
 
 

@@ -6,7 +6,16 @@ from typing import Literal
 
 from pydantic import model_validator
 
-from mmgraph.components.common import ATTENTION, Act, NonNegInt, Norm, PosInt, check_heads, seq, tags_of
+from mmgraph.components.common import (
+    ATTENTION,
+    Act,
+    NonNegInt,
+    Norm,
+    PosInt,
+    check_heads,
+    seq,
+    tags_of,
+)
 from mmgraph.components.registry import Component, Params, Port, register
 from mmgraph.ir import types as T
 

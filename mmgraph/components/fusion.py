@@ -4,7 +4,17 @@ from __future__ import annotations
 
 from pydantic import Field, model_validator
 
-from mmgraph.components.common import ATTENTION, FEEDFORWARD, Act, Norm, Pos, PosInt, Prob, check_heads, tags_of
+from mmgraph.components.common import (
+    ATTENTION,
+    FEEDFORWARD,
+    Act,
+    Norm,
+    Pos,
+    PosInt,
+    Prob,
+    check_heads,
+    tags_of,
+)
 from mmgraph.components.registry import Component, Params, Port, register
 from mmgraph.ir import types as T
 

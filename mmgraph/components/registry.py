@@ -151,8 +151,7 @@ def _load_builtins() -> None:
     global _BUILTINS_LOADED
     if not _BUILTINS_LOADED:
         _BUILTINS_LOADED = True
-        from mmgraph.components import (connectors, decoders, encoders, fusion,  # noqa: F401
-                                        heads, losses, ops)
+        from mmgraph.components import connectors, decoders, encoders, fusion, heads, losses, ops  # noqa: F401
         _load_entry_points()
 
 

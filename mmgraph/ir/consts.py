@@ -8,7 +8,8 @@ expressions, where a name that is no constant becomes a free symbol (`B`, `T`).
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, Mapping
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import sympy
 

@@ -16,8 +16,9 @@ networkx holds the topology (toposort, cycles, reachability); the stable text fo
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any, Iterator
+from typing import Any
 
 import networkx as nx
 

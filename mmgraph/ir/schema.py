@@ -160,8 +160,8 @@ def validate(schema: type[BaseModel], items: list[tuple[ast.Ident, ast.Expr]],
                                            where, hint=f"add {name}=..."))
             elif name in given:
                 message, hint = _message(err, fields.get(name), values[name])
-                problems.append(Diagnostic(codes.bad, f"{what} {'setting' if symbols else 'parameter'} "
-                                                      f"'{name}': {message}",
+                kind = "setting" if symbols else "parameter"
+                problems.append(Diagnostic(codes.bad, f"{what} {kind} '{name}': {message}",
                                            given[name][1].span, hint=hint or _hint(fields, name)))
             else:  # a check across several values (a model validator)
                 msg = err["msg"].removeprefix("Value error, ")

@@ -7,8 +7,8 @@ batch `B`, length `576 + T`, width 4096. Dims are sympy expressions so that `H /
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
-from typing import Iterable
 
 import sympy
 

@@ -13,8 +13,8 @@ a message and a hint. `render` prints it the way compilers do:
 from __future__ import annotations
 
 import difflib
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Iterable
 
 from mmgraph.lang.span import Span
 

@@ -13,8 +13,13 @@ from importlib import resources
 from pathlib import Path
 
 from lark import Lark, Token, Transformer, Tree, v_args
-from lark.exceptions import (UnexpectedCharacters, UnexpectedEOF, UnexpectedInput,
-                             UnexpectedToken, VisitError)
+from lark.exceptions import (
+    UnexpectedCharacters,
+    UnexpectedEOF,
+    UnexpectedInput,
+    UnexpectedToken,
+    VisitError,
+)
 
 from mmgraph.lang import ast
 from mmgraph.lang.diagnostics import SpecError, error
@@ -286,15 +291,16 @@ def _syntax_error(source: Source, exc: UnexpectedInput):
                              hint=f"add the missing '{')' if ch == '(' else ']'}' before "
                                   f"line {token.line}")
         # `0.1.5`: a number glued to another number by a dot
+        text = source.text
         if token.type == "NUMBER" and token.start_pos >= 2 and \
-                source.text[token.start_pos - 1] == "." and source.text[token.start_pos - 2].isdigit():
+                text[token.start_pos - 1] == "." and text[token.start_pos - 2].isdigit():
             begin = token.start_pos - 1
-            while begin > 0 and (source.text[begin - 1].isdigit() or source.text[begin - 1] in "._"):
+            while begin > 0 and (text[begin - 1].isdigit() or text[begin - 1] in "._"):
                 begin -= 1
-            text = source.text[begin:token.end_pos]
-            line_start = source.text.rfind("\n", 0, begin) + 1
-            return error("E007", f"invalid number '{text}'",
-                         _point(source, token.line, begin - line_start + 1, len(text)),
+            number = text[begin:token.end_pos]
+            line_start = text.rfind("\n", 0, begin) + 1
+            return error("E007", f"invalid number '{number}'",
+                         _point(source, token.line, begin - line_start + 1, len(number)),
                          hint="a number has at most one decimal point")
         # `encoder = ...`: a keyword where a name was meant (unless a known mistake fits)
         if token.type == "EQUAL" and _keyword(previous) and \

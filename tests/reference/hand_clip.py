@@ -139,3 +139,13 @@ def from_compiled(compiled: nn.Module, reference: CLIP, vision_layers: int,
         for a, b in names.items():
             theirs[b].copy_(ours[a])
     return reference
+
+
+def matching(compiled: nn.Module, sizes: dict) -> CLIP:
+    """A hand-written CLIP of the spec's `--set` sizes holding the compiled module's weights."""
+    reference = CLIP(embed=sizes["embed"], image=sizes["image_size"], patch=sizes["patch"],
+                     vision_width=sizes["width"], vision_layers=sizes["depth"],
+                     vision_heads=sizes["heads"], context=sizes["context"],
+                     vocab=sizes["vocab"], text_width=sizes["text_width"],
+                     text_layers=sizes["text_depth"], text_heads=sizes["text_heads"])
+    return from_compiled(compiled, reference, sizes["depth"], sizes["text_depth"]).eval()

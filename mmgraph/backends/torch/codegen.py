@@ -15,7 +15,7 @@ import inspect
 import keyword
 import re
 from dataclasses import dataclass, field
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 
 import jinja2
@@ -83,7 +83,7 @@ def call_text(fn: str, args: list[str], kwargs: list[tuple[str, str]], lead: str
     return f"{lead}{fn}(\n" + "".join(f"    {p},\n" for p in parts) + ")"
 
 
-@lru_cache(maxsize=None)
+@cache
 def torch_class(component: str):
     from mmgraph.components import nn as mm
 
@@ -177,7 +177,7 @@ class ScopeCode:
             node = self.g.nodes[n]
             if node.op == "call" and node.target not in direct_instances:
                 direct_instances.append(node.target)
-        for name, inst in self.g.instances.items():  # declared but never called
+        for name in self.g.instances:  # declared but never called
             if name.rpartition(".")[0] == self.prefix and name not in direct_instances and \
                     not any(name == c.decl or name.startswith(c.decl + ".") for c in self.calls):
                 direct_instances.append(name)
@@ -323,7 +323,8 @@ class ScopeCode:
         elif node.op in ("add", "sub", "mul", "div"):
             sym = {"add": "+", "sub": "-", "mul": "*", "div": "/"}[node.op]
             if "scalar" in node.attrs:
-                text = f"{out} = {self.var(node.inputs[0][1])} {sym} {literal(node.attrs['scalar'])}"
+                scalar = literal(node.attrs["scalar"])
+                text = f"{out} = {self.var(node.inputs[0][1])} {sym} {scalar}"
             else:
                 a, b = (self.var(r) for _, r in node.inputs)
                 text = f"{out} = {a} {sym} {b}"

@@ -5,8 +5,14 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from mmgraph.components.nn.layers import Block, FeedForward, init_linear_like_bert, make_act, \
-    make_norm, sincos_2d
+from mmgraph.components.nn.layers import (
+    Block,
+    FeedForward,
+    init_linear_like_bert,
+    make_act,
+    make_norm,
+    sincos_2d,
+)
 
 
 class CausalLM(nn.Module):

@@ -10,8 +10,9 @@ names the pass, so a bug in mmgraph never shows a person a traceback.
 from __future__ import annotations
 
 import traceback
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 from mmgraph.ir.graph import Graph
 from mmgraph.ir.program import Program

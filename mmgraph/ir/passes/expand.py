@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import networkx as nx
+
 from mmgraph.components import registry
 from mmgraph.components.registry import Component
 from mmgraph.ir import types as T
@@ -267,8 +268,8 @@ class Lowerer:
                 self.g.instances[name].shared = other.name if i is None else f"{other.name}.{i}"
 
     def lora(self, m: ast.Modifier, scope: Scope) -> Lora:
-        from mmgraph.components.registry import Params
         from mmgraph.components.common import PosInt
+        from mmgraph.components.registry import Params
 
         class LoraParams(Params):
             r: PosInt = 8

@@ -12,10 +12,10 @@ from typing import Literal
 
 from pydantic import Field
 
+from mmgraph.ir import schema
 from mmgraph.ir.consts import evaluate
 from mmgraph.ir.graph import DimRange, ExportPart, ExportPlan, Graph, Ref
 from mmgraph.ir.passes.base import Compilation
-from mmgraph.ir import schema
 from mmgraph.ir.schema import Codes, Settings, validate
 from mmgraph.lang import ast
 from mmgraph.lang.diagnostics import Diagnostic, Note, SpecError, closest, did_you_mean, error

@@ -7,7 +7,7 @@ in the wrong place, and cycles between values (with the cycle's path). It also d
 
 from __future__ import annotations
 
-from typing import Iterator
+from collections.abc import Iterator
 
 import networkx as nx
 
