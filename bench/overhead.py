@@ -72,7 +72,7 @@ def main() -> int:
         for batch in (1, 8):
             image = torch.randn(batch, 3, sizes["image_size"], sizes["image_size"])
             text = torch.randint(0, sizes["vocab"], (batch, sizes["context"]))
-            runs = args.runs if label == "tiny" else max(10, args.runs // 2)
+            runs = args.runs if label == "tiny" else max(20, args.runs // 2)
             ours, theirs = side_by_side(
                 lambda m=compiled, i=image, t=text: m(image=i, text=t),
                 lambda m=reference, i=image, t=text: m(i, t), runs)

@@ -525,3 +525,31 @@ def _indent_continuations(cls: ClassSource) -> ClassSource:
 def generate(g: Graph, spec: str) -> Generated:
     """The PyTorch source of a checked graph."""
     return ModelCodegen(g, spec).render()
+
+
+def generate_part(g: Graph, spec: str, name: str, inputs: list[str], outputs: list[str],
+                  nodes: list[str]) -> Generated:
+    """A module computing one export part from its inputs: it borrows the model's layers
+    (`mm.ExportPart`) and runs only the part's own nodes."""
+    gen = ModelCodegen(g, spec)
+    scope = ScopeCode(gen, "", list(g.nodes), g.meta["calls"], g.meta.get("values", {}),
+                      list(g.inputs))
+    values = {**g.meta.get("values", {}), **g.outputs}
+    for value in inputs:
+        scope.names[values[value]] = py_name(value)
+    body = scope.statements(set(nodes))
+    body.append("return {" + ", ".join(f'"{o}": {scope.var(values[o])}' for o in outputs)
+                + "}")
+    cls = ClassSource(f"{camel(g.name)}{camel(name)}Part", "mm.ExportPart",
+                      f"part {name} of model {g.name}: {', '.join(inputs)} -> "
+                      f"{', '.join(outputs)}", [], [],
+                      [Method(f"forward(self, {', '.join(py_name(i) for i in inputs)})", "",
+                              body)])
+    env = jinja2.Environment(loader=jinja2.PackageLoader("mmgraph.backends.torch", "templates"),
+                             trim_blocks=True, lstrip_blocks=True, keep_trailing_newline=True)
+    from mmgraph import __version__
+
+    source = env.get_template("part.py.j2").render(
+        version=__version__, spec=spec, model=g.name, part=name,
+        classes=[_indent_continuations(cls)])
+    return Generated(source, cls.name, f"mmgraph_part_{py_name(g.name)}_{py_name(name)}")

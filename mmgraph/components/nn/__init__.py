@@ -48,13 +48,14 @@ from mmgraph.components.nn.fusion import (
                                               Transformer,
                                               TransformerLayer,
 )
-from mmgraph.components.nn.generated import GeneratedModel
+from mmgraph.components.nn.generated import ExportPart, GeneratedModel
 from mmgraph.components.nn.losses import Contrastive
 from mmgraph.components.nn.modifiers import LoRALinear, freeze, lora
 
 __all__ = [
     "AudioEncoder", "BoxHead", "CausalLM", "Classifier", "CoAttention", "Contrastive",
-    "CrossAttention", "FFN", "FeatureEmbed", "GeneratedModel", "GatedCrossAttention",
+    "CrossAttention", "ExportPart", "FFN", "FeatureEmbed", "GeneratedModel",
+    "GatedCrossAttention",
     "ITMHead", "LMHead",
     "LayerNorm", "Linear", "MAEDecoder", "MLP", "MelPatchEmbed", "ModalityAttention",
     "ModalityFFN", "MoEFFN", "ObjectQueries", "PatchEmbed", "PerceiverResampler",

@@ -20,9 +20,11 @@ class Blocks(nn.Module):
 
     def forward(self, x, ctx=None, mask=None, stop: int | None = None, taps=()):
         tapped = {}
-        for i, layer in enumerate(self.layers[:stop]):
+        for i, layer in enumerate(self.layers):
+            if stop is not None and i >= stop:
+                break
             x = layer(x, ctx=ctx, mask=mask)
-            if i + 1 in taps:
+            if taps and i + 1 in taps:
                 tapped[i + 1] = x
         return x, tapped
 

@@ -52,3 +52,13 @@ def _note_spec_line(exc: BaseException, module: str) -> None:
     exc.add_note(f"mmgraph: raised while computing the value of {path}:{line} "
                  f"(generated code: {code.split('  #')[0]})")
     exc._mmgraph_noted = True
+
+
+class ExportPart(nn.Module):
+    """Base of generated export parts: the model's top-level layers, borrowed (not copied),
+    so a part computes with exactly the weights the model has."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        for name, child in model.named_children():
+            self.add_module(name, child)

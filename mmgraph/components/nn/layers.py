@@ -21,8 +21,10 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(width))
 
     def forward(self, x):
-        variance = x.float().pow(2).mean(-1, keepdim=True)
-        return (x.float() * torch.rsqrt(variance + self.eps)).type_as(x) * self.weight
+        dtype = x.dtype  # normalise in fp32 whatever the activations' precision
+        h = x.to(torch.float32)
+        h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * h.to(dtype)
 
 
 def make_norm(kind: str, width: int, eps: float | None = None) -> nn.Module:

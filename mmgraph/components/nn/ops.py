@@ -87,15 +87,20 @@ def mask_tokens(tokens, prob: float = 0.15, mask_id: int = 103, vocab: int | Non
     return out, picked
 
 
-def token_mask(x, keep: int, generator: torch.Generator | None = None):
-    """Keep a random subset of `keep` tokens per example (MAE). Returns the kept tokens and a
-    mask that is true for the dropped positions."""
+def token_mask(x, keep: int, training: bool = False, generator: torch.Generator | None = None):
+    """Keep `keep` tokens per example (MAE): a random subset while training, evenly spaced
+    tokens in eval mode (deterministic, so exported graphs agree with PyTorch). Returns the
+    kept tokens and a mask that is true for the dropped positions."""
     b, n, d = x.shape
-    scores = torch.rand(b, n, device=x.device, generator=generator)
-    kept = scores.argsort(dim=1)[:, :keep]
-    kept = kept.sort(dim=1).values
-    mask = torch.ones(b, n, dtype=torch.bool, device=x.device)
-    mask.scatter_(1, kept, False)
+    if training:
+        scores = torch.rand(b, n, device=x.device, generator=generator)
+    else:  # rank tokens by a fixed stride pattern: 0, n/keep, 2n/keep, ... first
+        pos = torch.arange(n, device=x.device, dtype=torch.float32)
+        scores = (pos * keep) % n + pos / n
+        scores = scores.expand(b, n)
+    kept = scores.argsort(dim=1)[:, :keep].sort(dim=1).values
+    positions = torch.arange(n, device=x.device)
+    mask = ~(kept[:, :, None] == positions[None, None, :]).any(dim=1)  # (export-friendly)
     return torch.gather(x, 1, kept[..., None].expand(-1, -1, d)), mask
 
 

@@ -1,0 +1,1 @@
+"""Export: ONNX parts, parity, TensorRT and Triton deployment."""

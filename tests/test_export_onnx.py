@@ -1,0 +1,70 @@
+"""ONNX parts: every zoo spec exports at a tiny size and matches PyTorch in onnxruntime at the
+min, opt and max of its dim ranges; manifests describe the parts; targets are data."""
+
+from __future__ import annotations
+
+import json
+
+import onnx
+import pytest
+
+from conftest import ROOT
+from mmgraph.export import targets
+from mmgraph.export.onnx_parts import ExportError, export, plan_parts
+from mmgraph.compiler import build_graph
+from tiny import TINY
+
+
+@pytest.mark.parametrize("name", sorted(TINY))
+def test_every_zoo_spec_exports_and_matches_pytorch(name, tmp_path):
+    manifest = export(ROOT / "specs" / f"{name}.mmg", tmp_path, targets.load("onnx"),
+                      overrides=TINY[name], log=lambda _: None)
+    assert manifest["parts"]
+    for part in manifest["parts"]:
+        model = onnx.load(str(tmp_path / part["onnx"]))
+        onnx.checker.check_model(model, full_check=True)
+        assert [i.name for i in model.graph.input] == [i["name"] for i in part["inputs"]]
+        assert [o.name for o in model.graph.output] == [o["name"] for o in part["outputs"]]
+        for output, errors in part["parity"]["fp32"].items():
+            assert set(errors["at"]) == {"min", "opt", "max"}, output
+            assert errors["max_abs"] <= 1e-4, (part["name"], output, errors)
+    written = json.loads((tmp_path / "manifest.json").read_text())
+    assert written["model"] == manifest["model"] and written["opset"] == 18
+
+
+def test_llava_parts_follow_the_export_block(tmp_path):
+    manifest = export(ROOT / "specs" / "llava.mmg", tmp_path, targets.load("onnx"),
+                      overrides=TINY["llava"], log=lambda _: None)
+    visual, text = manifest["parts"]
+    assert (visual["name"], [i["name"] for i in visual["inputs"]]) == ("visual", ["image"])
+    assert [i["name"] for i in text["inputs"]] == ["v", "prompt"]
+    prompt = text["inputs"][1]
+    assert prompt["shape"] == ["B", "T"] and prompt["dtype"] == "int64"
+    assert (prompt["min"], prompt["opt"], prompt["max"]) == ([1, 1], [1, 256], [8, 2048])
+    assert text["outputs"][0]["shape"] == ["B", "4 + T", 64]
+    dims = {d.dim_param for d in onnx.load(str(tmp_path / "text.onnx")).graph.input[1]
+            .type.tensor_type.shape.dim}
+    assert dims == {"B", "T"}  # dynamic axes named after the spec's dims
+    assert text["nodes"]["simplified"] <= text["nodes"]["exported"]
+
+
+def test_a_model_without_export_block_is_one_part():
+    g = build_graph(ROOT / "specs" / "clip.mmg", TINY["clip"])
+    g.export = None
+    (part,) = plan_parts(g)
+    assert part.inputs == ["image", "text"] and part.outputs == ["img", "txt"]
+
+
+def test_targets_are_declarative_files():
+    assert {"onnx", "onnxruntime-gpu", "tensorrt-fp16", "tensorrt-fp32", "jetson-orin",
+            "triton"} <= set(targets.names())
+    jetson = targets.load("jetson-orin")
+    assert (jetson.runtime, jetson.tensorrt, jetson.opset) == ("tensorrt", "10.3", 18)
+    with pytest.raises(targets.TargetError, match="did you mean 'onnx'"):
+        targets.load("onxx")
+
+
+def test_fp16_targets_say_they_are_not_available_yet(tmp_path):
+    with pytest.raises(ExportError, match="not available yet"):
+        export(ROOT / "specs" / "clip.mmg", tmp_path, targets.load("tensorrt-fp16"),
+               overrides=TINY["clip"])
