@@ -10,7 +10,7 @@ import pytest
 
 from conftest import ROOT
 from mmgraph.export import targets
-from mmgraph.export.onnx_parts import ExportError, export, plan_parts
+from mmgraph.export.onnx_parts import export, plan_parts
 from mmgraph.compiler import build_graph
 from tiny import TINY
 
@@ -64,7 +64,19 @@ def test_targets_are_declarative_files():
         targets.load("onxx")
 
 
-def test_fp16_targets_say_they_are_not_available_yet(tmp_path):
-    with pytest.raises(ExportError, match="not available yet"):
-        export(ROOT / "specs" / "clip.mmg", tmp_path, targets.load("tensorrt-fp16"),
-               overrides=TINY["clip"])
+def test_fp16_writes_the_precision_into_the_graph_and_records_parity(tmp_path):
+    manifest = export(ROOT / "specs" / "llava.mmg", tmp_path, targets.load("onnxruntime-gpu"),
+                      overrides=TINY["llava"], log=lambda _: None)
+    for part in manifest["parts"]:
+        half = onnx.shape_inference.infer_shapes(onnx.load(str(tmp_path / part["onnx_fp16"])))
+        types = {v.name: v.type.tensor_type.elem_type
+                 for v in [*half.graph.value_info, *half.graph.output, *half.graph.input]}
+        kept = [n for n in half.graph.node if n.op_type in ("Softmax", "LayerNormalization")]
+        assert kept and all(types[n.output[0]] == onnx.TensorProto.FLOAT for n in kept)
+        matmuls = [n for n in half.graph.node if n.op_type in ("MatMul", "Gemm")]
+        assert any(types.get(n.output[0]) == onnx.TensorProto.FLOAT16 for n in matmuls)
+        assert [i.type.tensor_type.elem_type for i in half.graph.input] == \
+            [onnx.TensorProto.FLOAT if i["dtype"] == "float32" else onnx.TensorProto.INT64
+             for i in part["inputs"]]
+        for errors in part["parity"]["fp16"].values():
+            assert 0 < errors["max_abs"] < 1e-2  # measured and recorded, not hidden

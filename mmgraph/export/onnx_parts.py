@@ -6,12 +6,15 @@ full ONNX checker and strict shape inference, simplify it with onnxruntime's bas
 optimisations (constant folding, redundant nodes), then prove it: the same random inputs go
 through PyTorch and onnxruntime at the min, opt and max of every dim range, and the export
 fails, naming the part and output, when the difference exceeds the target's tolerance.
-Targets with precision fp16 are refused for now: writing fp16 into the graph with fp32
-normalisations is not done yet (see the export issue); fp32 parts deploy everywhere.
+An fp16 target writes the precision into the graph itself (TensorRT 10.12+ builds strongly
+typed networks from it): weights and matmuls in fp16, while normalisations, softmax and
+reductions stay in fp32 and the part's inputs and outputs keep the spec's dtypes. Its parity
+against the fp32 PyTorch model is measured on onnxruntime's CPU provider and recorded.
 """
 
 from __future__ import annotations
 
+import copy
 import json
 import time
 import warnings
@@ -37,6 +40,37 @@ DEFAULT_RANGE = {"min": 1, "opt": 2, "max": 4}  # for free dims the export block
 
 class ExportError(Exception):
     """An export that cannot be trusted: the message names the part and the output."""
+
+
+class Half(torch.nn.Module):
+    """An fp16 copy of a part: fp16 weights and compute, fp32 normalisations (their modules
+    stay fp32 and see fp32 inputs), float inputs and outputs cast at the edges so the part
+    keeps the spec's dtypes."""
+
+    def __init__(self, part: torch.nn.Module):
+        super().__init__()
+        from mmgraph.components.nn.layers import RMSNorm
+
+        self.part = copy.deepcopy(part).half()
+        for module in self.part.modules():
+            if isinstance(module, (torch.nn.LayerNorm, RMSNorm)):
+                module.float()
+                module.register_forward_pre_hook(_to_fp32)
+                module.register_forward_hook(_to_fp16)
+
+    def forward(self, *args):
+        args = [a.half() if a.is_floating_point() else a for a in args]
+        out = self.part(*args)
+        return {k: v.float() if v.is_floating_point() else v for k, v in out.items()}
+
+
+def _to_fp32(module, args):
+    return tuple(a.float() if torch.is_tensor(a) and a.is_floating_point() else a
+                 for a in args)
+
+
+def _to_fp16(module, args, output):
+    return output.half()
 
 
 @dataclass
@@ -138,6 +172,23 @@ def onnx_session(path: Path, providers=("CPUExecutionProvider",)):
     return ort.InferenceSession(str(path), options, providers=chosen)
 
 
+def write_onnx(module, g: Graph, plan: PartPlan, x: dict, path: Path,
+               opset: int) -> tuple[int, int]:
+    """Export, check (full checker, strict shape inference), simplify; node counts."""
+    import onnx
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(module, tuple(x.values()), str(path), input_names=plan.inputs,
+                          output_names=plan.outputs, opset_version=opset,
+                          dynamic_axes=dynamic_axes(g, plan.inputs + plan.outputs),
+                          dynamo=False, do_constant_folding=True)
+    proto = onnx.load(str(path))
+    onnx.checker.check_model(proto, full_check=True)
+    onnx.shape_inference.infer_shapes(proto, strict_mode=True)
+    return simplify(path)
+
+
 def simplify(path: Path) -> tuple[int, int]:
     """onnxruntime's basic (portable) graph optimisations, written back; node counts."""
     import onnx
@@ -169,7 +220,7 @@ def parity(module, g: Graph, plan: PartPlan, path: Path, ranges: dict, tolerance
         dims = {k: v[point] for k, v in ranges.items()}
         x = random_inputs(g, plan.inputs, dims, seed=i)
         with torch.no_grad():
-            ref = module(**x)
+            ref = module(*x.values())
         got = session.run(None, {k: v.numpy() for k, v in x.items()})
         for name, value in zip(plan.outputs, got):
             max_abs, max_rel = _errors(ref[name], value)
@@ -189,12 +240,10 @@ def export(spec: str | Path, out: str | Path, target: Target, *, overrides: dict
            checkpoint: str | Path | None = None, model_name: str | None = None,
            log=print) -> dict:
     """Export every part; returns (and writes) the manifest."""
-    import onnx
 
-    if target.precision != "fp32":
-        raise ExportError(f"target {target.name} asks for {target.precision}, and writing "
-                          f"{target.precision} into the ONNX graph is not available yet; use "
-                          "an fp32 target (onnx, tensorrt-fp32, triton)")
+    if target.precision not in ("fp32", "fp16"):
+        raise ExportError(f"target {target.name}: precision {target.precision} is not "
+                          "supported (fp32 or fp16)")
     start = time.perf_counter()
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -222,27 +271,28 @@ def export(spec: str | Path, out: str | Path, target: Target, *, overrides: dict
         module = part_module(model, g, str(spec), plan)
         x = random_inputs(g, plan.inputs, {k: v["opt"] for k, v in ranges.items()})
         path = out / f"{plan.name}.onnx"
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            torch.onnx.export(module, (), str(path), kwargs=x, input_names=plan.inputs,
-                              output_names=plan.outputs, opset_version=target.opset,
-                              dynamic_axes=dynamic_axes(g, plan.inputs + plan.outputs),
-                              dynamo=False, do_constant_folding=True)
-        proto = onnx.load(str(path))
-        onnx.checker.check_model(proto, full_check=True)
-        onnx.shape_inference.infer_shapes(proto, strict_mode=True)
-        nodes_before, nodes_after = simplify(path)
+        nodes_before, nodes_after = write_onnx(module, g, plan, x, path, target.opset)
         entry = {"name": plan.name, "onnx": path.name,
                  "inputs": [tensor_info(g, n, ranges) for n in plan.inputs],
                  "outputs": [tensor_info(g, n, ranges) for n in plan.outputs],
                  "nodes": {"exported": nodes_before, "simplified": nodes_after},
                  "parity": {"fp32": parity(module, g, plan, path, ranges, target.tolerance,
                                            ("CPUExecutionProvider",))}}
+        if target.precision == "fp16":
+            half = out / f"{plan.name}.fp16.onnx"
+            write_onnx(Half(module), g, plan, x, half, target.opset)
+            entry["onnx_fp16"] = half.name
+            entry["parity"]["fp16"] = parity(module, g, plan, half, ranges, target.tolerance,
+                                             ("CPUExecutionProvider",), check=False)
         entry["seconds"] = time.perf_counter() - t0
         manifest["parts"].append(entry)
         fp32 = max(o["max_abs"] for o in entry["parity"]["fp32"].values())
+        half_note = ""
+        if "fp16" in entry["parity"]:
+            half_err = max(o["max_abs"] for o in entry["parity"]["fp16"].values())
+            half_note = f", fp16 vs fp32 max abs {half_err:.2e}"
         log(f"part {plan.name}: {path.name} ({nodes_after} nodes), parity fp32 max abs "
-            f"{fp32:.2e}")
+            f"{fp32:.2e}{half_note}")
     deploy(manifest, out, target, log)
     manifest["seconds"] = time.perf_counter() - start
     (out / "manifest.json").write_text(json.dumps(manifest, indent=2, default=_json))
@@ -256,7 +306,7 @@ def deploy(manifest: dict, out: Path, target: Target, log) -> None:
 
         reports = {}
         for part in manifest["parts"]:
-            onnx_file = out / part["onnx"]
+            onnx_file = out / part.get("onnx_fp16", part["onnx"])
             report = tensorrt.check_compatibility(onnx_file, target.tensorrt,
                                                   manifest["layers"])
             reports[part["name"]] = report.to_json()
@@ -284,7 +334,8 @@ def deploy(manifest: dict, out: Path, target: Target, log) -> None:
 
 
 def _trt_parts(manifest: dict) -> list[dict]:
-    return [dict(p) for p in manifest["parts"]]
+    """The parts as TensorRT builds them: the fp16 graph when there is one."""
+    return [{**p, "onnx": p.get("onnx_fp16", p["onnx"])} for p in manifest["parts"]]
 
 
 def _json(v):

@@ -95,9 +95,9 @@ def pool_sequence(x, mode: str, tokens=None, mask=None):
     if mode == "eot":
         return eot_pool(x, tokens)
     if mask is not None:
-        m = mask.to(x.dtype).unsqueeze(-1)
-        return (x * m).sum(1) / m.sum(1).clamp(min=1)
-    return x.mean(1)
+        m = mask.to(torch.float32).unsqueeze(-1)
+        return ((x.float() * m).sum(1) / m.sum(1).clamp(min=1)).to(x.dtype)
+    return x.float().mean(1).to(x.dtype)  # reductions in fp32
 
 
 class TextTransformer(nn.Module):

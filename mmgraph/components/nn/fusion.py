@@ -211,7 +211,12 @@ class ModalityAttention(nn.Module):
         if self.kv_heads != self.heads:
             k = k.repeat_interleave(self.heads // self.kv_heads, 1)
             v = v.repeat_interleave(self.heads // self.kv_heads, 1)
-        out = F.scaled_dot_product_attention(q, k, v, is_causal=self.causal)
+        if q.dtype != torch.float32 and torch.onnx.is_in_onnx_export():
+            from mmgraph.components.nn.layers import softmax_fp32_attention
+
+            out = softmax_fp32_attention(q, k, v, causal=self.causal)
+        else:
+            out = F.scaled_dot_product_attention(q, k, v, is_causal=self.causal)
         out = out.transpose(1, 2).reshape(b, n, -1)
         pieces, start = [], 0
         for index, length in segments:

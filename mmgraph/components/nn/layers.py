@@ -120,9 +120,26 @@ class Attention(nn.Module):
             tri = torch.ones(n, m, device=x.device, dtype=torch.bool).tril()
             bias = bias.masked_fill(~tri, float("-inf"))
             causal = False
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, is_causal=causal,
-                                             dropout_p=self.dropout if self.training else 0.0)
+        if q.dtype != torch.float32 and torch.onnx.is_in_onnx_export():
+            out = softmax_fp32_attention(q, k, v, bias, causal)
+        else:
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, is_causal=causal,
+                                                 dropout_p=self.dropout if self.training
+                                                 else 0.0)
         return self.o(out.transpose(1, 2).reshape(b, n, -1))
+
+
+def softmax_fp32_attention(q, k, v, bias=None, causal: bool = False):
+    """Attention written out with the softmax in fp32: what an fp16 ONNX graph must say so
+    that TensorRT's strongly typed build keeps it accurate."""
+    scores = (q @ k.transpose(-2, -1)).float() * (q.shape[-1] ** -0.5)
+    if bias is not None:
+        scores = scores + bias.float()
+    if causal:
+        n, m = scores.shape[-2:]
+        tri = torch.ones(n, m, device=q.device, dtype=torch.bool).tril()
+        scores = scores.masked_fill(~tri, float("-inf"))
+    return scores.softmax(-1).to(q.dtype) @ v
 
 
 class FeedForward(nn.Module):

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 
 
 def l2norm(x):
-    return F.normalize(x, dim=-1)
+    return F.normalize(x.float(), dim=-1).to(x.dtype)  # the reduction in fp32
 
 
 def gelu(x):
