@@ -3,7 +3,9 @@
 1. check and draw every spec of the model zoo (build/zoo/);
 2. compile examples/clip_digits.mmg to readable PyTorch (build/clip_digits.py);
 3. train it on scikit-learn's bundled handwritten digits (runs/clip_digits/);
-4. evaluate it on the held-out digits and print the zero-shot accuracy.
+4. evaluate it on the held-out digits and print the zero-shot accuracy;
+5. export it to ONNX (dist/clip_digits/), print the parity with PyTorch and the speed of
+   onnxruntime against torch eager on the same inputs.
 """
 
 from __future__ import annotations
@@ -19,6 +21,9 @@ sys.path.insert(0, str(ROOT / "examples"))
 import zoo  # noqa: E402
 
 from mmgraph.backends.torch.load import write  # noqa: E402
+from mmgraph.export import targets  # noqa: E402
+from mmgraph.export.bench import bench  # noqa: E402
+from mmgraph.export.onnx_parts import export  # noqa: E402
 from mmgraph.train.data import SpecDataset, open_source  # noqa: E402
 from mmgraph.train.evaluate import evaluate, headline  # noqa: E402
 from mmgraph.train.run import load_trained, train  # noqa: E402
@@ -52,8 +57,18 @@ def main() -> int:
     for line in headline(results):
         print("  " + line)
     accuracy = results["contrastive/itc"]["zero_shot_accuracy"]
-    print(f"\nzero-shot accuracy on {results['examples']} held-out digits: {accuracy:.1%} "
-          f"(total wall time {time.perf_counter() - start:.0f} s)")
+    print("\n== 5. export to ONNX and compare onnxruntime with PyTorch")
+    dist = ROOT / "dist" / "clip_digits"
+    manifest = export(SPEC, dist, targets.load("onnx"), checkpoint=run)
+    speed = bench(dist, runs=50, compile=False, log=lambda _: None)
+    for part in speed["parts"]:
+        r = part["backends"]["onnxruntime"]
+        print(f"part {part['name']}: onnxruntime p50 {r['p50_ms']:.3f} ms, "
+              f"{r['ratio_to_torch']:.2f}x the latency of torch eager (batch {part['batch']})")
+    worst = max(o["max_abs"] for p in manifest["parts"] for o in p["parity"]["fp32"].values())
+    print(f"\nzero-shot accuracy on {results['examples']} held-out digits: {accuracy:.1%}; "
+          f"ONNX parity max abs {worst:.1e}; total wall time "
+          f"{time.perf_counter() - start:.0f} s")
     return 0
 
 

@@ -103,6 +103,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     _common(p)
 
+    p = sub.add_parser("export", help="ONNX per part, parity, TensorRT/Triton deployment")
+    p.add_argument("spec", metavar="SPEC")
+    p.add_argument("--target", default="onnx", metavar="NAME|FILE.toml",
+                   help="a target in exporters/ (onnx, onnxruntime-gpu, tensorrt-fp16, "
+                        "tensorrt-fp32, jetson-orin, triton) or a .toml file")
+    p.add_argument("--checkpoint", metavar="DIR", help="weights from a training run")
+    p.add_argument("-o", "--output", default="dist", metavar="DIR")
+    p.add_argument("--json", action="store_true")
+    _common(p)
+
+    p = sub.add_parser("bench", help="latency of torch, torch.compile, onnxruntime, TensorRT")
+    p.add_argument("source", metavar="SPEC|DIST")
+    p.add_argument("--dims", default="", metavar="B=1,T=32")
+    p.add_argument("--runs", type=int, default=50)
+    p.add_argument("--no-compile", action="store_true", help="skip torch.compile")
+    p.add_argument("--json", action="store_true")
+    _common(p)
+
     p = sub.add_parser("components", help="list the registered components")
     p.add_argument("name", nargs="?", help="show one component's parameters")
     p.add_argument("--plugin", action="append", default=[], metavar="FILE.py")
@@ -356,6 +374,60 @@ def cmd_eval(args) -> int:
     return EXIT_OK
 
 
+# ---------------------------------------------------------------- export / bench
+
+def _export_errors():
+    from mmgraph.export.onnx_parts import ExportError
+    from mmgraph.export.targets import TargetError
+
+    return (ExportError, TargetError, *_friendly_errors())
+
+
+def cmd_export(args) -> int:
+    from mmgraph.export import targets
+    from mmgraph.export.onnx_parts import export
+    from mmgraph.lang.diagnostics import SpecError
+    from mmgraph.train.run import write_json
+
+    _plugins(args.plugin)
+    try:
+        target = targets.load(args.target)
+        manifest = export(args.spec, args.output, target, overrides=_overrides(args.overrides),
+                          checkpoint=args.checkpoint, model_name=args.model,
+                          log=(lambda _: None) if args.json else
+                          (lambda line: print(line, file=sys.stderr)))
+    except SpecError as exc:
+        return _report(exc)
+    except _export_errors() as exc:
+        print(f"mmgraph: error: {exc}", file=sys.stderr)
+        return EXIT_SPEC
+    if args.json:
+        print(write_json(manifest))
+    else:
+        print(f"exported {manifest['model']} ({len(manifest['parts'])} parts, target "
+              f"{target.name}) to {args.output} in {manifest['seconds']:.1f} s")
+    return EXIT_OK
+
+
+def cmd_bench(args) -> int:
+    from mmgraph.export.bench import bench, table
+    from mmgraph.lang.diagnostics import SpecError
+    from mmgraph.train.run import write_json
+
+    _plugins(args.plugin)
+    try:
+        report = bench(args.source, _dims(args.dims), args.runs,
+                       compile=not args.no_compile, overrides=_overrides(args.overrides),
+                       log=lambda line: print(line, file=sys.stderr))
+    except SpecError as exc:
+        return _report(exc)
+    except _export_errors() as exc:
+        print(f"mmgraph: error: {exc}", file=sys.stderr)
+        return EXIT_SPEC
+    print(write_json(report) if args.json else table(report))
+    return EXIT_OK
+
+
 # ---------------------------------------------------------------- components
 
 def cmd_components(args) -> int:
@@ -396,7 +468,8 @@ def cmd_components(args) -> int:
 
 
 COMMANDS = {"check": cmd_check, "graph": cmd_graph, "compile": cmd_compile, "stats": cmd_stats,
-            "train": cmd_train, "eval": cmd_eval, "components": cmd_components}
+            "train": cmd_train, "eval": cmd_eval, "export": cmd_export, "bench": cmd_bench,
+            "components": cmd_components}
 
 
 EXIT_INTERNAL = 3

@@ -8,10 +8,11 @@ import json
 import onnx
 import pytest
 
-from conftest import ROOT
+from mmgraph.compiler import build_graph
 from mmgraph.export import targets
 from mmgraph.export.onnx_parts import export, plan_parts
-from mmgraph.compiler import build_graph
+
+from conftest import ROOT
 from tiny import TINY
 
 
@@ -80,3 +81,24 @@ def test_fp16_writes_the_precision_into_the_graph_and_records_parity(tmp_path):
              for i in part["inputs"]]
         for errors in part["parity"]["fp16"].values():
             assert 0 < errors["max_abs"] < 1e-2  # measured and recorded, not hidden
+
+
+def _stable(manifest: dict) -> dict:
+    """The manifest without what varies by machine (timings, errors, versions, paths)."""
+    out = json.loads(json.dumps(manifest))
+    for key in ("seconds", "torch", "spec"):
+        out.pop(key, None)
+    for part in out["parts"]:
+        part.pop("seconds")
+        part["parity"] = {precision: sorted(outputs) for precision, outputs
+                          in part["parity"].items()}
+    return out
+
+
+def test_manifest_matches_golden(tmp_path):
+    from conftest import GOLDEN, check_golden
+
+    manifest = export(ROOT / "specs" / "llava.mmg", tmp_path, targets.load("onnx"),
+                      overrides=TINY["llava"], log=lambda _: None)
+    check_golden(GOLDEN / "export" / "llava.manifest.json",
+                 json.dumps(_stable(manifest), indent=2, sort_keys=True) + "\n")

@@ -7,11 +7,12 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import ROOT
 from mmgraph.backends.torch.load import load
 from mmgraph.export import targets
 from mmgraph.export.onnx_parts import export
 from mmgraph.runtime import InputError, Pipeline, TensorSpec, TorchSession, open_export
+
+from conftest import ROOT
 from tiny import TINY
 
 

@@ -309,7 +309,7 @@ def deploy(manifest: dict, out: Path, target: Target, log) -> None:
             onnx_file = out / part.get("onnx_fp16", part["onnx"])
             report = tensorrt.check_compatibility(onnx_file, target.tensorrt,
                                                   manifest["layers"])
-            reports[part["name"]] = report.to_json()
+            reports[part["name"]] = report.as_dict()
             log(report.render())
         manifest["tensorrt"] = {"version": target.tensorrt, "compatibility": reports}
         sh, py = tensorrt.build_script(_trt_parts(manifest), target.to_json(), out)

@@ -1,0 +1,126 @@
+"""`mmgraph bench`: latency and throughput of every available backend, side by side.
+
+Each export part runs on the same inputs in torch eager, torch.compile, onnxruntime and
+TensorRT (where an engine and a GPU exist). Calls are interleaved (one call of each backend
+per round) so machine noise hits all alike; p50/p90/p99 latencies, throughput at p50 and the
+ratio of each backend's p50 to torch eager's are reported. It measures; it never asserts.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from mmgraph.backends.torch.load import load_class
+from mmgraph.export import targets
+from mmgraph.export.onnx_parts import (
+    PartPlan,
+    export,
+    onnx_session,
+    part_module,
+    plan_parts,
+    random_inputs,
+)
+
+
+def _percentile(xs: list[float], q: float) -> float:
+    return float(np.percentile(np.array(xs), q))
+
+
+def bench(source: str | Path, dims: dict[str, int] | None = None, runs: int = 50,
+          warmup: int = 5, compile: bool = True, overrides: dict | None = None,
+          log=print) -> dict:
+    """Benchmark a spec (exported on the fly) or an `mmgraph export` directory."""
+    source = Path(source)
+    tmp = None
+    if (source / "manifest.json").exists():
+        dist = source
+        manifest = json.loads((dist / "manifest.json").read_text())
+        spec, overrides = manifest["spec"], manifest.get("overrides") or {}
+        checkpoint = manifest.get("checkpoint")
+    else:
+        tmp = tempfile.TemporaryDirectory()
+        dist, spec, checkpoint = Path(tmp.name), source, None
+        manifest = export(spec, dist, targets.load("onnx"), overrides=overrides,
+                          log=lambda _: None)
+    cls, g = load_class(spec, None, **(overrides or {}))
+    torch.manual_seed(0)
+    model = cls()
+    if checkpoint:
+        from mmgraph.train import checkpoint as ckpt
+
+        ckpt.load_weights(ckpt.find(checkpoint), model, g)
+    model.eval()
+    use = {k: v["opt"] for k, v in manifest["dims"].items()}
+    use.update(dims or {})
+    from mmgraph.export import tensorrt
+
+    trt_ok, trt_why = tensorrt.engine_available()
+    report = {"model": g.name, "dims": use, "runs": runs, "threads": torch.get_num_threads(),
+              "tensorrt": "available" if trt_ok else trt_why, "parts": []}
+    plans = {p.name: p for p in plan_parts(g)}
+    for part in manifest["parts"]:
+        plan: PartPlan = plans[part["name"]]
+        module = part_module(model, g, str(spec), plan)
+        x = random_inputs(g, plan.inputs, use)
+        arrays = {k: v.numpy() for k, v in x.items()}
+        args = tuple(x.values())
+        backends = {"torch": lambda m=module, a=args: m(*a)}
+        if compile:
+            compiled = torch.compile(module)
+            start = time.perf_counter()
+            with torch.no_grad():
+                compiled(*x.values())
+            log(f"part {plan.name}: torch.compile took {time.perf_counter() - start:.1f} s")
+            backends["torch.compile"] = lambda m=compiled, a=args: m(*a)
+        session = onnx_session(dist / part["onnx"], ("CPUExecutionProvider",))
+        backends["onnxruntime"] = lambda s=session, a=arrays: s.run(None, a)
+        engine = dist / f"{part['name']}.engine"
+        if trt_ok and engine.exists():
+            from mmgraph.runtime.session import TensorRTSession, TensorSpec
+
+            trt = TensorRTSession(engine, [TensorSpec.of(i) for i in part["inputs"]],
+                                  [TensorSpec.of(o) for o in part["outputs"]])
+            backends["tensorrt"] = lambda s=trt, a=arrays: s._run(a)
+        times: dict[str, list[float]] = {k: [] for k in backends}
+        with torch.inference_mode():
+            for _ in range(warmup):
+                for fn in backends.values():
+                    fn()
+            for _ in range(runs):
+                for name, fn in backends.items():
+                    start = time.perf_counter()
+                    fn()
+                    times[name].append(time.perf_counter() - start)
+        batch = next(iter(x.values())).shape[0]
+        eager = statistics.median(times["torch"])
+        rows = {}
+        for name, ts in times.items():
+            p50 = statistics.median(ts)
+            rows[name] = {"p50_ms": p50 * 1e3, "p90_ms": _percentile(ts, 90) * 1e3,
+                          "p99_ms": _percentile(ts, 99) * 1e3,
+                          "samples_per_s": batch / p50, "ratio_to_torch": p50 / eager}
+        report["parts"].append({"name": plan.name, "batch": batch, "backends": rows})
+    if tmp is not None:
+        tmp.cleanup()
+    return report
+
+
+def table(report: dict) -> str:
+    dims = ", ".join(f"{k}={v}" for k, v in report["dims"].items())
+    lines = [f"{report['model']} at {dims}, {report['runs']} interleaved runs, "
+             f"{report['threads']} threads; TensorRT: {report['tensorrt']}",
+             f"{'part':12} {'backend':14} {'p50 ms':>9} {'p90 ms':>9} {'p99 ms':>9} "
+             f"{'samples/s':>10} {'vs torch':>9}"]
+    for part in report["parts"]:
+        for name, r in part["backends"].items():
+            lines.append(f"{part['name']:12} {name:14} {r['p50_ms']:9.3f} {r['p90_ms']:9.3f} "
+                         f"{r['p99_ms']:9.3f} {r['samples_per_s']:10.1f} "
+                         f"{r['ratio_to_torch']:9.3f}")
+    return "\n".join(lines)
