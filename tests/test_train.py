@@ -182,3 +182,30 @@ def test_two_processes_match_one_on_the_same_global_batch(tmp_path):
     a, b = weights(tmp_path / "one"), weights(tmp_path / "two")
     for key in a:
         torch.testing.assert_close(a[key], b[key], rtol=1e-4, atol=1e-5)
+
+
+LM = """
+model caption_lm {
+  input text: Tokens[B, 40]
+  decoder lm: causal_lm(vocab=259, width=16, depth=1, heads=2, max_len=40)
+  logits = lm(tokens=text)
+  output logits
+  loss lm_loss = next_token(logits, text)
+  train { batch_size = 32; lr = 0.01; steps = 3 }
+}
+"""
+
+
+@pytest.mark.parametrize("spec_text,key,metric", [
+    (CLASSIFIER, "classification/ce", "accuracy"),
+    (LM, "language_model/lm_loss", "perplexity"),
+])
+def test_eval_accuracy_for_classifiers_and_perplexity_for_language_models(
+        tmp_path, capsys, spec_text, key, metric):
+    spec = tmp_path / "m.mmg"
+    spec.write_text(spec_text)
+    train(spec, out=tmp_path / "run", quiet=True)
+    assert main(["eval", str(spec), "--checkpoint", str(tmp_path / "run"), "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    value = out[key][metric]
+    assert (0.0 <= value <= 1.0) if metric == "accuracy" else (1.0 < value < 1000.0)

@@ -108,6 +108,11 @@ class Component:
     has_weights: ClassVar[bool] = True
     # names of the linear layers inside, which `lora(targets=[...])` can adapt
     lora_targets: ClassVar[tuple[str, ...]] = ()
+    # A plugin's torch face: an nn.Module class taking the Params fields (and derived sizes
+    # such as in_width) as keyword arguments, or, without weights, a function of the inputs
+    # and parameters. Built-in components have theirs in mmgraph.components.nn instead.
+    torch_module: ClassVar[Any] = None
+    torch_function: ClassVar[Any] = None
 
     def outputs(self, p: BaseModel) -> tuple[str, ...]:
         """Output port names; the first is always `out`."""

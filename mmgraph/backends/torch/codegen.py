@@ -15,7 +15,6 @@ import inspect
 import keyword
 import re
 from dataclasses import dataclass, field
-from functools import cache
 from pathlib import Path
 
 import jinja2
@@ -83,12 +82,27 @@ def call_text(fn: str, args: list[str], kwargs: list[tuple[str, str]], lead: str
     return f"{lead}{fn}(\n" + "".join(f"    {p},\n" for p in parts) + ")"
 
 
-@cache
+def builtin(component: str) -> bool:
+    return type(registry.get(component)).__module__.startswith("mmgraph.components.")
+
+
 def torch_class(component: str):
+    """A component's torch module class (or, without weights, its function)."""
     from mmgraph.components import nn as mm
 
     comp = registry.get(component)
-    return getattr(mm, type(comp).__name__, None)
+    if not builtin(component):
+        return mm.plugin(component)
+    return getattr(mm, type(comp).__name__) if comp.has_weights else \
+        getattr(mm.ops, component)
+
+
+def module_expr(component: str) -> str:
+    """How generated code names a component's module class or weightless function."""
+    if builtin(component):
+        comp = registry.get(component)
+        return f"mm.{type(comp).__name__}" if comp.has_weights else f"mm.ops.{component}"
+    return f'mm.plugin("{component}")'
 
 
 def derived_args(component: str, inputs: dict[str, T.TensorType], where,
@@ -207,8 +221,8 @@ class ScopeCode:
         kwargs = {**derived_args(inst.component, types, inst.span,
                                  patch=getattr(inst.params, "patch", None)),
                   **inst.params.model_dump(exclude_defaults=True)}
-        cls = torch_class(inst.component).__name__
-        return call_text(f"mm.{cls}", [], [(k, literal(v)) for k, v in kwargs.items()])
+        return call_text(module_expr(inst.component), [],
+                         [(k, literal(v)) for k, v in kwargs.items()])
 
     def build_instance(self, inst: Instance, decl) -> list[str]:
         target = self.attr(inst.name)
@@ -310,10 +324,10 @@ class ScopeCode:
             if comp.has_weights:
                 fn = self.attr(inst.name)
             else:
-                fn = f"mm.ops.{comp.name}"
+                fn = module_expr(comp.name)
                 params = inst.params.model_dump(exclude_defaults=True)
                 kwargs += [(k, literal(v)) for k, v in params.items()]
-                if "training" in inspect.signature(getattr(_ops(), comp.name)).parameters:
+                if "training" in inspect.signature(torch_class(comp.name)).parameters:
                     kwargs.append(("training", "self.training"))
             if comp.name == "moe_aux":
                 args += self.moe_modules(node)
@@ -403,12 +417,6 @@ class ScopeCode:
         lines.append(f"for layer in {target}:" + self.comment(span))
         lines.extend("    " + line for line in inner.split("\n"))
         return lines
-
-
-def _ops():
-    from mmgraph.components.nn import ops
-
-    return ops
 
 
 class ModelCodegen:

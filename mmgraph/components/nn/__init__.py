@@ -52,6 +52,19 @@ from mmgraph.components.nn.generated import ExportPart, GeneratedModel
 from mmgraph.components.nn.losses import Contrastive
 from mmgraph.components.nn.modifiers import LoRALinear, freeze, lora
 
+
+def plugin(name: str):
+    """The torch face (module class or function) of a component a plugin registered."""
+    from mmgraph.components import registry
+
+    comp = registry.get(name)
+    face = comp.torch_module if comp.has_weights else comp.torch_function
+    if face is None:
+        kind = "torch_module" if comp.has_weights else "torch_function"
+        raise NotImplementedError(f"component '{name}' has no {kind}: its plugin defines how "
+                                  "to check it but not how to run it")
+    return face
+
 __all__ = [
     "AudioEncoder", "BoxHead", "CausalLM", "Classifier", "CoAttention", "Contrastive",
     "CrossAttention", "ExportPart", "FFN", "FeatureEmbed", "GeneratedModel",
@@ -62,5 +75,5 @@ __all__ = [
     "PointTokenizer", "Pool", "PromptTokens", "QFormer", "RMSNorm", "Regression",
     "SelfAttention", "TanhGate", "TextTransformer", "TokenEmbedding", "Transformer",
     "TransformerDecoder", "TransformerLayer", "VideoEncoder", "ViT", "LoRALinear", "freeze",
-    "lora", "ops",
+    "lora", "ops", "plugin",
 ]
