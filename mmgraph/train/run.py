@@ -65,7 +65,7 @@ def train(spec: str | Path, *, data: str = "digits", out: str | Path | None = No
 
     stages = g.train.stages if g.train else []
     log = tensorboard_logger(out) if (world is None or world.is_main) else None
-    trainer = Trainer(model, g, dataset, out, settings=settings, stages=stages,
+    trainer = Trainer(model, g, out, settings=settings, stages=stages,
                       batches=make_batches, n_examples=len(dataset), max_steps=max_steps,
                       quiet=quiet, device=device, world=world, log=log,
                       on_stage_end=lambda name: (world is None or world.is_main) and

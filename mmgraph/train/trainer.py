@@ -117,12 +117,12 @@ def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
 
 
 class Trainer:
-    def __init__(self, model: nn.Module, g: Graph, train_data, out_dir: str | Path, *,
+    def __init__(self, model: nn.Module, g: Graph, out_dir: str | Path, *,
                  settings: dict, stages: list[Stage], batches: Callable, n_examples: int,
                  max_steps: int | None = None, log: Callable[[dict], None] | None = None,
                  quiet: bool = False, device: str | torch.device = "cpu", world=None,
                  on_stage_end: Callable | None = None):
-        self.model, self.g, self.data = model, g, train_data
+        self.model, self.g = model, g
         self.out = Path(out_dir)
         self.settings, self.stages = settings, stages
         self.batches, self.n_examples = batches, n_examples

@@ -7,8 +7,6 @@ Linear layers are named `q`, `k`, `v`, `o` (attention) and `fc1`/`fc2` or `gate`
 
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -232,4 +230,4 @@ def sincos_2d(grid_h: int, grid_w: int, width: int) -> torch.Tensor:
 
 __all__ = ["Attention", "Block", "FeedForward", "QuickGELU", "RMSNorm", "alibi_bias",
            "apply_rope", "init_linear_like_bert", "make_act", "make_norm", "rope_tables",
-           "sincos_2d", "math"]
+           "sincos_2d"]

@@ -19,7 +19,8 @@ from typing import Any
 import networkx as nx
 
 from mmgraph.components import registry
-from mmgraph.components.registry import Component
+from mmgraph.components.common import PosInt, Prob
+from mmgraph.components.registry import Component, Params
 from mmgraph.ir import types as T
 from mmgraph.ir.consts import CONST_FUNCTIONS, evaluate, evaluate_dim
 from mmgraph.ir.graph import BlockCall, Expansion, Graph, Instance, Lora, LossTerm, Node, Ref
@@ -71,6 +72,15 @@ class Scope:
 
 
 MAX_REPEAT = 1024  # a repeat is expanded in full, so its count is bounded
+
+
+class LoraParams(Params):
+    """`lora(...)`: rank, scale, which linear layers, dropout on the adapter's input."""
+
+    r: PosInt = 8
+    alpha: float = 16.0
+    targets: tuple[str, ...] = ("q", "k", "v", "o")
+    dropout: Prob = 0.0
 
 
 def lora_fits(comp: Component, lora: Lora) -> bool:
@@ -268,15 +278,6 @@ class Lowerer:
                 self.g.instances[name].shared = other.name if i is None else f"{other.name}.{i}"
 
     def lora(self, m: ast.Modifier, scope: Scope) -> Lora:
-        from mmgraph.components.common import PosInt
-        from mmgraph.components.registry import Params
-
-        class LoraParams(Params):
-            r: PosInt = 8
-            alpha: float = 16.0
-            targets: tuple[str, ...] = ("q", "k", "v", "o")
-            dropout: float = 0.0
-
         p, _ = validate(LoraParams, kwargs(m.kwargs), scope.consts, "lora", PARAMS, m.span)
         if "all" in p.targets and len(p.targets) > 1:
             raise error("E206", "lora targets: 'all' already covers every linear layer", m.span)
