@@ -354,6 +354,7 @@ class World:
         return {k: float(v) / self.size for k, v in zip(keys, t)}
 
     def close(self) -> None:
+        self.dist.barrier()  # every process done (checkpoints written) before teardown
         self.dist.destroy_process_group()
 
 
