@@ -85,8 +85,7 @@ def plan_parts(g: Graph) -> list[PartPlan]:
     """The spec's parts, or one part from every input to every output when it names none."""
     if g.export is not None and g.export.parts:
         return [PartPlan(p.name, p.inputs, p.outputs, p.nodes) for p in g.export.parts]
-    out_nodes = {r.node for r in g.outputs.values()}
-    needed = out_nodes | set().union(*(g.ancestors(n) for n in out_nodes))
+    needed = g.upstream({r.node for r in g.outputs.values()})
     inputs = [n for n in g.inputs if n in needed]
     nodes = [n for n in g.nodes if n in needed and n not in inputs]
     return [PartPlan(g.name, inputs, list(g.outputs), nodes)]

@@ -198,15 +198,6 @@ class Graph:
         self.instances[inst.name] = inst
         return inst
 
-    def fresh_name(self, base: str) -> str:
-        """An unused node/instance name derived from `base`: base, base_1, base_2 ..."""
-        if base not in self.nodes and base not in self.instances:
-            return base
-        i = 1
-        while f"{base}_{i}" in self.nodes or f"{base}_{i}" in self.instances:
-            i += 1
-        return f"{base}_{i}"
-
     # ------------------------------------------------------------ topology
     def nx_graph(self) -> nx.DiGraph:
         g = nx.DiGraph()
@@ -235,6 +226,14 @@ class Graph:
     def ancestors(self, name: str) -> set[str]:
         return nx.ancestors(self.nx_graph(), name)
 
+    def upstream(self, names) -> set[str]:
+        """`names` and every node they depend on (what computing them takes)."""
+        g = self.nx_graph()
+        out = set(names)
+        for name in names:
+            out |= nx.ancestors(g, name)
+        return out
+
     def users(self) -> dict[str, list[str]]:
         users: dict[str, list[str]] = {name: [] for name in self.nodes}
         for node in self.nodes.values():
@@ -261,8 +260,9 @@ class Graph:
         for inst in self.instances.values():
             if inst.shared and inst.shared not in self.instances:
                 problems.append(f"{inst.name}: shared with unknown instance {inst.shared!r}")
-        if self.find_cycle():
-            problems.append(f"cycle: {' -> '.join(self.find_cycle())}")
+        cycle = self.find_cycle()
+        if cycle:
+            problems.append(f"cycle: {' -> '.join(cycle)}")
         return problems
 
     # ------------------------------------------------------------ text form

@@ -34,11 +34,6 @@ def _side(g: Graph, ref: Ref) -> str:
     return "image" if kinds & set(IMAGE_KINDS) else "text" if "Tokens" in kinds else "?"
 
 
-def _forward_names(model) -> list[str]:
-    code = model.forward.__code__
-    return list(code.co_varnames[1:code.co_argcount])
-
-
 @torch.no_grad()
 def _embed(model, batches, key: str, want: list[str]) -> torch.Tensor:
     outs = []
@@ -81,7 +76,7 @@ def ordered_batches(dataset, batch_size: int):
 def evaluate(model, g: Graph, source, dataset, tokenizer, batch_size: int = 128) -> dict:
     data = list(ordered_batches(dataset, batch_size))
     results: dict = {"examples": len(dataset)}
-    want = _forward_names(model)
+    want = model.forward_inputs()
 
     for term, node in _loss_calls(g, "contrastive"):
         a, b = (ref for _, ref in node.inputs)

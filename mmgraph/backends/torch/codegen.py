@@ -150,6 +150,7 @@ class ScopeCode:
         inner = {n for c in calls for e in c.expansions for n in e.nodes}
         self.owner = {n: c for c in calls for e in c.expansions for n in e.nodes}
         node_set = set(nodes)
+        self.position = {n: i for i, n in enumerate(self.g.nodes)}  # graph order, once
         self.direct = [n for n in self.g.nodes if n in node_set and n not in inner
                        and self.g.nodes[n].op not in ("input", "bind")]
         self.alias: dict[Ref, str] = {}
@@ -278,12 +279,12 @@ class ScopeCode:
         for n in self.direct:
             if n in wanted:
                 dag.add_node(("node", n))
-                order[("node", n)] = list(self.g.nodes).index(n)
+                order[("node", n)] = self.position[n]
         for i, call in enumerate(self.calls):
             if any(n in wanted for e in call.expansions for n in e.nodes):
                 key = ("call", i)
                 dag.add_node(key)
-                order[key] = list(self.g.nodes).index(call.expansions[0].nodes[0])
+                order[key] = self.position[call.expansions[0].nodes[0]]
 
         def item_of(ref: Ref):
             if ref.node in self.owner:
@@ -373,7 +374,7 @@ class ScopeCode:
     def moe_modules(self, node: Node) -> list[str]:
         """The submodules of this scope holding the MoE layers upstream of a moe_aux."""
         mods: list[str] = []
-        for name in sorted(self.g.ancestors(node.name), key=list(self.g.nodes).index):
+        for name in sorted(self.g.ancestors(node.name), key=self.position.__getitem__):
             up = self.g.nodes[name]
             if up.op == "call" and self.g.instances[up.target].component == "moe_ffn":
                 top = self.local(up.target).split(".")[0]
@@ -459,10 +460,9 @@ class ModelCodegen:
         scope = ScopeCode(self, "", list(g.nodes), g.meta["calls"], g.meta.get("values", {}),
                           list(g.inputs))
         out_nodes = {r.node for r in g.outputs.values()}
-        forward_nodes = out_nodes | set().union(*(g.ancestors(n) for n in out_nodes)) \
-            if out_nodes else set()
+        forward_nodes = g.upstream(out_nodes)
         loss_nodes = {t.value.node for t in g.losses.values()}
-        loss_nodes |= set().union(*(g.ancestors(n) for n in loss_nodes)) if loss_nodes else set()
+        loss_nodes = g.upstream(loss_nodes)
         init = scope.init_lines()
         fwd_inputs = [py_name(n) for n in g.inputs if n in forward_nodes]
         all_inputs = [py_name(n) for n in g.inputs]

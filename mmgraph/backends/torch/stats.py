@@ -83,8 +83,7 @@ def compute(spec, overrides: dict | None = None, dims: dict[str, int] | None = N
     trainable = sum(p.numel() for p in params if p.requires_grad)
     param_bytes = sum(p.numel() * p.element_size() for p in params)
 
-    code = m.forward.__code__
-    forward_args = set(code.co_varnames[1:code.co_argcount])
+    forward_args = set(m.forward_inputs())
     counter = FlopCounterMode(display=False)
     with counter:  # (no no_grad: the module tracker wants autograd on; meta costs nothing)
         if g.outputs:
@@ -95,8 +94,7 @@ def compute(spec, overrides: dict | None = None, dims: dict[str, int] | None = N
     flops = counter.get_total_flops()
 
     out_nodes = {r.node for r in g.outputs.values()}
-    forward_nodes = out_nodes | set().union(*(g.ancestors(n) for n in out_nodes)) \
-        if out_nodes else set()
+    forward_nodes = g.upstream(out_nodes)
     activations = 0
     for name in forward_nodes:
         for t in g.nodes[name].types.values():

@@ -33,6 +33,12 @@ class GeneratedModel(nn.Module):
             _note_spec_line(exc, type(self).__module__)
             raise
 
+    @classmethod
+    def forward_inputs(cls) -> list[str]:
+        """The inputs `forward` takes (a loss's targets are only `losses`' inputs)."""
+        code = cls.forward.__code__
+        return list(code.co_varnames[1:code.co_argcount])
+
     def losses(self, **inputs):  # generated models with losses override this
         raise NotImplementedError(f"{type(self).__name__} declares no loss")
 
