@@ -1,4 +1,5 @@
-"""The `mmgraph` command line. Exit codes: 0 ok, 1 errors in a spec, 2 usage errors.
+"""The `mmgraph` command line. Exit codes: 0 ok, 1 a mistake in a spec, its data or a file it
+reads or writes, 2 a usage error, 3 a bug in mmgraph (and only that).
 
 Each subcommand is a thin layer over a public function (`mmgraph.compiler.check_file`,
 `mmgraph.backends.picture.render`, ...), so the tests and the CLI run the same code.
@@ -14,13 +15,10 @@ import sys
 from collections.abc import Sequence
 
 from mmgraph.compiler import CheckResult, check_file, parse_override
-from mmgraph.lang.diagnostics import render
+from mmgraph.errors import UsageError, UserError, describe_os_error
+from mmgraph.lang.diagnostics import SpecError, render
 
-EXIT_OK, EXIT_SPEC, EXIT_USAGE = 0, 1, 2
-
-
-class UsageError(Exception):
-    pass
+EXIT_OK, EXIT_SPEC, EXIT_USAGE, EXIT_INTERNAL = 0, 1, 2, 3
 
 
 class _Parser(argparse.ArgumentParser):
@@ -239,22 +237,11 @@ def cmd_graph(args) -> int:
 
 # ---------------------------------------------------------------- compile / stats
 
-def _report(exc) -> int:
-    for d in exc.diagnostics:
-        print(render(d), file=sys.stderr)
-        print(file=sys.stderr)
-    return EXIT_SPEC
-
-
 def cmd_compile(args) -> int:
     from mmgraph.backends.torch.load import write
-    from mmgraph.lang.diagnostics import SpecError
 
     _plugins(args.plugin)
-    try:
-        py, ir = write(args.spec, args.output, _overrides(args.overrides), args.model)
-    except SpecError as exc:
-        return _report(exc)
+    py, ir = write(args.spec, args.output, _overrides(args.overrides), args.model)
     print(f"wrote {py} and {ir}")
     return EXIT_OK
 
@@ -271,13 +258,9 @@ def _dims(text: str) -> dict[str, int]:
 
 def cmd_stats(args) -> int:
     from mmgraph.backends.torch.stats import compute, table
-    from mmgraph.lang.diagnostics import SpecError
 
     _plugins(args.plugin)
-    try:
-        stats = compute(args.spec, _overrides(args.overrides), _dims(args.dims), args.model)
-    except SpecError as exc:
-        return _report(exc)
+    stats = compute(args.spec, _overrides(args.overrides), _dims(args.dims), args.model)
     print(json.dumps(stats.to_json(), indent=2) if args.json else table(stats))
     return EXIT_OK
 
@@ -298,35 +281,17 @@ def _train_overrides(items: list[str]) -> dict:
     return out
 
 
-def _friendly_errors():
-    """The exceptions of training that are the user's to fix, not bugs."""
-    from pydantic import ValidationError
-
-    from mmgraph.train.checkpoint import CheckpointError
-    from mmgraph.train.data import DataError
-
-    return DataError, CheckpointError, ValidationError
-
-
 def cmd_train(args) -> int:
-    from mmgraph.lang.diagnostics import SpecError
     from mmgraph.train.run import train, write_json
 
     _plugins(args.plugin)
-    friendly = _friendly_errors()
-    try:
-        result = train(args.spec, data=args.data, out=args.out,
-                       overrides=_overrides(args.overrides),
-                       settings_overrides=_train_overrides(args.train_overrides),
-                       stage=args.stage, max_steps=args.max_steps, resume=args.resume,
-                       tokenizer=args.tokenizer, skip_bad=args.skip_bad,
-                       dims=_dims(args.dims), quiet=args.quiet or args.json,
-                       model_name=args.model, device=args.device)
-    except SpecError as exc:
-        return _report(exc)
-    except friendly as exc:
-        print(f"mmgraph: error: {exc}", file=sys.stderr)
-        return EXIT_SPEC
+    result = train(args.spec, data=args.data, out=args.out,
+                   overrides=_overrides(args.overrides),
+                   settings_overrides=_train_overrides(args.train_overrides),
+                   stage=args.stage, max_steps=args.max_steps, resume=args.resume,
+                   tokenizer=args.tokenizer, skip_bad=args.skip_bad,
+                   dims=_dims(args.dims), quiet=args.quiet or args.json,
+                   model_name=args.model, device=args.device)
     if result["rank"] != 0:  # under torchrun, the first process reports for all
         return EXIT_OK
     if args.json:
@@ -342,26 +307,18 @@ def cmd_train(args) -> int:
 
 
 def cmd_eval(args) -> int:
-    from mmgraph.lang.diagnostics import SpecError
     from mmgraph.train.data import SpecDataset, open_source
     from mmgraph.train.evaluate import evaluate, headline
     from mmgraph.train.run import load_trained, write_json
     from mmgraph.train.tokenize import make_tokenizer
 
     _plugins(args.plugin)
-    friendly = _friendly_errors()
-    try:
-        model, g, path = load_trained(args.spec, args.checkpoint, _overrides(args.overrides),
-                                      args.model)
-        tok = make_tokenizer(args.tokenizer)
-        source = open_source(args.data, args.split)
-        dataset = SpecDataset(source, g, tok, _dims(args.dims))
-        results = evaluate(model, g, source, dataset, tok)
-    except SpecError as exc:
-        return _report(exc)
-    except friendly as exc:
-        print(f"mmgraph: error: {exc}", file=sys.stderr)
-        return EXIT_SPEC
+    model, g, path = load_trained(args.spec, args.checkpoint, _overrides(args.overrides),
+                                  args.model)
+    tok = make_tokenizer(args.tokenizer)
+    source = open_source(args.data, args.split)
+    dataset = SpecDataset(source, g, tok, _dims(args.dims))
+    results = evaluate(model, g, source, dataset, tok)
     results = {"model": g.name, "checkpoint": str(path), "data": args.data,
                "split": args.split, **results}
     if args.json:
@@ -376,31 +333,17 @@ def cmd_eval(args) -> int:
 
 # ---------------------------------------------------------------- export / bench
 
-def _export_errors():
-    from mmgraph.export.onnx_parts import ExportError
-    from mmgraph.export.targets import TargetError
-
-    return (ExportError, TargetError, *_friendly_errors())
-
-
 def cmd_export(args) -> int:
     from mmgraph.export import targets
     from mmgraph.export.onnx_parts import export
-    from mmgraph.lang.diagnostics import SpecError
     from mmgraph.train.run import write_json
 
     _plugins(args.plugin)
-    try:
-        target = targets.load(args.target)
-        manifest = export(args.spec, args.output, target, overrides=_overrides(args.overrides),
-                          checkpoint=args.checkpoint, model_name=args.model,
-                          log=(lambda _: None) if args.json else
-                          (lambda line: print(line, file=sys.stderr)))
-    except SpecError as exc:
-        return _report(exc)
-    except _export_errors() as exc:
-        print(f"mmgraph: error: {exc}", file=sys.stderr)
-        return EXIT_SPEC
+    target = targets.load(args.target)
+    manifest = export(args.spec, args.output, target, overrides=_overrides(args.overrides),
+                      checkpoint=args.checkpoint, model_name=args.model,
+                      log=(lambda _: None) if args.json else
+                      (lambda line: print(line, file=sys.stderr)))
     if args.json:
         print(write_json(manifest))
     else:
@@ -411,19 +354,12 @@ def cmd_export(args) -> int:
 
 def cmd_bench(args) -> int:
     from mmgraph.export.bench import bench, table
-    from mmgraph.lang.diagnostics import SpecError
     from mmgraph.train.run import write_json
 
     _plugins(args.plugin)
-    try:
-        report = bench(args.source, _dims(args.dims), args.runs,
-                       compile=not args.no_compile, overrides=_overrides(args.overrides),
-                       log=lambda line: print(line, file=sys.stderr))
-    except SpecError as exc:
-        return _report(exc)
-    except _export_errors() as exc:
-        print(f"mmgraph: error: {exc}", file=sys.stderr)
-        return EXIT_SPEC
+    report = bench(args.source, _dims(args.dims), args.runs,
+                   compile=not args.no_compile, overrides=_overrides(args.overrides),
+                   log=lambda line: print(line, file=sys.stderr))
     print(write_json(report) if args.json else table(report))
     return EXIT_OK
 
@@ -472,23 +408,53 @@ COMMANDS = {"check": cmd_check, "graph": cmd_graph, "compile": cmd_compile, "sta
             "components": cmd_components}
 
 
-EXIT_INTERNAL = 3
+def _say(message: str) -> None:
+    print(f"mmgraph: error: {message}", file=sys.stderr)
+
+
+def _decode_errors() -> tuple[type[Exception], ...]:
+    """Decode errors of file formats read on a user's behalf, when their modules are loaded."""
+    found: list[type[Exception]] = [UnicodeDecodeError, json.JSONDecodeError]
+    st = sys.modules.get("safetensors")
+    if st is not None and hasattr(st, "SafetensorError"):
+        found.append(st.SafetensorError)
+    pyd = sys.modules.get("pydantic")
+    if pyd is not None:
+        found.append(pyd.ValidationError)
+    return tuple(found)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run one command. A user's mistake exits 1 (2 for usage) with a message for people;
+    only a bug in mmgraph exits 3."""
     args = build_parser().parse_args(argv)
     try:
         return COMMANDS[args.command](args)
-    except UsageError as exc:
-        print(f"mmgraph: error: {exc}", file=sys.stderr)
-        return EXIT_USAGE
+    except SpecError as exc:
+        for d in exc.diagnostics:
+            print(render(d), file=sys.stderr)
+            print(file=sys.stderr)
+        return EXIT_SPEC
+    except UserError as exc:
+        _say(str(exc))
+        return exc.exit_code
     except KeyboardInterrupt:
         print("mmgraph: interrupted", file=sys.stderr)
         return 130
     except BrokenPipeError:  # `mmgraph components | head`
         sys.stderr.close()
         return EXIT_OK
-    except Exception as exc:  # a bug in mmgraph: one line, and the traceback on request
+    except OSError as exc:  # missing file, permission, disk full: the user's to fix
+        _say(describe_os_error(exc))
+        return EXIT_SPEC
+    except MemoryError:
+        _say("out of memory: the model or the batch is too large for this machine; "
+             "use smaller sizes (--set, --train batch_size=...)")
+        return EXIT_SPEC
+    except Exception as exc:
+        if isinstance(exc, _decode_errors()):
+            _say(f"a file could not be decoded: {exc}")
+            return EXIT_SPEC
         import os
         import traceback
 

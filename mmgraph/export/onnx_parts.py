@@ -28,6 +28,7 @@ import torch
 from mmgraph.backends.torch.codegen import generate_part
 from mmgraph.backends.torch.inputs import TORCH_DTYPES, concrete_shape
 from mmgraph.backends.torch.load import load_class, module_from_source
+from mmgraph.errors import UserError
 from mmgraph.export.targets import Target
 from mmgraph.ir import types as T
 from mmgraph.ir.graph import Graph, Ref
@@ -38,7 +39,7 @@ ONNX_DTYPES = {"f32": "float32", "f16": "float16", "bf16": "bfloat16", "f64": "f
 DEFAULT_RANGE = {"min": 1, "opt": 2, "max": 4}  # for free dims the export block leaves open
 
 
-class ExportError(Exception):
+class ExportError(UserError):
     """An export that cannot be trusted: the message names the part and the output."""
 
 

@@ -12,14 +12,16 @@ from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 
+from mmgraph.errors import UserError
+
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover - Python 3.10
     import tomli as tomllib
 
 
-class TargetError(Exception):
-    pass
+class TargetError(UserError):
+    """A target name or file that cannot be used."""
 
 
 @dataclass(frozen=True)

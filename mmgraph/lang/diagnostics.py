@@ -16,6 +16,7 @@ import difflib
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
+from mmgraph.errors import UserError
 from mmgraph.lang.span import Span
 
 # Every code a user can see, with the one-line title that docs/language.md lists.
@@ -118,7 +119,7 @@ class Diagnostic:
         return (s.path, s.line, s.col) if s else ("", 0, 0)
 
 
-class SpecError(Exception):
+class SpecError(UserError):
     """Raised by any stage with one or more diagnostics. Never shown as a traceback."""
 
     def __init__(self, diagnostics: Iterable[Diagnostic]):

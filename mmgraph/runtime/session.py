@@ -15,10 +15,11 @@ from typing import Any
 
 import numpy as np
 
+from mmgraph.errors import UserError
 from mmgraph.lang.diagnostics import did_you_mean
 
 
-class InputError(ValueError):
+class InputError(UserError, ValueError):
     """A bad input to a session, worded for people."""
 
 

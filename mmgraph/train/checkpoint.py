@@ -23,10 +23,11 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
+from mmgraph.errors import UserError
 from mmgraph.ir.graph import Graph
 
 
-class CheckpointError(Exception):
+class CheckpointError(UserError):
     """A checkpoint that cannot be used, with the reason for people."""
 
 

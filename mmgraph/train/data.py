@@ -27,12 +27,13 @@ import torch
 import torch.nn.functional as F
 
 from mmgraph.backends.torch.inputs import TORCH_DTYPES
+from mmgraph.errors import UserError
 from mmgraph.ir.graph import Graph
 from mmgraph.ir.types import TensorType
 from mmgraph.lang.diagnostics import did_you_mean
 
 
-class DataError(Exception):
+class DataError(UserError):
     """A problem with the data, worded for people: the CLI prints it without a traceback."""
 
 
