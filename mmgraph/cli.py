@@ -19,6 +19,7 @@ from mmgraph.errors import UsageError, UserError, describe_os_error
 from mmgraph.lang.diagnostics import SpecError, render
 
 EXIT_OK, EXIT_SPEC, EXIT_USAGE, EXIT_INTERNAL = 0, 1, 2, 3
+MAX_DIM = 2**31 - 1  # a size past int32 is a typo, not a batch
 
 
 class _Parser(argparse.ArgumentParser):
@@ -252,6 +253,9 @@ def _dims(text: str) -> dict[str, int]:
         name, _, value = item.partition("=")
         if not name.strip().isidentifier() or not value.strip().isdigit():
             raise UsageError(f"--dims expects NAME=INT[,NAME=INT...], got {item!r}")
+        if len(value.strip()) > 10 or not 1 <= int(value) <= MAX_DIM:
+            raise UsageError(f"--dims {name.strip()}: {value.strip()} is out of range; "
+                             f"sizes are 1 to {MAX_DIM:,}")
         dims[name.strip()] = int(value)
     return dims
 

@@ -36,7 +36,7 @@ _OS_HINTS = {
     errno.ENOTDIR: "a part of the path is not a folder",
     errno.ELOOP: "too many levels of symbolic links (a link loop?)",
     errno.ENAMETOOLONG: "the file name is too long",
-    errno.EEXIST: "already exists",
+    errno.EEXIST: "already exists (as a file where a folder is needed?)",
 }
 
 

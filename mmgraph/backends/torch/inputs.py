@@ -8,8 +8,10 @@ from __future__ import annotations
 import sympy
 import torch
 
+from mmgraph.errors import UsageError
 from mmgraph.ir import types as T
 from mmgraph.ir.graph import Graph
+from mmgraph.lang.diagnostics import did_you_mean
 
 TORCH_DTYPES = {"f32": torch.float32, "f16": torch.float16, "bf16": torch.bfloat16,
                 "f64": torch.float64, "i64": torch.int64, "i32": torch.int32,
@@ -26,6 +28,34 @@ def concrete_shape(t: T.TensorType, dims: dict[str, int], default: int = 1) -> t
             value = sympy.floor(value)
         out.append(int(value))
     return tuple(out)
+
+
+def free_dim_names(g: Graph) -> list[str]:
+    """The symbols the model's input types leave free (B, T, ...), in first-use order."""
+    names: dict[str, None] = {}
+    for name in g.inputs:
+        for d in g.nodes[name].type.dims:
+            for s in sorted(d.free_symbols, key=str):
+                names.setdefault(str(s))
+    return list(names)
+
+
+def validate_dims(g: Graph, dims: dict[str, int], flag: str = "--dims") -> None:
+    """Refuse sizes given for dims the model does not have, and sizes that make an input
+    empty: a typo must not be ignored, and a zero-sized batch must not reach the layers."""
+    free = free_dim_names(g)
+    for name, value in dims.items():
+        if name not in free:
+            hint = did_you_mean(name, free)
+            have = ", ".join(free) or "none"
+            raise UsageError(f"{flag}: model '{g.name}' has no free dim '{name}' (its inputs' "
+                             f"free dims: {have})" + (f"; {hint}" if hint else ""))
+    for name in g.inputs:
+        t = g.nodes[name].type
+        shape = concrete_shape(t, {**default_dims(g), **dims})
+        if any(n < 1 for n in shape):
+            raise UsageError(f"{flag}: input '{name}' would have shape {list(shape)} "
+                             f"(type {t}); every size must be at least 1")
 
 
 def default_dims(g: Graph) -> dict[str, int]:

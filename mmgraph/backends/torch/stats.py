@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from mmgraph.backends.torch.inputs import concrete_shape, example_inputs
+from mmgraph.backends.torch.inputs import concrete_shape, example_inputs, validate_dims
 from mmgraph.backends.torch.load import load_class
 from mmgraph.components import registry
 
@@ -75,6 +75,7 @@ def default_stat_dims(g) -> dict[str, int]:
 def compute(spec, overrides: dict | None = None, dims: dict[str, int] | None = None,
             model: str | None = None) -> Stats:
     cls, g = load_class(spec, model, **(overrides or {}))
+    validate_dims(g, dims or {})
     with torch.device("meta"):
         m = cls()
     use = {**default_stat_dims(g), **(dims or {})}
