@@ -6,11 +6,15 @@ returning a dict of outputs; `losses` computes the declared losses. Every line o
 generated methods ends with a comment naming its spec line, which is also how runtime errors
 are mapped back to the spec (see `mmgraph.components.nn.generated`).
 
-Nothing here re-checks the language: the IR arrives checked, with every type known.
+Nothing here re-checks the language: the IR arrives checked, with every type known. Nothing
+here trusts its text either: every name, string, type and file name from the spec reaches the
+source through `mmgraph.escape` (a literal, an identifier, or one sanitised comment line), so
+a spec or its file's name can never add a statement.
 """
 
 from __future__ import annotations
 
+import functools
 import inspect
 import keyword
 import re
@@ -20,6 +24,7 @@ from pathlib import Path
 import jinja2
 import networkx as nx
 
+from mmgraph import escape
 from mmgraph.components import registry
 from mmgraph.ir import types as T
 from mmgraph.ir.graph import BlockCall, Graph, Instance, Node, Ref
@@ -54,23 +59,21 @@ class Generated:
 
 
 def camel(name: str) -> str:
-    return "".join(part[:1].upper() + part[1:] for part in re.split(r"[_\W]+", name) if part)
+    """A class name: `xattn_group` -> `XattnGroup`, a valid identifier whatever the name."""
+    return py_name("".join(part[:1].upper() + part[1:]
+                           for part in re.split(r"[_\W]+", name) if part))
 
 
 def py_name(name: str) -> str:
-    name = re.sub(r"\W", "_", name)
-    return name + "_" if name in RESERVED else name
+    return escape.py_name(name, RESERVED)
 
 
-def literal(v) -> str:
-    if isinstance(v, tuple):
-        inner = ", ".join(literal(x) for x in v)
-        return f"({inner},)" if len(v) == 1 else f"({inner})"
-    if isinstance(v, list):
-        return "[" + ", ".join(literal(x) for x in v) + "]"
-    if isinstance(v, str):
-        return '"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"'
-    return repr(v)
+literal = escape.py_literal
+
+
+def where(span) -> str:
+    """`file.mmg:12` for a comment or docstring: the file's name as one sanitised line."""
+    return f"{escape.one_line(Path(span.path).name)}:{span.line}"
 
 
 def call_text(fn: str, args: list[str], kwargs: list[tuple[str, str]], lead: str = "") -> str:
@@ -102,7 +105,7 @@ def module_expr(component: str) -> str:
     if builtin(component):
         comp = registry.get(component)
         return f"mm.{type(comp).__name__}" if comp.has_weights else f"mm.ops.{component}"
-    return f'mm.plugin("{component}")'
+    return f"mm.plugin({literal(component)})"
 
 
 def derived_args(component: str, inputs: dict[str, T.TensorType], where,
@@ -139,12 +142,19 @@ def derived_args(component: str, inputs: dict[str, T.TensorType], where,
 
 
 class ScopeCode:
-    """Code for one scope: the model, or one expansion of a block."""
+    """Code for one scope: the model, or one expansion of a block.
+
+    `module` is the expression of the module owning the scope's layers, and `names` the
+    variable of each computed value: an expansion inlined into its caller (see `inline_code`)
+    reaches its layers through the call's module and shares the caller's variables.
+    """
 
     def __init__(self, gen: ModelCodegen, prefix: str, nodes: list[str], calls: list[BlockCall],
-                 values: dict[str, Ref], inputs: list[str]):
+                 values: dict[str, Ref], inputs: list[str], module: str = "self",
+                 names: dict[Ref, str] | None = None, var_prefix: str = ""):
         self.gen, self.g = gen, gen.g
         self.prefix = prefix
+        self.module, self.var_prefix = module, var_prefix
         self.calls = calls
         self.inputs = inputs
         inner = {n for c in calls for e in c.expansions for n in e.nodes}
@@ -156,7 +166,7 @@ class ScopeCode:
         self.alias: dict[Ref, str] = {}
         for name, ref in values.items():
             self.alias.setdefault(ref, py_name(name))
-        self.names: dict[Ref, str] = {}
+        self.names: dict[Ref, str] = {} if names is None else names
 
     # ------------------------------------------------------------ naming
     def local(self, name: str) -> str:
@@ -171,16 +181,17 @@ class ScopeCode:
             name = self.alias.get(ref)
             if name is None:
                 i = call.outputs.index(ref) if ref in call.outputs else 0
-                base = py_name(self.local(call.decl))
+                base = py_name(self.var_prefix + self.local(call.decl))
                 name = base if len(call.outputs) == 1 else f"{base}_{i}"
         else:
-            base = py_name(self.local(node.name))
+            base = py_name(self.var_prefix + self.local(node.name))
             name = base if ref.port == "out" else f"{base}_{py_name(ref.port)}"
         self.names[ref] = name
         return name
 
     def attr(self, full: str) -> str:
-        return "self." + py_name(self.local(full))
+        local = self.local(full)
+        return f"{self.module}.{py_name(local)}" if local else self.module
 
     # ------------------------------------------------------------ __init__
     def init_lines(self) -> list[str]:
@@ -232,7 +243,8 @@ class ScopeCode:
             return [f"{target} = {self.attr(decl.shared)}  # shared weights"]
         ctor = self.constructor(inst)
         if not ctor:
-            return [f"# {inst.name} is declared but never called, so it is not built"]
+            return [f"# {escape.one_line(inst.name)} is declared but never called, so it is "
+                    "not built"]
         if inst.lora:
             ctor = self.with_lora(ctor, inst)
         lines = [f"{target} = {ctor}"]
@@ -259,11 +271,11 @@ class ScopeCode:
             if first.lora:
                 make = self.with_lora(make, first)
         if call.times:
-            line = f"{target} = nn.ModuleList([{make} for _ in range({call.times})])"
+            line = f"{target} = nn.ModuleList([{make} for _ in range({int(call.times)})])"
             if len(line) > WIDTH:
                 inner = make.replace("\n", "\n    ")
                 line = (f"{target} = nn.ModuleList([\n    {inner}\n"
-                        f"    for _ in range({call.times})\n])")
+                        f"    for _ in range({int(call.times)})\n])")
         else:
             line = f"{target} = {make}"
         lines = [line]
@@ -305,14 +317,36 @@ class ScopeCode:
         for kind, key in self.items_in_order(wanted):
             if kind == "node":
                 lines.extend(self.node_code(self.g.nodes[key]))
-            else:
+            elif all(ref in self.names or ref.node in wanted for _, ref in self.calls[key].inputs):
                 lines.extend(self.call_code(self.calls[key]))
+            else:
+                lines.extend(self.inline_code(self.calls[key], wanted))
+        return lines
+
+    def inline_code(self, call: BlockCall, wanted: set[str]) -> list[str]:
+        """A call of which only some streams are wanted, so not all its inputs exist here (an
+        export part `x -> p` through a block with outputs for x and y): the wanted nodes of
+        each copy, reaching into the call's layers (`self.stack[0].la(ex)`)."""
+        module = self.attr(call.decl)
+        var_prefix = f"{self.var_prefix}{self.local(call.decl)}_"
+        lines: list[str] = []
+        for i, e in enumerate(call.expansions):
+            for bind in e.inputs:
+                if bind in wanted:
+                    [(_, bound)] = self.g.nodes[bind].inputs
+                    self.names[Ref(bind)] = self.var(bound)
+            copy = ScopeCode(self.gen, e.prefix, e.nodes, e.calls, e.values, e.inputs,
+                             module=f"{module}[{i}]" if call.times else module,
+                             names=self.names, var_prefix=var_prefix)
+            lines.extend(copy.statements(wanted))
         return lines
 
     def comment(self, node_or_span, typ=None) -> str:
+        """`  # <type>  <file>:<line>`, the spec-line mark that runtime errors are mapped by
+        (`mmgraph.components.nn.generated`); both parts are sanitised single lines."""
         span = node_or_span.span if hasattr(node_or_span, "span") else node_or_span
-        t = f"{typ}  " if typ is not None else ""
-        return f"  # {t}{Path(span.path).name}:{span.line}"
+        t = f"{escape.one_line(typ)}  " if typ is not None else ""
+        return f"  # {t}{where(span)}"
 
     def node_code(self, node: Node) -> list[str]:
         out = self.var(Ref(node.name))
@@ -345,10 +379,10 @@ class ScopeCode:
                 text = f"{out} = {a} {sym} {b}"
         elif node.op == "slice":
             lo, hi = node.attrs["start"], node.attrs["stop"]
-            text = (f"{out} = {self.var(node.inputs[0][1])}[:, {'' if lo is None else lo}:"
-                    f"{'' if hi is None else hi}]")
+            text = (f"{out} = {self.var(node.inputs[0][1])}[:, {'' if lo is None else int(lo)}:"
+                    f"{'' if hi is None else int(hi)}]")
         elif node.op == "select":
-            text = f"{out} = {self.var(node.inputs[0][1])}[:, {node.attrs['index']}]"
+            text = f"{out} = {self.var(node.inputs[0][1])}[:, {int(node.attrs['index'])}]"
         else:
             raise ValueError(f"no code for op {node.op!r}")
         return self.with_comment(text, node)
@@ -377,9 +411,9 @@ class ScopeCode:
         for name in sorted(self.g.ancestors(node.name), key=self.position.__getitem__):
             up = self.g.nodes[name]
             if up.op == "call" and self.g.instances[up.target].component == "moe_ffn":
-                top = self.local(up.target).split(".")[0]
-                if f"self.{py_name(top)}" not in mods:
-                    mods.append(f"self.{py_name(top)}")
+                top = f"{self.module}.{py_name(self.local(up.target).split('.')[0])}"
+                if top not in mods:
+                    mods.append(top)
         return mods
 
     def segments(self, node: Node, inst: Instance) -> str:
@@ -439,8 +473,8 @@ class ModelCodegen:
         block = self.g.meta["decls"].get(call.decl)
         block_name = call.block
         ast_block = block.block if block is not None else None
-        where = f" ({Path(ast_block.span.path).name}:{ast_block.span.line})" if ast_block else ""
-        cls = ClassSource("", "nn.Module", f"block {block_name}{where}", [], init or ["pass"],
+        at = f" ({where(ast_block.span)})" if ast_block else ""
+        cls = ClassSource("", "nn.Module", f"block {block_name}{at}", [], init or ["pass"],
                           [Method(f"forward(self, {', '.join(params)})", "", body)])
         key = repr((cls.init, cls.methods[0].signature, cls.methods[0].body, block_name))
         if key in self.block_names:
@@ -467,14 +501,14 @@ class ModelCodegen:
         fwd_inputs = [py_name(n) for n in g.inputs if n in forward_nodes]
         all_inputs = [py_name(n) for n in g.inputs]
         body = scope.statements(forward_nodes)
-        body.append("return {" + ", ".join(f'"{k}": {scope.var(r)}'
+        body.append("return {" + ", ".join(f"{literal(k)}: {scope.var(r)}"
                                             for k, r in g.outputs.items()) + "}")
         methods = [Method(f"forward(self, {', '.join(fwd_inputs)})",
                           "The model's outputs by name.", body)]
         if g.losses:
             scope.names.clear()
             lbody = scope.statements(loss_nodes)
-            terms = [f'"{k}": {scope.var(t.value)}' for k, t in g.losses.items()]
+            terms = [f"{literal(k)}: {scope.var(t.value)}" for k, t in g.losses.items()]
             lbody.append("losses = {" + ", ".join(terms) + "}")
             lbody.append('losses["total"] = sum(self.loss_weights[name] * value '
                          "for name, value in losses.items())")
@@ -486,28 +520,35 @@ class ModelCodegen:
             f"spec = {literal(self.spec)}",
             dict_text("inputs", [(n, literal(str(g.nodes[n].type))) for n in g.inputs]),
             dict_text("outputs", [(k, literal(str(g.type_of(r)))) for k, r in g.outputs.items()]),
-            dict_text("loss_weights", [(k, repr(t.weight)) for k, t in g.losses.items()]),
+            dict_text("loss_weights", [(k, literal(t.weight)) for k, t in g.losses.items()]),
         ]
         return ClassSource(camel(g.name), "mm.GeneratedModel",
-                           f"model {g.name} ({Path(self.spec).name}:{g.span.line})",
+                           f"model {g.name} ({where(g.span)})",
                            attrs, init, methods)
 
     def render(self) -> Generated:
         model = self.model_class()  # builds the block classes it uses on the way
         from mmgraph import __version__
 
-        env = jinja2.Environment(loader=jinja2.PackageLoader("mmgraph.backends.torch",
-                                                             "templates"),
-                                 trim_blocks=True, lstrip_blocks=True, keep_trailing_newline=True)
         classes = [_indent_continuations(c) for c in self.blocks + [model]]
-        source = env.get_template("module.py.j2").render(
+        source = templates().get_template("module.py.j2").render(
             version=__version__, spec=self.spec, model=self.g.name, classes=classes)
         return Generated(source, model.name, f"mmgraph_generated_{py_name(self.g.name)}")
 
 
+@functools.cache
+def templates() -> jinja2.Environment:
+    """The module templates, with `mmgraph.escape`'s filters: the only way they print text."""
+    env = jinja2.Environment(loader=jinja2.PackageLoader("mmgraph.backends.torch", "templates"),
+                             trim_blocks=True, lstrip_blocks=True, keep_trailing_newline=True,
+                             undefined=jinja2.StrictUndefined)
+    env.filters.update(escape.TEMPLATE_FILTERS)
+    return env
+
+
 def dict_text(name: str, items: list[tuple[str, str]]) -> str:
     """`name = {"k": v, ...}`, one item per line when too long."""
-    parts = [f'"{k}": {v}' for k, v in items]
+    parts = [f"{literal(k)}: {v}" for k, v in items]
     one = f"{name} = {{{', '.join(parts)}}}"
     if len(one) <= WIDTH:
         return one
@@ -546,18 +587,16 @@ def generate_part(g: Graph, spec: str, name: str, inputs: list[str], outputs: li
     for value in inputs:
         scope.names[values[value]] = py_name(value)
     body = scope.statements(set(nodes))
-    body.append("return {" + ", ".join(f'"{o}": {scope.var(values[o])}' for o in outputs)
+    body.append("return {" + ", ".join(f"{literal(o)}: {scope.var(values[o])}" for o in outputs)
                 + "}")
     cls = ClassSource(f"{camel(g.name)}{camel(name)}Part", "mm.ExportPart",
                       f"part {name} of model {g.name}: {', '.join(inputs)} -> "
                       f"{', '.join(outputs)}", [], [],
                       [Method(f"forward(self, {', '.join(py_name(i) for i in inputs)})", "",
                               body)])
-    env = jinja2.Environment(loader=jinja2.PackageLoader("mmgraph.backends.torch", "templates"),
-                             trim_blocks=True, lstrip_blocks=True, keep_trailing_newline=True)
     from mmgraph import __version__
 
-    source = env.get_template("part.py.j2").render(
+    source = templates().get_template("part.py.j2").render(
         version=__version__, spec=spec, model=g.name, part=name,
         classes=[_indent_continuations(cls)])
     return Generated(source, cls.name, f"mmgraph_part_{py_name(g.name)}_{py_name(name)}")

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from mmgraph.backends.torch.codegen import Generated, generate
 from mmgraph.compiler import build_graph
+from mmgraph.escape import one_line
 from mmgraph.ir.graph import Graph
 
 
@@ -20,7 +21,9 @@ def compile_source(spec: str | Path, overrides: dict | None = None,
 
 def module_from_source(gen: Generated, filename: str) -> types.ModuleType:
     """Execute generated source as a module. The source is registered with linecache so
-    tracebacks (and the spec-line notes) show the generated lines."""
+    tracebacks (and the spec-line notes) show the generated lines; `filename` (it holds the
+    spec's path) is made one printable line first."""
+    filename = one_line(filename)
     module = types.ModuleType(gen.module_name)
     module.__file__ = filename
     linecache.cache[filename] = (len(gen.source), None, gen.source.splitlines(True), filename)
@@ -53,6 +56,6 @@ def write(spec: str | Path, out_dir: str | Path, overrides: dict | None = None,
     out.mkdir(parents=True, exist_ok=True)
     py = out / f"{g.name}.py"
     ir = out / f"{g.name}.ir.txt"
-    py.write_text(gen.source)
-    ir.write_text(g.dump())
+    py.write_text(gen.source, encoding="utf-8")
+    ir.write_text(g.dump(), encoding="utf-8", errors="backslashreplace")
     return py, ir

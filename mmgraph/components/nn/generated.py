@@ -3,19 +3,23 @@
 Every line of a generated `forward`/`losses` ends with `# <type>  <spec file>:<line>`. When
 an exception escapes the model, the innermost frame that ran generated code tells which
 line it was, and the exception gets a note naming the spec's file, line and source text.
-The exception itself (type, message, traceback) is left as it was.
+The exception itself (type, message, traceback) is left as it was. The mark is read from the
+line's real comment (Python's tokenizer finds it, so a `#` inside a string is no mark); the
+code generator keeps both its parts single lines without runs of spaces.
 """
 
 from __future__ import annotations
 
+import io
 import linecache
 import re
+import tokenize
 import traceback
 
 import torch
 from torch import nn
 
-_MARK = re.compile(r"#.*?(\S+\.mmg):(\d+)\s*$")
+_WHERE = re.compile(r".+\.mmg:\d+")
 
 
 class GeneratedModel(nn.Module):
@@ -48,16 +52,34 @@ def _note_spec_line(exc: BaseException, module: str) -> None:
         return
     spec_line = None
     for frame in traceback.extract_tb(exc.__traceback__):
-        text = linecache.getline(frame.filename, frame.lineno)
-        match = _MARK.search(text)
-        if match and frame.filename.startswith(("<mmgraph", "/")):
-            spec_line = (match.group(1), int(match.group(2)), text.strip())
+        if frame.filename.startswith(("<mmgraph", "/")):
+            spec_line = _spec_mark(linecache.getline(frame.filename, frame.lineno)) or spec_line
     if spec_line is None:
         return
-    path, line, code = spec_line
-    exc.add_note(f"mmgraph: raised while computing the value of {path}:{line} "
-                 f"(generated code: {code.split('  #')[0]})")
+    where, code = spec_line
+    exc.add_note(f"mmgraph: raised while computing the value of {where} "
+                 f"(generated code: {code})")
     exc._mmgraph_noted = True
+
+
+def _spec_mark(text: str) -> tuple[str, str] | None:
+    """(`file:line`, the code before the comment) of a generated line that ends with
+    `# <type>  <file>:<line>` or `# <file>:<line>`; None for any other line."""
+    text = text.strip()
+    comment = None
+    try:
+        for token in tokenize.generate_tokens(io.StringIO(text).readline):
+            if token.type == tokenize.COMMENT:
+                comment = token
+                break
+    except (tokenize.TokenError, SyntaxError):  # the first line of a wrapped call
+        pass
+    if comment is None:
+        return None
+    where = comment.string[1:].strip().rsplit("  ", 1)[-1]
+    if not _WHERE.fullmatch(where):
+        return None
+    return where, text[:comment.start[1]].rstrip()
 
 
 class ExportPart(nn.Module):
