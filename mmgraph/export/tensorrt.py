@@ -12,6 +12,7 @@ from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from mmgraph.escape import TEMPLATE_FILTERS
 from mmgraph.export import trt_ops
 
 TEMPLATES = Path(__file__).parent / "templates"
@@ -366,6 +367,7 @@ def _render(name: str, **ctx) -> str:
 
     env = jinja2.Environment(loader=jinja2.FileSystemLoader(str(TEMPLATES)),
                              keep_trailing_newline=True, undefined=jinja2.StrictUndefined)
+    env.filters.update(TEMPLATE_FILTERS)
     return env.get_template(name).render(**ctx)
 
 

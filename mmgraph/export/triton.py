@@ -21,6 +21,8 @@ from typing import Any
 
 import jinja2
 
+from mmgraph.escape import TEMPLATE_FILTERS
+
 __all__ = ["write_repository", "validate_repository", "triton_dtype", "BACKENDS"]
 
 # backend -> (Triton platform, model file in the version directory)
@@ -185,18 +187,12 @@ def _ensemble_config(model: str, parts: list[dict], configs: list[dict], origin:
     }
 
 
-def _quote(text: str) -> str:
-    """A protobuf text-format string literal."""
-    escaped = str(text).replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
-    return f'"{escaped}"'
-
-
 @functools.cache
 def _env() -> jinja2.Environment:
     env = jinja2.Environment(loader=jinja2.PackageLoader("mmgraph.export", "templates"),
                              trim_blocks=True, lstrip_blocks=True, keep_trailing_newline=True,
                              undefined=jinja2.StrictUndefined)
-    env.filters["q"] = _quote
+    env.filters.update(TEMPLATE_FILTERS)
     return env
 
 
