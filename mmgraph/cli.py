@@ -115,7 +115,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("bench", help="latency of torch, torch.compile, onnxruntime, TensorRT")
     p.add_argument("source", metavar="SPEC|DIST")
     p.add_argument("--dims", default="", metavar="B=1,T=32")
-    p.add_argument("--runs", type=int, default=50)
+    p.add_argument("--runs", type=_at_least_one, default=50, help="timed calls per backend")
     p.add_argument("--no-compile", action="store_true", help="skip torch.compile")
     p.add_argument("--json", action="store_true")
     _common(p)
@@ -124,6 +124,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("name", nargs="?", help="show one component's parameters")
     p.add_argument("--plugin", action="append", default=[], metavar="FILE.py")
     return parser
+
+
+def _at_least_one(text: str) -> int:
+    """argparse type: an int of 1 or more (a bench of zero runs has no median)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be 1 or more, got {value}")
+    return value
 
 
 def _version() -> str:
@@ -363,7 +374,7 @@ def cmd_bench(args) -> int:
     _plugins(args.plugin)
     report = bench(args.source, _dims(args.dims), args.runs,
                    compile=not args.no_compile, overrides=_overrides(args.overrides),
-                   log=lambda line: print(line, file=sys.stderr))
+                   model_name=args.model, log=lambda line: print(line, file=sys.stderr))
     print(write_json(report) if args.json else table(report))
     return EXIT_OK
 

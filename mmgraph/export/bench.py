@@ -8,7 +8,6 @@ ratio of each backend's p50 to torch eager's are reported. It measures; it never
 
 from __future__ import annotations
 
-import json
 import statistics
 import tempfile
 import time
@@ -18,15 +17,11 @@ import numpy as np
 import torch
 
 from mmgraph.backends.torch.load import load_class
+from mmgraph.errors import UsageError, UserError
 from mmgraph.export import targets
-from mmgraph.export.onnx_parts import (
-    PartPlan,
-    export,
-    onnx_session,
-    part_module,
-    plan_parts,
-    random_inputs,
-)
+from mmgraph.export.manifest import REEXPORT, ExportFolder, ManifestError, open_folder
+from mmgraph.export.onnx_parts import PartPlan, export, part_module, plan_parts, random_inputs
+from mmgraph.runtime.session import OnnxSession, TensorRTSession, TensorSpec
 
 
 def _percentile(xs: list[float], q: float) -> float:
@@ -35,38 +30,65 @@ def _percentile(xs: list[float], q: float) -> float:
 
 def bench(source: str | Path, dims: dict[str, int] | None = None, runs: int = 50,
           warmup: int = 5, compile: bool = True, overrides: dict | None = None,
-          log=print) -> dict:
-    """Benchmark a spec (exported on the fly) or an `mmgraph export` directory."""
+          model_name: str | None = None, log=print) -> dict:
+    """Benchmark a spec (exported on the fly) or an `mmgraph export` folder."""
     source = Path(source)
-    tmp = None
-    if (source / "manifest.json").exists():
-        dist = source
-        manifest = json.loads((dist / "manifest.json").read_text())
-        spec, overrides = manifest["spec"], manifest.get("overrides") or {}
-        checkpoint = manifest.get("checkpoint")
-    else:
-        tmp = tempfile.TemporaryDirectory()
-        dist, spec, checkpoint = Path(tmp.name), source, None
-        manifest = export(spec, dist, targets.load("onnx"), overrides=overrides,
-                          log=lambda _: None)
-    cls, g = load_class(spec, None, **(overrides or {}))
+    if source.is_dir():
+        if overrides or model_name:
+            raise UsageError(f"{source} is an export folder: it keeps the model and constants "
+                             "it was exported with (--set and --model apply to a spec)")
+        return _bench(open_folder(source), source, dims, runs, warmup, compile, log)
+    if not source.exists():
+        raise UserError(f"{source}: no such spec file or export folder")
+    with tempfile.TemporaryDirectory() as tmp:
+        export(source, tmp, targets.load("onnx"), overrides=overrides, model_name=model_name,
+               log=lambda _: None)
+        return _bench(open_folder(tmp), source, dims, runs, warmup, compile, log)
+
+
+def _sizes(folder: ExportFolder, source: Path, dims: dict[str, int]) -> dict[str, int]:
+    """The sizes to run at: the export's opt sizes, with `dims` inside the exported ranges."""
+    ranges = folder.manifest.dims
+    for name, value in dims.items():
+        if name not in ranges:
+            raise UsageError(f"--dims {name}: {source} has no dim {name} (its dims: "
+                             f"{', '.join(ranges) or 'none'})")
+        r = ranges[name]
+        if not r.min <= value <= r.max:
+            raise UsageError(f"--dims {name}={value} is outside the range {r.min}..{r.max} "
+                             f"that {source} is exported for")
+    return {**{k: r.opt for k, r in ranges.items()}, **dims}
+
+
+def _bench(folder: ExportFolder, source: Path, dims: dict[str, int] | None, runs: int,
+           warmup: int, compile: bool, log) -> dict:
+    manifest = folder.manifest
+    use = _sizes(folder, source, dims or {})
+    onnx_files = {p.name: folder.file(p.onnx, f"part '{p.name}'") for p in manifest.parts}
+    spec = Path(manifest.spec)
+    if not spec.is_file():
+        raise ManifestError(f"{folder.manifest_path}: the spec it was exported from, {spec} "
+                            "(field 'spec'), is not there; bench needs it for the torch "
+                            "backends")
+    cls, g = load_class(spec, manifest.model, **manifest.overrides)
     torch.manual_seed(0)
     model = cls()
-    if checkpoint:
+    if manifest.checkpoint:
         from mmgraph.train import checkpoint as ckpt
 
-        ckpt.load_weights(ckpt.find(checkpoint), model, g)
+        ckpt.load_weights(ckpt.find(manifest.checkpoint), model, g)
     model.eval()
-    use = {k: v["opt"] for k, v in manifest["dims"].items()}
-    use.update(dims or {})
     from mmgraph.export import tensorrt
 
     trt_ok, trt_why = tensorrt.engine_available()
     report = {"model": g.name, "dims": use, "runs": runs, "threads": torch.get_num_threads(),
               "tensorrt": "available" if trt_ok else trt_why, "parts": []}
     plans = {p.name: p for p in plan_parts(g)}
-    for part in manifest["parts"]:
-        plan: PartPlan = plans[part["name"]]
+    for part in manifest.parts:
+        if part.name not in plans:
+            raise ManifestError(f"{folder.manifest_path}: part '{part.name}' is not in {spec} "
+                                "any more; " + REEXPORT)
+        plan: PartPlan = plans[part.name]
         module = part_module(model, g, str(spec), plan)
         x = random_inputs(g, plan.inputs, use)
         arrays = {k: v.numpy() for k, v in x.items()}
@@ -79,14 +101,16 @@ def bench(source: str | Path, dims: dict[str, int] | None = None, runs: int = 50
                 compiled(*x.values())
             log(f"part {plan.name}: torch.compile took {time.perf_counter() - start:.1f} s")
             backends["torch.compile"] = lambda m=compiled, a=args: m(*a)
-        session = onnx_session(dist / part["onnx"], ("CPUExecutionProvider",))
-        backends["onnxruntime"] = lambda s=session, a=arrays: s.run(None, a)
-        engine = dist / f"{part['name']}.engine"
+        what = f"part '{part.name}'"
+        inputs = [TensorSpec.of(i) for i in part.inputs]
+        outputs = [TensorSpec.of(o) for o in part.outputs]
+        onnx = OnnxSession(onnx_files[part.name], inputs, outputs, name=part.name,
+                           providers=["CPUExecutionProvider"])
+        backends["onnxruntime"] = lambda s=onnx, a=arrays: s._run(a)
+        engine = folder.path / f"{part.name}.engine"
         if trt_ok and engine.exists():
-            from mmgraph.runtime.session import TensorRTSession, TensorSpec
-
-            trt = TensorRTSession(engine, [TensorSpec.of(i) for i in part["inputs"]],
-                                  [TensorSpec.of(o) for o in part["outputs"]])
+            trt = TensorRTSession(folder.file(engine.name, what), inputs, outputs,
+                                  name=part.name)
             backends["tensorrt"] = lambda s=trt, a=arrays: s._run(a)
         times: dict[str, list[float]] = {k: [] for k in backends}
         with torch.inference_mode():
@@ -107,8 +131,6 @@ def bench(source: str | Path, dims: dict[str, int] | None = None, runs: int = 50
                           "p99_ms": _percentile(ts, 99) * 1e3,
                           "samples_per_s": batch / p50, "ratio_to_torch": p50 / eager}
         report["parts"].append({"name": plan.name, "batch": batch, "backends": rows})
-    if tmp is not None:
-        tmp.cleanup()
     return report
 
 

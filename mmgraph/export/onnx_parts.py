@@ -16,8 +16,11 @@ from __future__ import annotations
 
 import copy
 import json
+import os
+import tempfile
 import time
 import warnings
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,7 +31,8 @@ import torch
 from mmgraph.backends.torch.codegen import generate_part
 from mmgraph.backends.torch.inputs import TORCH_DTYPES, concrete_shape
 from mmgraph.backends.torch.load import load_class, module_from_source
-from mmgraph.errors import UserError
+from mmgraph.errors import UserError, describe_os_error
+from mmgraph.export import manifest as manifest_file
 from mmgraph.export.targets import Target
 from mmgraph.ir import types as T
 from mmgraph.ir.graph import Graph, Ref
@@ -110,10 +114,33 @@ def value_type(g: Graph, name: str) -> T.TensorType:
     return g.type_of(value_ref(g, name))
 
 
+def token_vocab(g: Graph, name: str) -> int | None:
+    """The vocabulary a Tokens value is embedded with: the smallest `vocab` among the
+    components that take it, following ops that pass token ids on (e.g. mask_tokens)."""
+    vocabs, todo, seen = [], [value_ref(g, name)], set()
+    while todo:
+        ref = todo.pop()
+        seen.add(ref)
+        for node in g.nodes.values():
+            if ref not in node.refs():
+                continue
+            if node.op == "call":
+                vocab = getattr(g.instances[node.target].params, "vocab", None)
+                if vocab:
+                    vocabs.append(vocab)
+            for port, t in node.types.items():
+                if t.kind == "Tokens" and Ref(node.name, port) not in seen:
+                    todo.append(Ref(node.name, port))
+    return min(vocabs, default=None)
+
+
 def tensor_info(g: Graph, name: str, ranges) -> dict:
     t = value_type(g, name)
     shape = [int(d) if d.is_Integer else T.format_dim(d) for d in t.dims]
-    info = {"name": name, "type": str(t), "dtype": ONNX_DTYPES[t.dtype], "shape": shape}
+    info = {"name": name, "type": str(t), "kind": t.kind, "dtype": ONNX_DTYPES[t.dtype],
+            "shape": shape}
+    if t.kind == "Tokens":
+        info["vocab"] = token_vocab(g, name)
     for point in ("min", "opt", "max"):
         info[point] = list(concrete_shape(t, {k: v[point] for k, v in ranges.items()}))
     return info
@@ -236,42 +263,78 @@ def parity(module, g: Graph, plan: PartPlan, path: Path, ranges: dict, tolerance
     return report
 
 
+def opset_range() -> tuple[int, int]:
+    """The opsets this torch's exporter writes (its own table where it has one)."""
+    import onnx
+
+    limits = getattr(torch.onnx, "_constants", None)
+    return (getattr(limits, "ONNX_MIN_OPSET", 7),
+            getattr(limits, "ONNX_MAX_OPSET", onnx.defs.onnx_opset_version()))
+
+
+@contextmanager
+def writing(path: Path):
+    """OS errors while writing `path` (disk full, permission) as an ExportError naming it."""
+    try:
+        yield
+    except OSError as exc:
+        what = describe_os_error(OSError(exc.errno, exc.strerror))
+        raise ExportError(f"cannot write {path}: {what}") from None
+
+
+def prepare_output(out: Path) -> None:
+    """Create the export folder and prove it writable before minutes of work. Its old
+    manifest goes first, so an export failing half-way (disk full) leaves no manifest
+    vouching for half-written files."""
+    if out.exists() and not out.is_dir():
+        raise ExportError(f"{out} is a file, not a folder: choose another output folder (-o)")
+    with writing(out):
+        out.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=out):
+            pass
+        (out / "manifest.json").unlink(missing_ok=True)
+
+
 def export(spec: str | Path, out: str | Path, target: Target, *, overrides: dict | None = None,
            checkpoint: str | Path | None = None, model_name: str | None = None,
            log=print) -> dict:
     """Export every part; returns (and writes) the manifest."""
-
-    if target.precision not in ("fp32", "fp16"):
-        raise ExportError(f"target {target.name}: precision {target.precision} is not "
-                          "supported (fp32 or fp16)")
+    low, high = opset_range()
+    if not low <= target.opset <= high:
+        raise ExportError(f"target {target.name}: opset {target.opset} is outside the opsets "
+                          f"torch {torch.__version__} exports ({low}..{high})")
     start = time.perf_counter()
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    prepare_output(out)
     cls, g = load_class(spec, model_name, **(overrides or {}))
     torch.manual_seed(0)
     model = cls()
     model.graph = g
-    spec_hash = None
+    spec_hash = weights = None
     if checkpoint is not None:
         from mmgraph.train import checkpoint as ckpt
 
-        path = ckpt.find(checkpoint)
-        ckpt.load_weights(path, model, g)
+        weights = ckpt.find(checkpoint)
+        ckpt.load_weights(weights, model, g)
         spec_hash = ckpt.fingerprint(g)["hash"]
     model.eval()
     ranges = dim_ranges(g)
     layers = {name: f"{Path(i.span.path).name}:{i.span.line}" for name, i in g.instances.items()}
-    manifest = {"model": g.name, "spec": str(spec), "overrides": overrides or {},
-                "checkpoint": str(checkpoint) if checkpoint else None, "spec_hash": spec_hash,
-                "target": target.to_json(), "opset": target.opset,
-                "precision": target.precision, "dims": ranges, "parts": [],
+    # absolute paths, so that `mmgraph bench DIST` finds them from any folder
+    manifest = {"format": manifest_file.FORMAT, "model": g.name,
+                "spec": str(Path(spec).resolve()), "overrides": overrides or {},
+                "checkpoint": str(Path(weights).resolve()) if weights else None,
+                "spec_hash": spec_hash, "target": target.to_json(), "opset": target.opset,
+                "precision": target.precision, "dims": ranges, "parts": [], "files": {},
                 "layers": layers, "torch": torch.__version__}
     for plan in plan_parts(g):
         t0 = time.perf_counter()
         module = part_module(model, g, str(spec), plan)
         x = random_inputs(g, plan.inputs, {k: v["opt"] for k, v in ranges.items()})
         path = out / f"{plan.name}.onnx"
-        nodes_before, nodes_after = write_onnx(module, g, plan, x, path, target.opset)
+        with writing(path):
+            nodes_before, nodes_after = write_onnx(module, g, plan, x, path, target.opset)
+            manifest["files"][path.name] = manifest_file.record(path)
         entry = {"name": plan.name, "onnx": path.name,
                  "inputs": [tensor_info(g, n, ranges) for n in plan.inputs],
                  "outputs": [tensor_info(g, n, ranges) for n in plan.outputs],
@@ -280,7 +343,9 @@ def export(spec: str | Path, out: str | Path, target: Target, *, overrides: dict
                                            ("CPUExecutionProvider",))}}
         if target.precision == "fp16":
             half = out / f"{plan.name}.fp16.onnx"
-            write_onnx(Half(module), g, plan, x, half, target.opset)
+            with writing(half):
+                write_onnx(Half(module), g, plan, x, half, target.opset)
+                manifest["files"][half.name] = manifest_file.record(half)
             entry["onnx_fp16"] = half.name
             entry["parity"]["fp16"] = parity(module, g, plan, half, ranges, target.tolerance,
                                              ("CPUExecutionProvider",), check=False)
@@ -293,9 +358,13 @@ def export(spec: str | Path, out: str | Path, target: Target, *, overrides: dict
             half_note = f", fp16 vs fp32 max abs {half_err:.2e}"
         log(f"part {plan.name}: {path.name} ({nodes_after} nodes), parity fp32 max abs "
             f"{fp32:.2e}{half_note}")
-    deploy(manifest, out, target, log)
+    with writing(out):
+        deploy(manifest, out, target, log)
     manifest["seconds"] = time.perf_counter() - start
-    (out / "manifest.json").write_text(json.dumps(manifest, indent=2, default=_json))
+    path, partial = out / "manifest.json", out / "manifest.json.partial"
+    with writing(path):  # whole or absent: written aside, then renamed
+        partial.write_text(json.dumps(manifest, indent=2, default=_json))
+        os.replace(partial, path)
     return manifest
 
 
@@ -325,7 +394,8 @@ def deploy(manifest: dict, out: Path, target: Target, log) -> None:
     elif target.runtime == "triton":
         from mmgraph.export import triton
 
-        repo = triton.write_repository(manifest, out, out / "triton", target.backend)
+        repo = triton.write_repository(manifest, out, out / "triton", target.backend,
+                                       providers=target.providers)
         problems = triton.validate_repository(repo)
         if problems:
             raise ExportError("triton repository is invalid: " + "; ".join(problems))

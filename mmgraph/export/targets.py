@@ -8,11 +8,14 @@ a path to a .toml file works too, for targets of your own.
 from __future__ import annotations
 
 import sys
-from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, ValidationError
 
 from mmgraph.errors import UserError
+from mmgraph.export.manifest import problems
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -24,22 +27,26 @@ class TargetError(UserError):
     """A target name or file that cannot be used."""
 
 
-@dataclass(frozen=True)
-class Target:
+class Target(BaseModel):
+    """One deployment target, as its .toml file declares it (validated: types, values)."""
+
+    model_config = ConfigDict(strict=True, frozen=True, extra="forbid")
+
     name: str
     description: str
-    runtime: str  # onnxruntime | tensorrt | triton
-    opset: int
-    precision: str  # fp32 | fp16
-    tolerance: float = 1e-4
-    providers: tuple[str, ...] = ("CPUExecutionProvider",)
+    runtime: Literal["onnxruntime", "tensorrt", "triton"]
+    opset: PositiveInt  # the range torch exports is checked at export
+    precision: Literal["fp32", "fp16"]
+    tolerance: PositiveFloat = 1e-4
+    # TOML arrays are lists: tuples are taken from them, not from strings
+    providers: tuple[str, ...] = Field(("CPUExecutionProvider",), strict=False)
     tensorrt: str | None = None
-    workspace_mb: int = 1024
-    backend: str = "onnxruntime"
-    templates: tuple[str, ...] = field(default_factory=tuple)
+    workspace_mb: PositiveInt = 1024
+    backend: Literal["onnxruntime", "tensorrt"] = "onnxruntime"
+    templates: tuple[str, ...] = Field((), strict=False)
 
     def to_json(self) -> dict:
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in vars(self).items()}
+        return self.model_dump(mode="json")
 
 
 def _folder() -> Path:
@@ -57,24 +64,30 @@ def names() -> list[str]:
 
 
 def load(name_or_path: str) -> Target:
+    """A target by name (a file in exporters/) or by the path of a .toml file."""
     path = Path(name_or_path)
+    available = f"(targets: {', '.join(names())})"
     if path.suffix != ".toml":
         path = _folder() / f"{name_or_path}.toml"
-    if not path.is_file():
-        from mmgraph.lang.diagnostics import did_you_mean
+        if not path.is_file():
+            from mmgraph.lang.diagnostics import did_you_mean
 
-        hint = did_you_mean(name_or_path, names())
-        raise TargetError(f"no export target '{name_or_path}'" + (f"; {hint}" if hint else "")
-                          + f" (targets: {', '.join(names())})")
-    data = tomllib.loads(path.read_text())
-    allowed = set(Target.__dataclass_fields__)
-    unknown = set(data) - allowed
-    if unknown:
-        raise TargetError(f"{path}: unknown keys {sorted(unknown)}")
-    for key in ("providers", "templates"):
-        if key in data:
-            data[key] = tuple(data[key])
+            hint = did_you_mean(name_or_path, names())
+            raise TargetError(f"no export target '{name_or_path}'"
+                              + (f"; {hint}" if hint else "") + f" {available}")
+    elif not path.is_file():
+        raise TargetError(f"{path}: no such target file {available}")
     try:
-        return Target(**data)
-    except TypeError as exc:
-        raise TargetError(f"{path}: {exc}") from None
+        data = tomllib.loads(path.read_bytes().decode("utf-8"))
+    except UnicodeDecodeError:
+        raise TargetError(f"{path} is not UTF-8 text") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise TargetError(f"{path}: not valid TOML: {exc}") from None
+    unknown = set(data) - set(Target.model_fields)
+    if unknown:
+        raise TargetError(f"{path}: unknown keys {sorted(unknown)}; a target has "
+                          f"{', '.join(Target.model_fields)}")
+    try:
+        return Target.model_validate(data)
+    except ValidationError as exc:
+        raise TargetError(f"{path}: {problems(exc)}") from None

@@ -16,14 +16,17 @@ import functools
 import importlib
 import importlib.util
 import shutil
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import jinja2
 
 from mmgraph.escape import TEMPLATE_FILTERS
+from mmgraph.export.manifest import inside
 
-__all__ = ["write_repository", "validate_repository", "triton_dtype", "BACKENDS"]
+__all__ = ["write_repository", "validate_repository", "triton_dtype", "instance_kind",
+           "BACKENDS"]
 
 # backend -> (Triton platform, model file in the version directory)
 BACKENDS = {
@@ -47,6 +50,10 @@ ALIASES = {"half": "float16", "float": "float32", "double": "float64", "long": "
            "f16": "float16", "f32": "float32", "f64": "float64", "i8": "int8", "i16": "int16",
            "i32": "int32", "i64": "int64", "u8": "uint8"}
 
+# onnxruntime execution providers that run on the CPU; any other one needs a GPU
+CPU_PROVIDERS = {"CPUExecutionProvider", "DnnlExecutionProvider", "OpenVINOExecutionProvider",
+                 "XnnpackExecutionProvider", "ACLExecutionProvider", "ArmNNExecutionProvider"}
+
 BATCH = "B"  # the dim name that Triton's batcher may own
 # A short wait lets concurrent requests coalesce into one batch; small enough not to matter
 # for a single interactive client.
@@ -62,20 +69,31 @@ def triton_dtype(dtype: str) -> str:
     return DTYPES[name]
 
 
+def instance_kind(backend: str, providers: Sequence[str] = ("CPUExecutionProvider",)) -> str:
+    """Where Triton places the model's instances: a TensorRT plan needs the GPU; an ONNX
+    model follows the target's providers (a CPU target must load on a CPU-only server)."""
+    if backend == "tensorrt" or any(p not in CPU_PROVIDERS for p in providers):
+        return "KIND_GPU"
+    return "KIND_CPU"
+
+
 # ----------------------------------------------------------------------------- writing
 
 
 def write_repository(manifest: dict, dist: Path, out: Path, backend: str = "onnxruntime",
-                     *, instances: int = 1, kind: str = "KIND_GPU") -> Path:
+                     *, instances: int = 1,
+                     providers: Sequence[str] = ("CPUExecutionProvider",)) -> Path:
     """Write a Triton model repository for the exported parts in `dist` into `out`.
 
     Returns `out`. For backend "tensorrt" a part's plan is copied from
     `dist/<part>.engine` when it was built; otherwise a README.txt in the version directory
     says how to build it, since a plan only runs on the GPU and TensorRT it was built with.
+    The instances' kind follows the backend and the target's `providers` (`instance_kind`).
     """
     if backend not in BACKENDS:
         raise ValueError(f"unknown Triton backend {backend!r} (known: {sorted(BACKENDS)})")
     platform, filename = BACKENDS[backend]
+    kind = instance_kind(backend, providers)
     dist, out = Path(dist), Path(out)
     model = manifest["model"]
     parts = manifest["parts"]
@@ -92,14 +110,14 @@ def write_repository(manifest: dict, dist: Path, out: Path, backend: str = "onnx
         version.mkdir(parents=True, exist_ok=True)
         if backend == "onnxruntime":
             # an fp16 export keeps fp32 inputs/outputs (keep_io_types), so the config holds
-            source = dist / (part.get("onnx_fp16") or part.get("onnx", f"{part['name']}.onnx"))
-            if not source.exists():
-                raise FileNotFoundError(f"part {part['name']!r}: {source} does not exist")
-            shutil.copyfile(source, version / filename)
+            source = part.get("onnx_fp16") or part.get("onnx", f"{part['name']}.onnx")
+            shutil.copyfile(inside(dist, source, f"part '{part['name']}'"), version / filename)
         else:
-            engine = dist / part.get("engine", f"{part['name']}.engine")
-            if engine.exists():
-                shutil.copyfile(engine, version / filename)
+            engine_name = part.get("engine", f"{part['name']}.engine")
+            engine = dist / engine_name
+            if engine.exists() or engine.is_symlink():
+                shutil.copyfile(inside(dist, engine_name, f"part '{part['name']}'"),
+                                version / filename)
                 (version / "README.txt").unlink(missing_ok=True)
             else:
                 (version / "README.txt").write_text(_env().get_template(

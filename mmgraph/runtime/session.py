@@ -1,14 +1,15 @@
 """One `Session` interface over a torch module, an ONNX file and a TensorRT engine.
 
 Named inputs in, named outputs out. Inputs are checked against the spec's types before any
-backend sees them: a wrong rank, dtype or a size outside the exported range is an
-`InputError` naming the input and the dim, not an onnxruntime stack trace. A `Pipeline` runs
-the parts of an export in order, feeding each part's outputs to the parts after it.
+backend sees them: a wrong rank, dtype, a size outside the exported range or a token id
+outside the vocabulary is an `InputError` naming the input and the dim or value, not an
+onnxruntime stack trace (nor a silent wrap-around: ONNX's Gather takes -1 as the last row).
+A `Pipeline` runs the parts of an export in order, feeding each part's outputs to the parts
+after it; `open_export` builds one from an export folder it has validated first.
 """
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from mmgraph.errors import UserError
+from mmgraph.export.manifest import REEXPORT, ManifestError, TensorInfo, open_folder
 from mmgraph.lang.diagnostics import did_you_mean
 
 
@@ -28,16 +30,34 @@ class TensorSpec:
     name: str
     dtype: str  # numpy dtype name: float32, int64, ...
     shape: tuple  # ints, or dim names / expressions (strings)
+    kind: str | None = None  # the spec's kind: Tokens, Image, ...
+    vocab: int | None = None  # for Tokens: ids run 0..vocab-1
 
     @staticmethod
-    def of(info: dict) -> TensorSpec:
-        return TensorSpec(info["name"], info["dtype"], tuple(info["shape"]))
+    def of(info) -> TensorSpec:
+        """From a manifest's tensor entry (a dict is validated like the manifest)."""
+        t = TensorInfo.model_validate(info)
+        return TensorSpec(t.name, t.dtype, tuple(t.shape), t.kind, t.vocab)
 
 
-def _as_numpy(value) -> np.ndarray:
-    if hasattr(value, "detach"):
-        return value.detach().cpu().numpy()
-    return np.asarray(value)
+def _as_numpy(name: str, value) -> np.ndarray:
+    try:
+        if hasattr(value, "detach"):
+            return value.detach().cpu().numpy()
+        return np.asarray(value)
+    except (TypeError, ValueError) as exc:  # ragged lists, dtypes numpy lacks (bfloat16)
+        raise InputError(f"input '{name}' cannot be read as an array: {exc}") from None
+
+
+def _check_token_ids(spec: TensorSpec, array: np.ndarray) -> None:
+    """Token ids inside 0..vocab-1: a negative id would silently pick the last rows."""
+    bad = array < 0 if spec.vocab is None else (array < 0) | (array >= spec.vocab)
+    if not bad.any():
+        return
+    where = tuple(int(i) for i in np.argwhere(bad)[0])
+    valid = "0 or more" if spec.vocab is None else f"0..{spec.vocab - 1} (vocab {spec.vocab})"
+    raise InputError(f"input '{spec.name}': token id {int(array[where])} at {list(where)} is "
+                     f"outside the valid range {valid}")
 
 
 class Session:
@@ -64,13 +84,15 @@ class Session:
             if spec.name not in feed:
                 raise InputError(f"{self.name} needs input '{spec.name}' "
                                  f"({spec.dtype} {list(spec.shape)})")
-            array = _as_numpy(feed[spec.name])
+            array = _as_numpy(spec.name, feed[spec.name])
             if array.ndim != len(spec.shape):
                 raise InputError(f"input '{spec.name}': expected rank {len(spec.shape)} "
                                  f"{list(spec.shape)}, got shape {list(array.shape)}")
             if array.dtype != np.dtype(spec.dtype):
                 raise InputError(f"input '{spec.name}': expected dtype {spec.dtype}, got "
                                  f"{array.dtype}")
+            if spec.kind == "Tokens":
+                _check_token_ids(spec, array)
             for axis, (want, got) in enumerate(zip(spec.shape, array.shape)):
                 if isinstance(want, int):
                     if got != want:
@@ -133,13 +155,31 @@ class OnnxSession(Session):
         super().__init__(inputs, outputs, ranges, name)
         options = ort.SessionOptions()
         options.log_severity_level = 3
-        self.session = ort.InferenceSession(str(path), options,
-                                            providers=providers or best_providers())
+        try:
+            self.session = ort.InferenceSession(str(path), options,
+                                                providers=providers or best_providers())
+        except _onnxruntime_errors() as exc:
+            reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            raise ManifestError(f"{path}: onnxruntime cannot load it ({reason}): damaged or "
+                                "not ONNX; " + REEXPORT) from None
         self.providers = self.session.get_providers()
+        graph = [i.name for i in self.session.get_inputs()]
+        if graph != [i.name for i in inputs]:
+            raise ManifestError(f"{path} takes inputs {graph}, but its manifest entry says "
+                                f"{[i.name for i in inputs]}: the file belongs to another "
+                                "part or export; " + REEXPORT)
 
     def _run(self, feed):
         names = [o.name for o in self.outputs]
         return dict(zip(names, self.session.run(names, feed)))
+
+
+def _onnxruntime_errors() -> tuple[type[Exception], ...]:
+    """onnxruntime's own exception classes (they derive from Exception only)."""
+    from onnxruntime.capi import onnxruntime_pybind11_state as state
+
+    return tuple(v for v in vars(state).values()
+                 if isinstance(v, type) and issubclass(v, Exception))
 
 
 class TensorRTSession(Session):
@@ -157,7 +197,9 @@ class TensorRTSession(Session):
         runtime = trt.Runtime(logger)
         self.engine = runtime.deserialize_cuda_engine(Path(path).read_bytes())
         if self.engine is None:
-            raise RuntimeError(f"cannot deserialize the TensorRT engine {path}")
+            raise ManifestError(f"{path}: TensorRT {trt.__version__} cannot deserialize this "
+                                "engine (damaged, or built by another TensorRT version or for "
+                                "another GPU); rebuild it with build_engine.sh")
         self.context = self.engine.create_execution_context()
         self.stream = torch.cuda.Stream()
 
@@ -209,19 +251,31 @@ class Pipeline:
 
 def open_export(dist: str | Path, backend: str = "onnxruntime", precision: str = "fp32",
                 providers=None) -> Pipeline:
-    """The parts of `mmgraph export`'s output directory as a pipeline."""
-    dist = Path(dist)
-    manifest = json.loads((dist / "manifest.json").read_text())
+    """The parts of `mmgraph export`'s output directory as a pipeline, once the folder is
+    validated (manifest, files inside the folder and unchanged since export)."""
+    if backend not in ("onnxruntime", "tensorrt"):
+        raise ValueError(f"backend {backend!r}: choose onnxruntime or tensorrt")
+    if precision not in ("fp32", "fp16"):
+        raise ValueError(f"precision {precision!r}: choose fp32 or fp16")
+    folder = open_folder(dist)
+    ranges = {name: r.model_dump() for name, r in folder.manifest.dims.items()}
     sessions: list[Session] = []
-    for part in manifest["parts"]:
-        inputs = [TensorSpec.of(i) for i in part["inputs"]]
-        outputs = [TensorSpec.of(o) for o in part["outputs"]]
+    for part in folder.manifest.parts:
+        inputs = [TensorSpec.of(i) for i in part.inputs]
+        outputs = [TensorSpec.of(o) for o in part.outputs]
+        what = f"part '{part.name}'"
         if backend == "tensorrt":
-            sessions.append(TensorRTSession(dist / f"{part['name']}.engine", inputs, outputs,
-                                            manifest["dims"], part["name"]))
-        else:
-            path = dist / (part.get("onnx_fp16", part["onnx"]) if precision == "fp16"
-                           else part["onnx"])
-            sessions.append(OnnxSession(path, inputs, outputs, manifest["dims"], part["name"],
-                                        providers))
+            engine = folder.path / f"{part.name}.engine"
+            if not engine.exists():
+                raise ManifestError(f"{engine} ({what}) is not built yet: run build_engine.sh "
+                                    "(or build_engine.py) on the target GPU")
+            sessions.append(TensorRTSession(folder.file(engine.name, what), inputs, outputs,
+                                            ranges, part.name))
+            continue
+        if precision == "fp16" and part.onnx_fp16 is None:
+            raise ManifestError(f"{folder.path} has no fp16 ONNX file for {what} (it was "
+                                f"exported at {folder.manifest.precision}): open it with "
+                                "precision='fp32' or export with an fp16 target")
+        path = folder.file(part.onnx_fp16 if precision == "fp16" else part.onnx, what)
+        sessions.append(OnnxSession(path, inputs, outputs, ranges, part.name, providers))
     return Pipeline(sessions)
