@@ -35,6 +35,8 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--plugin", action="append", default=[], metavar="FILE.py",
                    help="import a Python file that registers extra components (repeatable)")
     p.add_argument("--model", help="which model of the file (when it defines several)")
+    p.add_argument("--lib", dest="lib_dirs", action="append", default=[], metavar="DIR",
+                   help="a folder outside the spec's own that imports may read (repeatable)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -79,13 +81,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--stage", help="run only this stage")
     p.add_argument("--max-steps", type=int, metavar="N", help="at most N steps per stage")
     p.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
+    p.add_argument("--overwrite", action="store_true",
+                   help="start over in a used run folder: delete its checkpoints, metrics, plots")
     p.add_argument("--train", dest="train_overrides", action="append", default=[],
                    metavar="SETTING=VALUE",
                    help="override a train setting, e.g. --train lr=1e-3 (repeatable)")
     p.add_argument("--tokenizer", metavar="byte|DIR",
                    help="byte (built in, default) or a local Hugging Face tokenizer folder")
     p.add_argument("--dims", default="", metavar="T=32", help="sizes of free dims in inputs")
-    p.add_argument("--skip-bad", action="store_true", help="skip unreadable examples, counted")
+    p.add_argument("--skip-bad", action="store_true",
+                   help="leave out bad examples (named, and counted) instead of stopping")
+    p.add_argument("--allow-outside-data", action="store_true",
+                   help="let data files lie outside the data folder (absolute paths, ..)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--quiet", action="store_true", help="no progress line")
     p.add_argument("--json", action="store_true")
@@ -98,6 +105,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", default="digits", metavar="NAME|PATH")
     p.add_argument("--split", default="test")
     p.add_argument("--tokenizer", metavar="byte|DIR")
+    p.add_argument("--allow-outside-data", action="store_true",
+                   help="let data files lie outside the data folder (absolute paths, ..)")
     p.add_argument("--dims", default="", metavar="T=32")
     p.add_argument("--json", action="store_true")
     _common(p)
@@ -186,7 +195,7 @@ def _summary(result: CheckResult) -> str:
 def cmd_check(args) -> int:
     overrides = _overrides(args.overrides)
     _plugins(args.plugin)
-    results = [check_file(spec, overrides, args.model) for spec in args.specs]
+    results = [check_file(spec, overrides, args.model, args.lib_dirs) for spec in args.specs]
     if args.json:
         payload = {
             "ok": all(r.ok for r in results),
@@ -227,7 +236,7 @@ def cmd_graph(args) -> int:
 
     overrides = _overrides(args.overrides)
     _plugins(args.plugin)
-    result = check_file(args.spec, overrides, args.model)
+    result = check_file(args.spec, overrides, args.model, args.lib_dirs)
     if not result.ok:
         for d in result.errors:
             print(render(d), file=sys.stderr)
@@ -304,13 +313,18 @@ def cmd_train(args) -> int:
                    overrides=_overrides(args.overrides),
                    settings_overrides=_train_overrides(args.train_overrides),
                    stage=args.stage, max_steps=args.max_steps, resume=args.resume,
-                   tokenizer=args.tokenizer, skip_bad=args.skip_bad,
-                   dims=_dims(args.dims), quiet=args.quiet or args.json,
-                   model_name=args.model, device=args.device)
+                   overwrite=args.overwrite, tokenizer=args.tokenizer, skip_bad=args.skip_bad,
+                   allow_outside_data=args.allow_outside_data, dims=_dims(args.dims),
+                   quiet=args.quiet or args.json, model_name=args.model, device=args.device)
     if result["rank"] != 0:  # under torchrun, the first process reports for all
         return EXIT_OK
+    done = result["already_finished"]
     if args.json:
         print(write_json(result))
+    elif done is not None:
+        print(f"{result['out']} already finished (global step {done['global_step']}): nothing "
+              "to resume; to train longer raise --max-steps or the spec's steps/epochs, to "
+              "start over use --overwrite")
     else:
         for st in result["stages"]:
             losses = ", ".join(f"{k} {v:.4f}" for k, v in st["final_losses"].items())
@@ -331,7 +345,7 @@ def cmd_eval(args) -> int:
     model, g, path = load_trained(args.spec, args.checkpoint, _overrides(args.overrides),
                                   args.model)
     tok = make_tokenizer(args.tokenizer)
-    source = open_source(args.data, args.split)
+    source = open_source(args.data, args.split, allow_outside=args.allow_outside_data)
     dataset = SpecDataset(source, g, tok, _dims(args.dims))
     results = evaluate(model, g, source, dataset, tok)
     results = {"model": g.name, "checkpoint": str(path), "data": args.data,

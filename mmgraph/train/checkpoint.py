@@ -6,8 +6,11 @@ A checkpoint is a directory `step-00000123/` holding
 - `state.json`: where training is (stage, step, epoch, batch), the scheduler, the RNG state,
   the settings, and the spec's fingerprint (hash, layers, parameter shapes).
 It is written to `step-00000123.tmp/` and renamed into place, then `latest` (a one-line file)
-is replaced atomically, so a run killed at any instant leaves the previous checkpoint intact.
-Nothing is unpickled: tensors go through safetensors, everything else through JSON.
+is replaced atomically, so a run killed at any instant leaves the previous checkpoint intact;
+older checkpoints are deleted only after that. `state.json` records the sha256 of every
+tensor file, and loading verifies them and refuses non-finite weights, so a damaged
+checkpoint is named instead of evaluated. Nothing is unpickled: tensors go through
+safetensors, everything else through JSON.
 """
 
 from __future__ import annotations
@@ -15,16 +18,24 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
+from pydantic import BaseModel, ConfigDict, NonNegativeInt, ValidationError
+from safetensors import SafetensorError
+from safetensors.torch import load as load_bytes
+from safetensors.torch import save as save_bytes
 
-from mmgraph.errors import UserError
+from mmgraph.errors import UserError, describe_os_error
 from mmgraph.ir.graph import Graph
+
+FORMAT = 1
+TENSOR_FILES = ("model.safetensors", "optimizer.safetensors", "rng.safetensors")
+STEP_NAME = re.compile(r"step-(\d{8,})")
 
 
 class CheckpointError(UserError):
@@ -110,66 +121,134 @@ def _restore_optimizer(opt: torch.optim.Optimizer, tensors: dict, scalars: dict)
 def save(directory: str | Path, model: torch.nn.Module, optimizer, scheduler,
          position: Position, g: Graph, settings: dict, keep: int = 3,
          extra: dict | None = None) -> Path:
-    """Write a checkpoint atomically and keep only the newest `keep`."""
+    """Write a checkpoint atomically, point `latest` at it, then keep only the newest `keep`.
+
+    A write that fails (disk full, permission) removes the half-written folder and raises a
+    CheckpointError naming the file; the previous checkpoints and `latest` are untouched.
+    """
     root = Path(directory)
     root.mkdir(parents=True, exist_ok=True)
     name = f"step-{position.global_step:08d}"
     final, tmp = root / name, root / f"{name}.tmp"
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir()
-    weights = unique_state(model)
-    save_file(weights, str(tmp / "model.safetensors"))
-    opt_tensors, opt_scalars = _optimizer_state(optimizer)
-    save_file(opt_tensors or {"_empty": torch.zeros(0)}, str(tmp / "optimizer.safetensors"))
-    rng = {"torch": torch.get_rng_state()}
-    save_file(rng, str(tmp / "rng.safetensors"))
-    state = {
-        "format": 1,
-        "position": vars(position),
-        "optimizer": opt_scalars,
-        "scheduler": {k: v for k, v in scheduler.state_dict().items()
-                      if isinstance(v, (int, float, list)) and k != "lr_lambdas"},
-        "settings": settings,
-        "fingerprint": fingerprint(g),
-        "shapes": {k: list(v.shape) for k, v in weights.items()},
-        **(extra or {}),
-    }
-    (tmp / "state.json").write_text(json.dumps(state, indent=1, default=float))
-    _fsync_dir(tmp)
-    if final.exists():
-        shutil.rmtree(final)
-    os.replace(tmp, final)
-    latest_tmp = root / "latest.tmp"
-    latest_tmp.write_text(name + "\n")
-    os.replace(latest_tmp, root / "latest")
-    for old in sorted(p for p in root.glob("step-*") if not p.name.endswith(".tmp"))[:-keep]:
-        shutil.rmtree(old, ignore_errors=True)
+    try:
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        tmp.mkdir()
+        weights = unique_state(model)
+        opt_tensors, opt_scalars = _optimizer_state(optimizer)
+        blobs = {"model.safetensors": save_bytes(weights),
+                 "optimizer.safetensors": save_bytes(opt_tensors or {"_empty": torch.zeros(0)}),
+                 "rng.safetensors": save_bytes({"torch": torch.get_rng_state()})}
+        for file, data in blobs.items():
+            _write(tmp / file, data)
+        state = {
+            "format": FORMAT,
+            "position": vars(position),
+            "optimizer": opt_scalars,
+            "scheduler": {k: v for k, v in scheduler.state_dict().items()
+                          if isinstance(v, (int, float, list)) and k != "lr_lambdas"},
+            "settings": settings,
+            "fingerprint": fingerprint(g),
+            "shapes": {k: list(v.shape) for k, v in weights.items()},
+            "files": {file: hashlib.sha256(data).hexdigest() for file, data in blobs.items()},
+            **(extra or {}),
+        }
+        _write(tmp / "state.json", json.dumps(state, indent=1, default=float).encode())
+        if final.exists():  # the same step again (a resumed stage end): swap, then remove
+            old = root / f"{name}.old.tmp"
+            os.replace(final, old)
+            os.replace(tmp, final)
+            shutil.rmtree(old)
+        else:
+            os.replace(tmp, final)
+        latest_tmp = root / "latest.tmp"
+        _write(latest_tmp, (name + "\n").encode())
+        os.replace(latest_tmp, root / "latest")
+    except OSError as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise CheckpointError(f"cannot write checkpoint {final}: {describe_os_error(exc)}; "
+                              "the previous checkpoints are kept") from None
+    rotate(root, position.global_step, keep)
     return final
 
 
-def _fsync_dir(path: Path) -> None:
-    for f in path.iterdir():
-        with open(f, "rb") as fh:
+def _write(path: Path, data: bytes) -> None:
+    """Write and fsync a file; an OS error names the file even when write() failed."""
+    try:
+        with open(path, "wb") as fh:
+            fh.write(data)
+            fh.flush()
             os.fsync(fh.fileno())
+    except OSError as exc:
+        if exc.filename is None:
+            exc.filename = str(path)
+        raise
+
+
+def step_of(path: Path) -> int | None:
+    """The global step of a checkpoint folder `step-00000123`, or None for anything else."""
+    match = STEP_NAME.fullmatch(path.name)
+    return int(match.group(1)) if match else None
+
+
+def checkpoints(directory: str | Path) -> list[tuple[int, Path]]:
+    """The complete checkpoints under `directory` (state.json written), oldest step first."""
+    root = Path(directory)
+    if not root.is_dir():
+        return []
+    found = [(step_of(p), p) for p in root.iterdir() if p.is_dir()]
+    return sorted((s, p) for s, p in found if s is not None and (p / "state.json").is_file())
+
+
+def rotate(directory: Path, newest: int, keep: int) -> None:
+    """Delete all but the checkpoint of step `newest` and the `keep - 1` before it.
+
+    By step number, not by name; folders of later steps are left from a history that
+    `newest` replaced (a resume from an earlier checkpoint), so they go too. Called only
+    after `newest` and `latest` are written, so neither can be lost.
+    """
+    older = [p for s, p in checkpoints(directory) if s < newest]
+    later = [p for s, p in checkpoints(directory) if s > newest]
+    for old in later + older[:max(0, len(older) - (keep - 1))]:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def clean_stale(directory: str | Path) -> list[Path]:
+    """Remove what a killed write left (`*.tmp`); only call while holding the run's lock."""
+    root = Path(directory)
+    stale = sorted(root.glob("*.tmp")) if root.is_dir() else []
+    for path in stale:
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        else:
+            path.unlink()
+    return stale
 
 
 def latest(directory: str | Path) -> Path | None:
-    """The newest complete checkpoint under `directory`, or None."""
+    """The newest complete checkpoint under `directory`, or None.
+
+    `latest` names it; when that file is missing, damaged or names no complete checkpoint
+    of this folder, the highest step present is used.
+    """
     root = Path(directory)
     pointer = root / "latest"
-    if pointer.exists():
-        candidate = root / pointer.read_text().strip()
-        if (candidate / "state.json").exists():
-            return candidate
-    done = sorted(p for p in root.glob("step-*") if (p / "state.json").exists()
-                  and not p.name.endswith(".tmp"))
-    return done[-1] if done else None
+    try:
+        name = pointer.read_text(encoding="utf-8").strip() if pointer.is_file() else ""
+    except (OSError, UnicodeDecodeError):
+        name = ""
+    if STEP_NAME.fullmatch(name) and (root / name / "state.json").is_file():
+        return root / name
+    done = checkpoints(root)
+    return done[-1][1] if done else None
 
 
 def find(path: str | Path) -> Path:
     """A checkpoint directory, or the newest one inside a run directory."""
     p = Path(path)
+    if not p.exists():
+        raise CheckpointError(f"checkpoint {path} not found (give a run folder or one of its "
+                              "checkpoints/step-* folders)")
     if (p / "state.json").exists():
         return p
     for root in (p / "checkpoints", p):
@@ -180,15 +259,92 @@ def find(path: str | Path) -> Path:
                           f"{p / 'checkpoints'} and its step-* folders)")
 
 
+# ------------------------------------------------------------------ reading, verified
+class _PositionModel(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+    stage: NonNegativeInt
+    step: NonNegativeInt
+    epoch: NonNegativeInt
+    batch: NonNegativeInt
+    global_step: NonNegativeInt
+
+
+class _StateModel(BaseModel):
+    """What state.json must hold; `files` is absent only in checkpoints older than checksums."""
+
+    model_config = ConfigDict(extra="allow")
+    format: int
+    position: _PositionModel
+    optimizer: dict
+    fingerprint: dict
+    shapes: dict[str, list[int]]
+    scheduler: dict = {}
+    files: dict[str, str] | None = None
+
+
 def read_state(path: str | Path) -> dict:
-    return json.loads((Path(path) / "state.json").read_text())
+    """A checkpoint's state.json, parsed and checked (CheckpointError naming what is wrong)."""
+    file = Path(path) / "state.json"
+    try:
+        state = json.loads(file.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise CheckpointError(f"{file} is missing: {path} is not a complete checkpoint") \
+            from None
+    except UnicodeDecodeError:
+        raise CheckpointError(f"{file} is damaged: not UTF-8 text") from None
+    except json.JSONDecodeError as exc:
+        raise CheckpointError(f"{file} is damaged: not valid JSON ({exc.msg} at line "
+                              f"{exc.lineno} column {exc.colno})") from None
+    except (ValueError, RecursionError) as exc:
+        raise CheckpointError(f"{file} is damaged: {exc}") from None
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{file} is damaged: expected a JSON object")
+    try:
+        checked = _StateModel.model_validate(state)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(x) for x in first["loc"])
+        raise CheckpointError(f"{file} is damaged: {where}: {first['msg'].lower()}") from None
+    if checked.format != FORMAT:
+        raise CheckpointError(f"{file} has checkpoint format {checked.format}; this mmgraph "
+                              f"reads format {FORMAT}")
+    return state
+
+
+def read_tensors(path: str | Path, file: str, state: dict) -> dict[str, torch.Tensor]:
+    """One tensor file of a checkpoint, verified against the sha256 in state.json, with
+    every floating-point tensor finite."""
+    where = Path(path) / file
+    try:
+        data = where.read_bytes()
+    except FileNotFoundError:
+        raise CheckpointError(f"{where} is missing: the checkpoint is incomplete; use an "
+                              "earlier one (checkpoints/step-*) or train again") from None
+    sums = state.get("files")
+    if sums is not None:
+        if file not in sums:
+            raise CheckpointError(f"{Path(path) / 'state.json'} records no checksum for {file}")
+        if hashlib.sha256(data).hexdigest() != sums[file]:
+            raise CheckpointError(f"{where} is damaged: its sha256 differs from the one in "
+                                  f"{Path(path) / 'state.json'}; use an earlier checkpoint "
+                                  "(checkpoints/step-*) or train again")
+    try:
+        tensors = load_bytes(data)
+    except SafetensorError as exc:
+        raise CheckpointError(f"{where} is damaged: not a readable safetensors file "
+                              f"({exc})") from None
+    for name, t in tensors.items():
+        if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+            raise CheckpointError(f"{where}: tensor '{name}' holds NaN or infinite values; "
+                                  "use an earlier checkpoint (checkpoints/step-*)")
+    return tensors
 
 
 def load_weights(path: str | Path, model: torch.nn.Module, g: Graph) -> dict:
-    """Load weights into `model`, refusing a checkpoint of another spec (saying what differs)."""
+    """Load weights into `model`, refusing a checkpoint of another spec (saying what differs)
+    or a damaged one (naming the file)."""
     path = Path(path)
     state = read_state(path)
-    weights = load_file(str(path / "model.safetensors"))
     now = fingerprint(g)
     shapes_now = {k: list(v.shape) for k, v in unique_state(model).items()}
     saved = state.get("fingerprint", {})
@@ -199,7 +355,12 @@ def load_weights(path: str | Path, model: torch.nn.Module, g: Graph) -> dict:
                                   "\n  ".join(diffs[:20]) +
                                   (f"\n  ... and {len(diffs) - 20} more" if len(diffs) > 20
                                    else ""))
-    missing, unexpected = model.load_state_dict(weights, strict=False)
+    weights = read_tensors(path, "model.safetensors", state)
+    try:
+        missing, unexpected = model.load_state_dict(weights, strict=False)
+    except RuntimeError as exc:  # a tensor of the right name and the wrong shape
+        raise CheckpointError(f"{path / 'model.safetensors'} does not fit the model: "
+                              f"{str(exc).splitlines()[-1].strip()}") from None
     tied = {k for k in missing if k not in shapes_now}  # second names of tied weights
     missing = [k for k in missing if k not in tied]
     if missing or unexpected:
@@ -209,13 +370,19 @@ def load_weights(path: str | Path, model: torch.nn.Module, g: Graph) -> dict:
 
 
 def load_training_state(path: str | Path, optimizer, scheduler) -> Position:
+    """The optimizer, scheduler and RNG of a checkpoint (verified), and its position."""
     path = Path(path)
     state = read_state(path)
-    opt_tensors = load_file(str(path / "optimizer.safetensors"))
+    opt_tensors = read_tensors(path, "optimizer.safetensors", state)
     opt_tensors.pop("_empty", None)
-    _restore_optimizer(optimizer, opt_tensors, state["optimizer"])
-    sched = scheduler.state_dict()
-    sched.update(state.get("scheduler", {}))
-    scheduler.load_state_dict(sched)
-    torch.set_rng_state(load_file(str(path / "rng.safetensors"))["torch"])
+    rng = read_tensors(path, "rng.safetensors", state)
+    try:
+        _restore_optimizer(optimizer, opt_tensors, state["optimizer"])
+        sched = scheduler.state_dict()
+        sched.update(state.get("scheduler", {}))
+        scheduler.load_state_dict(sched)
+        torch.set_rng_state(rng["torch"])
+    except (KeyError, ValueError, TypeError, RuntimeError) as exc:
+        raise CheckpointError(f"checkpoint {path}: its optimizer, scheduler or RNG state does "
+                              f"not fit this run ({type(exc).__name__}: {exc})") from None
     return Position(**state["position"])

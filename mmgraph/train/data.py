@@ -18,6 +18,7 @@ import functools
 import json
 import math
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -56,6 +57,10 @@ class Source:
     def where(self, i: int) -> str:
         """Where example i comes from, for error messages."""
         return f"{self.name}[{i}]"
+
+    def raw(self, i: int) -> dict[str, Any]:
+        """Example i without decoding its files (those are _FileRefs): cheap to check."""
+        return self[i]
 
 
 class ListSource(Source):
@@ -153,7 +158,7 @@ def _verify_image(path: Path) -> str | None:
     """Why the file is not a readable image, or None when it is."""
     from PIL import Image
     if not path.is_file():
-        return "not found"
+        return "is not a regular file" if path.exists() else "not found"
     try:
         with Image.open(path) as im:
             im.verify()
@@ -167,7 +172,7 @@ def _verify_audio(path: Path) -> str | None:
         return (f"is a {path.suffix or 'extensionless'} file; only .npy arrays are supported "
                 "for audio")
     if not path.is_file():
-        return "not found"
+        return "is not a regular file" if path.exists() else "not found"
     try:
         np.load(path, mmap_mode="r", allow_pickle=False)
     except Exception as exc:
@@ -176,25 +181,34 @@ def _verify_audio(path: Path) -> str | None:
 
 
 _FILE_FIELDS = {"image": _verify_image, "audio": _verify_audio}
+OUTSIDE_HINT = "pass --allow-outside-data to read files outside the data folder"
+
+
+def _outside(path: Path, folder: Path) -> bool:
+    """Whether `path` leaves `folder` (absolute, `..`, or a symbolic link out of it)."""
+    return not path.resolve().is_relative_to(folder.resolve())
 
 
 class JsonlSource(Source):
     """One JSON object per line. "image"/"audio" strings are paths relative to the .jsonl
     file (audio: .npy arrays only); a LLaVA-style "conversations" list becomes "text".
     Everything is checked at open time, so a bad line fails early with its file:line, or,
-    with skip_bad, is left out and counted in `skipped` (and len() is exact)."""
+    with skip_bad, is left out and counted in `skipped` (and len() is exact). Files must lie
+    in the .jsonl file's folder unless `allow_outside`."""
 
-    def __init__(self, path: str | Path, skip_bad: bool = False):
+    def __init__(self, path: str | Path, skip_bad: bool = False, allow_outside: bool = False):
         self.path = Path(path)
         self.name = str(path)
+        self.allow_outside = allow_outside
         self.skipped, self.problems = 0, []
         self.records: list[dict[str, Any]] = []
         self.lines: list[int] = []
         try:
-            text = self.path.read_text(encoding="utf-8")
+            data = self.path.read_bytes()
         except OSError as exc:
             raise DataError(f"cannot read {path}: {exc.strerror or exc}") from None
-        for lineno, line in enumerate(text.splitlines(), start=1):
+        for lineno, line in enumerate(data.removeprefix(b"\xef\xbb\xbf").split(b"\n"),
+                                      start=1):
             if not line.strip():
                 continue
             try:
@@ -210,12 +224,21 @@ class JsonlSource(Source):
             raise DataError(f"{path}: no usable examples{extra}")
         self.fields = _union_keys(self.records)
 
-    def _parse(self, line: str, lineno: int) -> dict[str, Any]:
+    def _parse(self, raw: bytes, lineno: int) -> dict[str, Any]:
         at = f"{self.name}:{lineno}"
+        try:
+            line = raw.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise DataError(f"{at}: not valid UTF-8 (byte {exc.start + 1} of the line: "
+                            f"{exc.reason})") from None
         try:
             record = json.loads(line)
         except json.JSONDecodeError as exc:
             raise DataError(f"{at}: malformed JSON: {exc.msg} (column {exc.colno})") from None
+        except RecursionError:
+            raise DataError(f"{at}: JSON nested too deeply to read") from None
+        except ValueError as exc:  # e.g. an integer of more digits than Python converts
+            raise DataError(f"{at}: unreadable JSON: {exc}") from None
         if not isinstance(record, dict):
             raise DataError(f"{at}: expected a JSON object, got {type(record).__name__}")
         if "conversations" in record:
@@ -229,12 +252,21 @@ class JsonlSource(Source):
         for key, verify in _FILE_FIELDS.items():
             value = record.get(key)
             if isinstance(value, str):
+                shown = json.dumps(value, ensure_ascii=False)  # quoted, control characters escaped
+                if "\0" in value:
+                    raise DataError(f"{at}: {key} path {shown} contains a NUL character")
                 file = self.path.parent / value
+                if not self.allow_outside and _outside(file, self.path.parent):
+                    raise DataError(f"{at}: {key} {shown} is outside the data folder "
+                                    f"{self.path.parent}; {OUTSIDE_HINT}")
                 why = verify(file)
                 if why:
-                    raise DataError(f'{at}: {key} "{value}" {why}')
+                    raise DataError(f"{at}: {key} {shown} {why}")
                 record[key] = _FileRef(file)
         return record
+
+    def raw(self, i: int) -> dict[str, Any]:
+        return dict(self.records[i])
 
     def __len__(self) -> int:
         return len(self.records)
@@ -273,7 +305,7 @@ class ImageFolderSource(Source):
     """DIR/<class>/<image>: sorted class names give the label ids; the caption is
     "a photo of a {class}" with underscores read as spaces."""
 
-    def __init__(self, root: str | Path, skip_bad: bool = False):
+    def __init__(self, root: str | Path, skip_bad: bool = False, allow_outside: bool = False):
         self.root = Path(root)
         self.name = str(root)
         self.fields = ["image", "label", "text"]
@@ -287,7 +319,9 @@ class ImageFolderSource(Source):
             for file in sorted((self.root / cls).iterdir()):
                 if file.name.startswith(".") or file.suffix.lower() not in IMAGE_SUFFIXES:
                     continue
-                why = _verify_image(file)
+                why = (f"is outside the data folder {self.root}; {OUTSIDE_HINT}"
+                       if not allow_outside and _outside(file, self.root) else
+                       _verify_image(file))
                 if why is None:
                     self.items.append((file, label))
                 elif skip_bad:
@@ -308,14 +342,19 @@ class ImageFolderSource(Source):
             image = _open_image(file)
         except Exception as exc:
             raise DataError(f"{file}: image cannot be decoded ({exc})") from None
+        return {**self.raw(i), "image": image}
+
+    def raw(self, i: int) -> dict[str, Any]:
+        file, label = self.items[i]
         text = f"a photo of a {self.classes[label].replace('_', ' ')}"
-        return {"image": image, "label": label, "text": text}
+        return {"image": _FileRef(file), "label": label, "text": text}
 
     def where(self, i: int) -> str:
         return str(self.items[i][0])
 
 
-def open_source(name_or_path: str, split: str = "train", skip_bad: bool = False) -> Source:
+def open_source(name_or_path: str, split: str = "train", skip_bad: bool = False,
+                allow_outside: bool = False) -> Source:
     """The source called `name_or_path`: "digits", a .jsonl file, or an image folder.
 
     Splits: digits has a fixed train/test split. A .jsonl path `data/x.jsonl` reads
@@ -328,13 +367,14 @@ def open_source(name_or_path: str, split: str = "train", skip_bad: bool = False)
     if path.suffix == ".jsonl":
         per_split = path.with_name(f"{path.stem}.{split}.jsonl")
         if per_split.is_file():
-            return JsonlSource(per_split, skip_bad)
+            return JsonlSource(per_split, skip_bad, allow_outside)
         if not path.is_file():
-            raise DataError(f"dataset file {name_or_path} not found")
-        return JsonlSource(path, skip_bad)
+            raise DataError(f"dataset file {name_or_path} " +
+                            ("is not a regular file" if path.exists() else "not found"))
+        return JsonlSource(path, skip_bad, allow_outside)
     if path.is_dir():
         sub = path / split
-        return ImageFolderSource(sub if sub.is_dir() else path, skip_bad)
+        return ImageFolderSource(sub if sub.is_dir() else path, skip_bad, allow_outside)
     hint = did_you_mean(name_or_path, ["digits"])
     raise DataError(f"unknown dataset {name_or_path!r}: expected 'digits', a .jsonl file or "
                     f"an image folder" + (f"; {hint}" if hint else ""))
@@ -359,14 +399,57 @@ def _describe(value: Any) -> str:
     return type(value).__name__
 
 
+@dataclass(frozen=True)
+class IdRange:
+    """The ids a layer accepts from a Labels or Tokens input: 0..size-1 (and `ignore`)."""
+
+    size: int
+    what: str  # the layer, for messages
+    ignore: int | None = None  # a loss's ignore_index
+
+    def accepts(self, ids: torch.Tensor) -> torch.Tensor:
+        ok = (ids >= 0) & (ids < self.size)
+        return ok | (ids == self.ignore) if self.ignore is not None else ok
+
+
+def id_ranges(graph: Graph) -> dict[str, list[IdRange]]:
+    """For each Labels/Tokens input, the ranges of the layers it feeds directly: embeddings
+    (`vocab`) and classification losses (the logits' last size)."""
+    out: dict[str, list[IdRange]] = {}
+    for node in graph.nodes.values():
+        if node.op != "call":
+            continue
+        inst = graph.instances[node.target]
+        for port, ref in node.inputs:
+            source = graph.nodes[ref.node]
+            if source.op != "input" or source.type.kind not in ("Labels", "Tokens"):
+                continue
+            ignore = getattr(inst.params, "ignore_index", None)
+            logits = next((r for p, r in node.inputs if p == "logits"), None)
+            if logits is not None and port in ("labels", "tokens"):
+                classes = graph.type_of(logits).dims[-1]
+                if classes.is_Integer:
+                    out.setdefault(ref.node, []).append(IdRange(
+                        int(classes), f"loss '{inst.name}' ({int(classes)} classes)", ignore))
+            elif port == "tokens" and getattr(inst.params, "vocab", None):
+                vocab = inst.params.vocab
+                out.setdefault(ref.node, []).append(IdRange(
+                    vocab, f"'{inst.name}' ({inst.component}, vocab={vocab})"))
+    return out
+
+
 class SpecDataset:
     """Examples of a source as the tensors a spec's inputs take (no batch axis).
 
     Each input gets the field with its own name, else one chosen by its kind (KIND_FIELDS).
-    The plan is made up front, so a spec and a data set that do not fit fail before training.
+    The plan is made up front, and every example is checked as it is read (its fields, its
+    labels and token ids against the spec's classes and vocabularies), so a spec and a data
+    set that do not fit fail before training, naming the example's file:line. With
+    `skip_bad`, bad examples are left out instead and listed in `problems`.
     """
 
-    def __init__(self, source: Source, graph: Graph, tokenizer, dims: dict[str, int] | None = None):
+    def __init__(self, source: Source, graph: Graph, tokenizer, dims: dict[str, int] | None = None,
+                 skip_bad: bool = False):
         self.source = source
         self.graph = graph
         self.tokenizer = tokenizer
@@ -377,6 +460,58 @@ class SpecDataset:
             t = graph.nodes[name].type
             self.mapping[name] = self._field_for(name, t)
             self.shapes[name] = self._shape(name, t)
+        self.ranges = id_ranges(graph)
+        self.problems: list[str] = []
+        self.index: list[int] = []  # the source's examples that passed the checks
+        self._tokenizer_checked = False
+        for i in range(len(source)):
+            problem = self._problem(source.raw(i))
+            if problem is None:
+                self.index.append(i)
+            elif skip_bad:
+                self.problems.append(f"{source.where(i)}: {problem}")
+            else:
+                raise DataError(f"{source.where(i)}: {problem}")
+        if not self.index:
+            raise DataError(f"{source.name}: no usable examples ({len(self.problems)} bad ones "
+                            "skipped)")
+
+    def _problem(self, example: dict[str, Any]) -> str | None:
+        """What makes an example unusable for the spec, or None; files are checked by the
+        source and decoded later, text is tokenized later by a tokenizer checked once here."""
+        for name, field in self.mapping.items():
+            if field not in example:
+                return f"the example has no field {field!r} for {self._label(name)}"
+            value, kind = example[field], self.graph.nodes[name].type.kind
+            if kind not in ("Labels", "Tokens") or isinstance(value, _FileRef):
+                continue
+            if isinstance(value, str) and kind == "Tokens":
+                self._check_tokenizer(name)
+                continue
+            try:
+                ids = self._convert(self.graph.nodes[name].type, self.shapes[name], value)
+            except _Mismatch as exc:
+                return (f"{self._label(name)} cannot take field {field!r} "
+                        f"({_describe(value)}): {exc}")
+            for rng in self.ranges.get(name, ()):
+                bad = ids[~rng.accepts(ids)]
+                if bad.numel():
+                    what = "label" if kind == "Labels" else "token id"
+                    return (f"{what} {int(bad[0])} in field {field!r} is out of range: "
+                            f"{rng.what} takes 0..{rng.size - 1}")
+        return None
+
+    def _check_tokenizer(self, name: str) -> None:
+        """A tokenizer whose ids go past a vocabulary of the spec cannot be used at all."""
+        if self._tokenizer_checked:
+            return
+        self._tokenizer_checked = True
+        for rng in self.ranges.get(name, ()):
+            if self.tokenizer.vocab_size > rng.size:
+                raise DataError(f"tokenizer {self.tokenizer.name} has {self.tokenizer.vocab_size}"
+                                f" ids, but {rng.what} for {self._label(name)} takes only "
+                                f"0..{rng.size - 1}; use a smaller tokenizer or a vocab of at "
+                                f"least {self.tokenizer.vocab_size} in the spec")
 
     def _label(self, name: str) -> str:
         return f"spec input '{name}' ({self.graph.nodes[name].type})"
@@ -412,21 +547,23 @@ class SpecDataset:
         return sizes
 
     def __len__(self) -> int:
-        return len(self.source)
+        return len(self.index)
+
+    def raw(self, i: int) -> dict[str, Any]:
+        """Example i of this data set as the source holds it, files not decoded."""
+        return self.source.raw(self.index[i])
 
     def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
-        example = self.source[i]
+        j = self.index[i]
+        example = self.source[j]
         out = {}
         for name, field in self.mapping.items():
-            if field not in example:
-                raise DataError(f"{self.source.where(i)}: the example has no field {field!r} "
-                                f"for {self._label(name)}")
             t = self.graph.nodes[name].type
             value = example[field]
             try:
                 tensor = self._convert(t, self.shapes[name], value)
             except _Mismatch as exc:
-                raise DataError(f"{self.source.where(i)}: {self._label(name)} cannot take field "
+                raise DataError(f"{self.source.where(j)}: {self._label(name)} cannot take field "
                                 f"{field!r} ({_describe(value)}): {exc}") from None
             out[name] = tensor.to(TORCH_DTYPES[t.dtype])
         return out

@@ -87,7 +87,7 @@ def evaluate(model, g: Graph, source, dataset, tokenizer, batch_size: int = 128)
         image_emb = _embed(model, data, img_key, want)
         text_emb = _embed(model, data, txt_key, want)
         sim = image_emb @ text_emb.t()
-        captions = [str(source[i].get("text", i)) for i in range(len(dataset))]
+        captions = [str(dataset.raw(i).get("text", i)) for i in range(len(dataset))]
         index = {c: n for n, c in enumerate(dict.fromkeys(captions))}
         ids = torch.tensor([index[c] for c in captions])
         same = ids[:, None] == ids[None, :]  # identical captions count as a hit
@@ -96,7 +96,7 @@ def evaluate(model, g: Graph, source, dataset, tokenizer, batch_size: int = 128)
                    "text_to_image_r1": _recall(sim.t(), 1, same),
                    "text_to_image_r5": _recall(sim.t(), 5, same)}
         prompts = _class_prompts(source)
-        labels = _labels(source, len(dataset))
+        labels = _labels(dataset)
         text_input = next((n for n in want if g.nodes[n].type.kind == "Tokens"), None)
         if prompts and labels is not None and text_input is not None:
             length = data[0][text_input].shape[1]
@@ -135,9 +135,9 @@ def evaluate(model, g: Graph, source, dataset, tokenizer, batch_size: int = 128)
     return results
 
 
-def _labels(source, n: int) -> torch.Tensor | None:
+def _labels(dataset) -> torch.Tensor | None:
     try:
-        return torch.tensor([int(source[i]["label"]) for i in range(n)])
+        return torch.tensor([int(dataset.raw(i)["label"]) for i in range(len(dataset))])
     except (KeyError, TypeError, ValueError):
         return None
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+PLOT_TEMP = "loss.png.tmp"  # written first, then renamed over loss.png
+
 
 def loss_png(run_dir: str | Path) -> Path | None:
     """Plot every `loss/...` series of metrics.jsonl against the global step."""
@@ -44,9 +46,15 @@ def loss_png(run_dir: str | Path) -> Path | None:
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    out = run / "loss.png"
-    tmp = run / "loss.tmp.png"
-    fig.savefig(tmp)
-    plt.close(fig)
-    tmp.replace(out)
+    out, tmp = run / "loss.png", run / PLOT_TEMP
+    try:
+        fig.savefig(tmp, format="png")
+        tmp.replace(out)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        if exc.filename is None:
+            exc.filename = str(tmp)
+        raise
+    finally:
+        plt.close(fig)
     return out

@@ -4,23 +4,73 @@ from __future__ import annotations
 
 import json
 import sys
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
 import torch
+from pydantic import ValidationError
 
 from mmgraph.backends.torch.load import load_class
+from mmgraph.errors import UsageError, UserError
 from mmgraph.ir.passes.trainability import TrainSettings
+from mmgraph.lang.diagnostics import did_you_mean
 from mmgraph.train import checkpoint as ckpt
 from mmgraph.train.plots import loss_png
-from mmgraph.train.trainer import Trainer, World, env_world_size
+from mmgraph.train.runfolder import claim
+from mmgraph.train.trainer import Trainer, World, env_world_size, stage_names
+
+SKIPPED_SHOWN = 5  # bad examples named one by one under --skip-bad; the rest are counted
 
 
 def train_settings(g, overrides: dict[str, Any]) -> dict:
-    """The spec's train settings with command-line overrides, validated."""
+    """The spec's train settings with command-line overrides, validated (UsageError
+    naming the setting)."""
+    known = list(TrainSettings.model_fields)
+    for name in overrides:
+        if name not in known:
+            hint = did_you_mean(name, known)
+            raise UsageError(f"--train {name}: no such setting" + (f"; {hint}" if hint else "")
+                             + f" (settings: {', '.join(known)})")
     base = dict(g.train.settings) if g.train else TrainSettings().model_dump()
-    merged = {**base, **overrides}
-    return TrainSettings.model_validate(merged).model_dump()
+    try:
+        return TrainSettings.model_validate({**base, **overrides}).model_dump()
+    except ValidationError as exc:
+        problems = []
+        for err in exc.errors():
+            name = str(err["loc"][0]) if err["loc"] else "?"
+            given = f"={overrides[name]!r}" if name in overrides else " (from the spec)"
+            problems.append(f"--train {name}{given}: {err['msg']}")
+        raise UsageError("; ".join(problems)) from None
+
+
+def available_devices() -> list[str]:
+    found = ["cpu"] + [f"cuda:{i}" for i in range(torch.cuda.device_count())]
+    if torch.backends.mps.is_available():
+        found.append("mps")
+    return found
+
+
+def check_device(name: str) -> torch.device:
+    """The device `name` names, refused before any work when it is not one or not here."""
+    here = ", ".join(available_devices())
+    try:
+        device = torch.device(name)
+    except (RuntimeError, ValueError):
+        raise UsageError(f"--device {name!r} is not a device name; available here: "
+                         f"{here}") from None
+    if device.type not in ("cpu", "cuda", "mps"):
+        raise UsageError(f"--device {name!r}: mmgraph trains on cpu, cuda or mps; available "
+                         f"here: {here}")
+    if device.type == "cuda" and (not torch.cuda.is_available() or
+                                  (device.index or 0) >= torch.cuda.device_count()):
+        raise UserError(f"--device {name}: no such CUDA device on this machine (torch "
+                        f"{torch.__version__} sees {torch.cuda.device_count()}); available "
+                        f"here: {here}")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise UserError(f"--device mps: Apple's Metal is not available here; available here: "
+                        f"{here}")
+    return device
 
 
 def tensorboard_logger(out: Path):
@@ -42,41 +92,78 @@ def tensorboard_logger(out: Path):
 def train(spec: str | Path, *, data: str = "digits", out: str | Path | None = None,
           overrides: dict | None = None, settings_overrides: dict | None = None,
           stage: str | None = None, max_steps: int | None = None, resume: bool = False,
-          tokenizer: str | None = None, skip_bad: bool = False, dims: dict | None = None,
-          quiet: bool = False, model_name: str | None = None, device: str = "cpu") -> dict:
+          overwrite: bool = False, tokenizer: str | None = None, skip_bad: bool = False,
+          allow_outside_data: bool = False, dims: dict | None = None, quiet: bool = False,
+          model_name: str | None = None, device: str = "cpu") -> dict:
+    """Train a spec into the run folder `out`.
+
+    Everything that can be refused is checked before the folder is touched: the arguments,
+    the settings, the device, the data (every example against the spec) and the batch size
+    against the data. The folder is then claimed for this run (see runfolder.claim).
+    """
     from mmgraph.train.data import SpecDataset, batches, open_source
     from mmgraph.train.tokenize import make_tokenizer
 
+    if max_steps is not None and max_steps < 1:
+        raise UsageError(f"--max-steps must be at least 1, got {max_steps}")
+    if resume and overwrite:
+        raise UsageError("--resume continues the run in the folder and --overwrite deletes "
+                         "it: give one of them")
+    torch_device = check_device(device)
     cls, g = load_class(spec, model_name, **(overrides or {}))
     settings = train_settings(g, settings_overrides or {})
+    stages = g.train.stages if g.train else []
+    names = stage_names(stages)
+    if stage is not None and stage not in names:
+        hint = did_you_mean(stage, names)
+        raise UsageError(f"--stage {stage}: {g.name} has no such stage" +
+                         (f"; {hint}" if hint else "") + f" (stages: {', '.join(names)})")
     out = Path(out or Path("runs") / g.name)
-    world = World() if env_world_size() > 1 else None
-    torch.manual_seed(settings["seed"])
-    model = cls().to(device)
-    model.graph = g
     tok = make_tokenizer(tokenizer)
-    source = open_source(data, "train", skip_bad)
-    dataset = SpecDataset(source, g, tok, dims)
-    if getattr(source, "skipped", 0):
-        print(f"skipped {source.skipped} bad examples", file=sys.stderr)
+    source = open_source(data, "train", skip_bad, allow_outside=allow_outside_data)
+    dataset = SpecDataset(source, g, tok, dims, skip_bad=skip_bad)
+    world = World() if env_world_size() > 1 else None
+    main_process = world is None or world.is_main
+    if main_process:
+        report_skipped(source.problems + dataset.problems)
 
     def make_batches(batch_size, seed, epoch, start):
         return batches(dataset, batch_size, seed, epoch, start)
 
-    stages = g.train.stages if g.train else []
-    log = tensorboard_logger(out) if (world is None or world.is_main) else None
+    torch.manual_seed(settings["seed"])
+    model = cls().to(torch_device)
+    model.graph = g
     trainer = Trainer(model, g, out, settings=settings, stages=stages,
                       batches=make_batches, n_examples=len(dataset), max_steps=max_steps,
-                      quiet=quiet, device=device, world=world, log=log,
-                      on_stage_end=lambda name: (world is None or world.is_main) and
-                      loss_png(out))
-    result = trainer.run(resume=resume, only_stage=stage)
+                      quiet=quiet, device=torch_device, world=world,
+                      on_stage_end=lambda name: main_process and loss_png(out))
+    trainer.plans(stage)  # refuses a batch larger than the data, before the folder is touched
+    folder = claim(out, resume=resume, overwrite=overwrite, say=trainer.say) if main_process \
+        else nullcontext()
+    with folder:
+        trainer.log = tensorboard_logger(out) if main_process else None
+        result = trainer.run(resume=resume, only_stage=stage)
     rank, size = (world.rank, world.size) if world else (0, 1)
     if world:
         world.close()
+    done = result.finished_before
     return {"model": g.name, "out": str(out), "seconds": result.seconds,
             "stages": result.stages, "final_losses": result.final_losses,
-            "examples": len(dataset), "settings": settings, "rank": rank, "processes": size}
+            "examples": len(dataset), "skipped": len(source.problems + dataset.problems),
+            "settings": settings, "rank": rank, "processes": size,
+            "already_finished": None if done is None else vars(done)}
+
+
+def report_skipped(problems: list[str]) -> None:
+    """Under --skip-bad, say what was left out and why: the first few, then the count."""
+    if not problems:
+        return
+    print(f"skipped {len(problems)} bad example{'s' if len(problems) != 1 else ''}:",
+          file=sys.stderr)
+    for problem in problems[:SKIPPED_SHOWN]:
+        print(f"  {problem}", file=sys.stderr)
+    if len(problems) > SKIPPED_SHOWN:
+        print(f"  ... and {len(problems) - SKIPPED_SHOWN} more", file=sys.stderr)
 
 
 def load_trained(spec: str | Path, checkpoint: str | Path, overrides: dict | None = None,

@@ -22,10 +22,14 @@ from typing import Any
 import torch
 from torch import nn
 
+from mmgraph.errors import UsageError
 from mmgraph.ir.graph import Graph, Stage
 from mmgraph.train import checkpoint as ckpt
 from mmgraph.train.checkpoint import Position
+from mmgraph.train.data import DataError
 from mmgraph.train.progress import Progress
+
+DEFAULT_STAGE = "train"  # the one stage of a spec whose train block declares none
 
 
 @dataclass
@@ -45,6 +49,12 @@ class RunResult:
     stages: list[dict] = field(default_factory=list)
     final_losses: dict[str, float] = field(default_factory=dict)
     seconds: float = 0.0
+    finished_before: Position | None = None  # set when a resumed run had nothing left to do
+
+
+def stage_names(stages: list[Stage]) -> list[str]:
+    """The names `--stage` accepts: the spec's stages, or the one implicit stage."""
+    return [st.name for st in stages] or [DEFAULT_STAGE]
 
 
 def owner_of(param: str, instances: list[str]) -> str | None:
@@ -135,13 +145,22 @@ class Trainer:
         self._metrics = None  # the open metrics.jsonl
 
     # ------------------------------------------------------------ planning
-    def plans(self) -> list[StagePlan]:
+    def plans(self, only_stage: str | None = None) -> list[StagePlan]:
+        """The stages to run (all, or the one named), refusing a batch larger than the data:
+        an epoch without a full batch would leave the loop with nothing to step on."""
         out = []
-        stages = self.stages or [Stage("train", {}, [i for i in self.default_trainable()],
-                                       None)]
+        stages = self.stages or [Stage(DEFAULT_STAGE, {}, self.default_trainable(), None)]
+        if only_stage is not None:
+            stages = [st for st in stages if st.name == only_stage]
         for st in stages:
             s = {**self.settings, **{k: v for k, v in st.settings.items() if k != "trainable"}}
-            per_epoch = max(1, self.n_examples // s["batch_size"])
+            per_epoch = self.n_examples // s["batch_size"]
+            if per_epoch < 1:
+                where = f"stage {st.name}: " if self.stages else ""
+                raise DataError(f"{where}batch_size {s['batch_size']} is larger than the data "
+                                f"set ({self.n_examples} examples), so an epoch has no full "
+                                f"batch; lower batch_size (e.g. --train batch_size="
+                                f"{max(1, self.n_examples)}) or use more data")
             if s.get("steps"):
                 steps = s["steps"]
             else:
@@ -159,9 +178,7 @@ class Trainer:
 
     # ------------------------------------------------------------ running
     def run(self, resume: bool = False, only_stage: str | None = None) -> RunResult:
-        plans = self.plans()
-        if only_stage is not None:
-            plans = [p for p in plans if p.name == only_stage]
+        plans = self.plans(only_stage)
         start = time.perf_counter()
         result = RunResult(self.out)
         position = Position()
@@ -170,6 +187,11 @@ class Trainer:
         if resume_from is not None:
             state = ckpt.load_weights(resume_from, self.model, self.g)
             position = Position(**state["position"])
+            last = len(plans) - 1
+            if position.stage > last or (position.stage == last and
+                                         position.step >= plans[last].steps):
+                result.finished_before = position
+                return result
             self.truncate_metrics(position.global_step)
             self.say(f"resuming from {resume_from} (stage {position.stage + 1}, "
                      f"step {position.step})")
@@ -205,6 +227,7 @@ class Trainer:
             pos = ckpt.load_training_state(resume_from, optimizer, scheduler)
         elif index == 0 and pos.global_step == 0:
             torch.manual_seed(s["seed"])
+        resumed_at = pos.step if resume_from is not None else None
         amp = autocast_dtype(s["precision"], self.device)
         step_module = LossModule(self.model)
         if self.world:
@@ -216,7 +239,7 @@ class Trainer:
         accum = s["grad_accum"]
         ckpt_every = s.get("ckpt_every")
         batch_iter = self.iterate(plan, pos)
-        samples, tick = 0, time.perf_counter()
+        samples, tick, rate = 0, time.perf_counter(), 0.0
         while pos.step < plan.steps:
             optimizer.zero_grad(set_to_none=True)
             logged: dict[str, float] = {}
@@ -251,15 +274,19 @@ class Trainer:
             if ckpt_every and pos.step % ckpt_every == 0 and pos.step < plan.steps:
                 self.save(pos, optimizer, scheduler)
         progress.close()
-        self.save(pos, optimizer, scheduler)
-        self.last_rate = rate if pos.step else 0.0
+        if pos.step != resumed_at:  # a resumed stage that was already complete is saved
+            self.save(pos, optimizer, scheduler)
         if self.on_stage_end:
             self.on_stage_end(plan.name)
         return {"stage": plan.name, "steps": plan.steps, "trainable_params": count,
                 "final_losses": last, "global_step": pos.global_step}
 
     def iterate(self, plan: StagePlan, pos: Position):
-        """(batch, epoch, batches consumed) forever, starting at pos."""
+        """(batch, epoch, batches consumed) forever, starting at pos.
+
+        An epoch read from its start that yields no batch raises: the loop can never spin
+        without a step (plans() refuses that case up front; this holds by construction).
+        """
         s = plan.settings
         epoch, start = pos.epoch, pos.batch
         while True:
@@ -267,6 +294,10 @@ class Trainer:
             for batch in self.batches(s["batch_size"], s["seed"], epoch, start):
                 consumed += 1
                 yield batch, epoch, consumed
+            if consumed == 0:
+                raise DataError(f"epoch {epoch} of stage {plan.name} gave no batch of "
+                                f"{s['batch_size']} ({self.n_examples} examples); lower "
+                                "batch_size")
             epoch, start = epoch + 1, 0
 
     def save(self, pos: Position, optimizer, scheduler) -> None:
@@ -277,11 +308,13 @@ class Trainer:
                   self.settings, keep=self.settings["keep"])
 
     def truncate_metrics(self, global_step: int) -> None:
-        """Drop the log lines of steps after the checkpoint: they are about to be redone."""
+        """Drop the log lines of steps after the checkpoint: they are about to be redone
+        (and a line cut short by a kill)."""
         path = self.out / "metrics.jsonl"
         if path.exists():
-            kept = [line for line in path.read_text().splitlines()
-                    if line and json.loads(line).get("global_step", 0) <= global_step]
+            steps = [(_step_of_line(line), line)
+                     for line in path.read_text(errors="replace").splitlines()]
+            kept = [line for step, line in steps if step is not None and step <= global_step]
             path.write_text("".join(line + "\n" for line in kept))
 
     def emit(self, record: dict) -> None:
@@ -289,21 +322,45 @@ class Trainer:
         so that the log never lags behind what a resume restores."""
         if self.world and not self.world.is_main:
             return
-        if self._metrics is None:
-            self.out.mkdir(parents=True, exist_ok=True)
-            self._metrics = open(self.out / "metrics.jsonl", "a")
-        self._metrics.write(json.dumps(record) + "\n")
+        path = self.out / "metrics.jsonl"
+        try:
+            if self._metrics is None:
+                self.out.mkdir(parents=True, exist_ok=True)
+                self._metrics = open(path, "a")
+            self._metrics.write(json.dumps(record) + "\n")
+        except OSError as exc:
+            raise _naming(exc, path) from None
         if self.log:
             self.log(record)
 
     def flush_metrics(self) -> None:
         if self._metrics is not None:
-            self._metrics.close()
-            self._metrics = None
+            metrics, self._metrics = self._metrics, None
+            try:
+                metrics.close()
+            except OSError as exc:
+                raise _naming(exc, self.out / "metrics.jsonl") from None
 
     def say(self, text: str) -> None:
         if not self.quiet and not (self.world and not self.world.is_main):
             print(text, file=sys.stderr)
+
+
+def _step_of_line(line: str) -> int | None:
+    """The global step of one metrics.jsonl line, or None for a damaged one."""
+    try:
+        record = json.loads(line)
+    except ValueError:
+        return None
+    step = record.get("global_step") if isinstance(record, dict) else None
+    return step if isinstance(step, int) else None
+
+
+def _naming(exc: OSError, path: Path) -> OSError:
+    """The OS error with the file it concerns (a failed write() does not say)."""
+    if exc.filename is None:
+        exc.filename = str(path)
+    return exc
 
 
 class LossModule(nn.Module):
@@ -343,7 +400,8 @@ class World:
     def shard(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         n = next(iter(batch.values())).shape[0]
         if n % self.size:
-            raise RuntimeError(f"batch size {n} does not divide over {self.size} processes")
+            raise UsageError(f"batch size {n} does not divide over {self.size} processes; "
+                             f"use a multiple of {self.size}")
         per = n // self.size
         return {k: v[self.rank * per:(self.rank + 1) * per] for k, v in batch.items()}
 
