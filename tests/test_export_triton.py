@@ -20,6 +20,7 @@ pytest.importorskip("tritonclient", reason="Triton's model config schema ships i
 from google.protobuf import text_format  # noqa: E402
 from onnx import TensorProto, helper  # noqa: E402
 
+from mmgraph.export.manifest import ManifestError  # noqa: E402
 from mmgraph.export.triton import (  # noqa: E402
     model_config_pb2,
     triton_dtype,
@@ -106,8 +107,9 @@ def test_part_configs(repo):
     assert io(visual.input) == [("image", "TYPE_FP32", [3, 4, 4])]
     assert io(visual.output) == [("v", "TYPE_FP32", [TOKENS, WIDTH])]
     assert visual.HasField("dynamic_batching")
+    # onnxruntime on the CPU (the default providers) must load on a CPU-only server
     assert [(g.count, g.kind) for g in visual.instance_group] == \
-        [(1, visual.instance_group[0].KIND_GPU)]
+        [(1, visual.instance_group[0].KIND_CPU)]
 
     text = parse(repo / "tiny_text/config.pbtxt")
     assert io(text.input) == [("v", "TYPE_FP32", [TOKENS, WIDTH]),
@@ -194,11 +196,21 @@ def test_unknown_field_and_garbage_are_rejected(repo):
     assert all("not a valid Triton ModelConfig" in p for p in problems)
 
 
+def test_instance_kind_follows_the_providers(dist, tmp_path):
+    repo = write_repository(MANIFEST, dist, tmp_path / "gpu",
+                            providers=["CUDAExecutionProvider", "CPUExecutionProvider"])
+    for part in ("visual", "text"):
+        config = parse(repo / f"tiny_{part}/config.pbtxt")
+        assert [g.kind for g in config.instance_group] == [config.instance_group[0].KIND_GPU]
+    assert validate_repository(repo) == []
+
+
 def test_tensorrt_variant_without_engines(dist, tmp_path):
     repo = write_repository(MANIFEST, dist, tmp_path / "trt", backend="tensorrt")
     for part in ("visual", "text"):
         config = parse(repo / f"tiny_{part}/config.pbtxt")
         assert config.platform == "tensorrt_plan" and config.max_batch_size == 8
+        assert config.instance_group[0].kind == config.instance_group[0].KIND_GPU  # plans
         assert not (repo / f"tiny_{part}/1/model.plan").exists()
         readme = (repo / f"tiny_{part}/1/README.txt").read_text()
         assert "build_engine.sh" in readme and f"tiny_{part}/1/model.plan" in readme
@@ -253,8 +265,13 @@ def test_manifest_errors(dist, tmp_path):
         write_repository(manifest, dist, tmp_path / "a")
     with pytest.raises(ValueError, match="backend"):
         write_repository(MANIFEST, dist, tmp_path / "b", backend="openvino")
-    with pytest.raises(FileNotFoundError):
+    with pytest.raises(ManifestError, match="visual.onnx .part 'visual'. is missing"):
         write_repository(MANIFEST, tmp_path, tmp_path / "c")
+    manifest = copy.deepcopy(MANIFEST)
+    (tmp_path / "outside.onnx").write_bytes((dist / "visual.onnx").read_bytes())
+    manifest["parts"][0]["onnx"] = "../outside.onnx"
+    with pytest.raises(ManifestError, match="leads outside the export folder"):
+        write_repository(manifest, dist, tmp_path / "d")
 
 
 @pytest.mark.parametrize("dtype, name", [("float32", "TYPE_FP32"), ("torch.float16", "TYPE_FP16"),
