@@ -74,10 +74,11 @@ class Part(_Model):
     def _files_inside(self):
         for name in self.files():
             path = PurePosixPath(name)
-            if not name or "\\" in name or "\0" in name or path.is_absolute() \
-                    or ".." in path.parts:
+            if not name.isprintable() or "\\" in name or path.is_absolute() \
+                    or ".." in path.parts or name in ("", "."):
                 raise ValueError(f"part '{self.name}': {name!r} is not a file name inside the "
-                                 "export folder (no absolute paths, no '..')")
+                                 "export folder (no absolute paths, no '..', no control "
+                                 "characters)")
         return self
 
     def files(self) -> list[str]:
@@ -99,8 +100,9 @@ class Manifest(_Model):
     @model_validator(mode="after")
     def _consistent(self):
         names = [p.name for p in self.parts]
-        for name in {n for n in names if names.count(n) > 1}:
-            raise ValueError(f"part '{name}' appears twice")
+        twice = sorted({n for n in names if names.count(n) > 1})
+        if twice:
+            raise ValueError(f"part '{twice[0]}' appears twice")
         for part in self.parts:
             for file in part.files():
                 if file not in self.files:

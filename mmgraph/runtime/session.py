@@ -91,8 +91,6 @@ class Session:
             if array.dtype != np.dtype(spec.dtype):
                 raise InputError(f"input '{spec.name}': expected dtype {spec.dtype}, got "
                                  f"{array.dtype}")
-            if spec.kind == "Tokens":
-                _check_token_ids(spec, array)
             for axis, (want, got) in enumerate(zip(spec.shape, array.shape)):
                 if isinstance(want, int):
                     if got != want:
@@ -110,6 +108,8 @@ class Session:
                 if r and not r["min"] <= got <= r["max"]:
                     raise InputError(f"input '{spec.name}': dim {want} = {got} is outside the "
                                      f"exported range {r['min']}..{r['max']}")
+            if spec.kind == "Tokens":
+                _check_token_ids(spec, array)
             out[spec.name] = array
         return out
 
