@@ -6,6 +6,7 @@ raises a `SpecError` instead, for callers that want the graph or nothing (backen
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -117,28 +118,29 @@ def _check_library(program: Program, result: CheckResult) -> CheckResult:
 
 
 def check_file(path: str | Path, overrides: dict[str, Any] | None = None,
-               model: str | None = None) -> CheckResult:
-    """Parse and check every model of a spec file (or just `model`)."""
+               model: str | None = None, lib_dirs: Iterable[str | Path] = ()) -> CheckResult:
+    """Parse and check every model of a spec file (or just `model`); imports may also read
+    the folders in `lib_dirs`."""
     try:
-        program = load_program(path)
+        program = load_program(path, lib_dirs=lib_dirs)
     except SpecError as exc:
         return CheckResult(str(path), diagnostics=_unique(exc.diagnostics), failed_pass="parse")
     return check_program(program, overrides, model)
 
 
 def check_text(text: str, path: str = "<string>", overrides: dict[str, Any] | None = None,
-               model: str | None = None) -> CheckResult:
+               model: str | None = None, lib_dirs: Iterable[str | Path] = ()) -> CheckResult:
     try:
-        program = load_program(path, text=text)
+        program = load_program(path, text=text, lib_dirs=lib_dirs)
     except SpecError as exc:
         return CheckResult(path, diagnostics=_unique(exc.diagnostics), failed_pass="parse")
     return check_program(program, overrides, model)
 
 
 def build_graph(path: str | Path, overrides: dict[str, Any] | None = None,
-                model: str | None = None) -> Graph:
+                model: str | None = None, lib_dirs: Iterable[str | Path] = ()) -> Graph:
     """The checked graph of one model, or a SpecError with every error."""
-    result = check_file(path, overrides, model)
+    result = check_file(path, overrides, model, lib_dirs)
     if not result.ok:
         raise SpecError(result.errors)
     if len(result.graphs) != 1:

@@ -26,6 +26,24 @@ from mmgraph.ir.types import TensorType
 from mmgraph.lang.span import Span
 
 
+def cycle_edges(g: nx.DiGraph) -> list[tuple] | None:
+    """The edges of one cycle of `g`, or None, in time linear in its size.
+
+    `nx.find_cycle(g)` without a source restarts its search from every node, which is
+    quadratic on a long chain; here the search starts inside a strongly connected component
+    that holds a cycle, and only when there is one."""
+    if nx.is_directed_acyclic_graph(g):
+        return None
+    cyclic: set = set()
+    for component in nx.strongly_connected_components(g):
+        node = next(iter(component))
+        if len(component) > 1 or g.has_edge(node, node):
+            cyclic |= component
+    sub = g.subgraph(cyclic)
+    source = next(n for n in g if n in cyclic)  # the first in spec order, as before
+    return list(nx.find_cycle(sub, source=source))
+
+
 @dataclass(frozen=True)
 class Ref:
     """One output port of one node."""
@@ -208,11 +226,8 @@ class Graph:
         return g
 
     def find_cycle(self) -> list[str] | None:
-        try:
-            edges = nx.find_cycle(self.nx_graph())
-        except nx.NetworkXNoCycle:
-            return None
-        return [u for u, _ in edges] + [edges[0][0]]
+        edges = cycle_edges(self.nx_graph())
+        return [u for u, _ in edges] + [edges[0][0]] if edges else None
 
     def toposort(self) -> list[str]:
         """Nodes in dependency order, ties broken by spec order (stable dumps)."""

@@ -1,17 +1,23 @@
 """A spec file with its imports: the set of modules, constants and blocks a model can see.
 
-`import "common.mmg"` brings that file's top-level constants and blocks into scope (paths are
-relative to the importing file). Imports are files only: nothing is executed.
+`import "common.mmg"` brings that file's top-level constants and blocks into scope. Imports
+are files only, nothing is executed, and they stay inside the project: a path is relative to
+the importing file, names a `.mmg` file, and its real path (links followed) lies in the root
+spec's folder tree or in one of the explicit library folders (`lib_dirs`, `--lib DIR`), where
+a path is also looked up when no such file is next to the importing one. Anything else is
+refused with E103 before the file is opened, so a refused file is never read nor echoed.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+import os
+from collections.abc import Iterable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from mmgraph.lang import ast
 from mmgraph.lang.diagnostics import Diagnostic, DiagnosticSink, Note, SpecError
-from mmgraph.lang.parser import parse, parse_file
+from mmgraph.lang.parser import Unreadable, parse, parse_file, read_spec
 
 
 @dataclass
@@ -22,47 +28,114 @@ class Program:
     blocks: dict[str, ast.Block] = field(default_factory=dict)
 
 
-def load_program(path: str | Path | None = None, text: str | None = None) -> Program:
-    """Parse a spec (from a file, or `text` named `path`) and everything it imports."""
+def load_program(path: str | Path | None = None, text: str | None = None,
+                 lib_dirs: Iterable[str | Path] = ()) -> Program:
+    """Parse a spec (from a file, or `text` named `path`) and everything it imports.
+
+    `lib_dirs` are folders outside the root spec's folder that imports may also read."""
     sink = DiagnosticSink()
     if text is not None:
         root = parse(text, str(path or "<string>"))
     else:
         root = parse_file(path)
     program = Program(root)
-    _load_imports(program, root, [root.path], sink)
+    loader = _Loader(program, Path(root.path).parent, [Path(d) for d in lib_dirs], sink)
+    loader.load(root, [os.path.realpath(root.path)])
     _collect(program, sink)
     sink.raise_if_errors()
     return program
 
 
-def _load_imports(program: Program, module: ast.Module, chain: list[str],
-                  sink: DiagnosticSink) -> None:
-    program.modules[module.path] = module
-    base = Path(module.path).parent
-    for imp in module.imports:
-        target = base / imp.path.value
-        key = str(target)
-        if key in chain or str(target.resolve()) in [str(Path(c).resolve()) for c in chain]:
-            cycle = " -> ".join([Path(c).name for c in chain] + [target.name])
-            sink.add(Diagnostic("E104", f"import cycle: {cycle}", imp.path.span,
-                                hint="move the shared blocks into a file both can import"))
-            continue
-        if key in program.modules:
-            continue
-        if not target.is_file():
-            sink.add(Diagnostic("E103", f"cannot import \"{imp.path.value}\": no such file "
-                                        f"next to {Path(module.path).name}", imp.path.span,
-                                hint=f"import paths are relative to the importing file; "
-                                     f"looked for {target}"))
-            continue
-        try:
-            imported = parse_file(target)
-        except SpecError as exc:
-            for d in exc.diagnostics:  # a file that cannot be read: point at the import
-                sink.add(d if d.span else replace(d, span=imp.path.span))
-            continue
-        _load_imports(program, imported, chain + [key], sink)
+_OUTSIDE_HINT = ("imports stay inside the root spec's folder and its subfolders; write a "
+                 "relative path, or allow a library folder with --lib DIR")
+
+
+def _inside(real: str, folders: list[str]) -> bool:
+    return any(os.path.commonpath([real, f]) == f for f in folders)
+
+
+class _Loader:
+    """Finds, confines and parses the files a program imports, each once."""
+
+    def __init__(self, program: Program, root_dir: Path, lib_dirs: list[Path],
+                 sink: DiagnosticSink):
+        self.program, self.lib_dirs, self.sink = program, lib_dirs, sink
+        self.project = os.path.realpath(root_dir)
+        self.libs = [os.path.realpath(d) for d in lib_dirs]
+        self.loaded: set[str] = set()  # real paths
+        for d in lib_dirs:
+            if not os.path.isdir(d):
+                sink.add(Diagnostic("E103", f"library folder {d} is not a folder", None,
+                                    hint="--lib takes an existing folder of .mmg files"))
+
+    def load(self, module: ast.Module, chain: list[str]) -> None:
+        """Add `module` and, depth first, what it imports; `chain` holds the real paths
+        of the files importing it, to find cycles."""
+        self.program.modules[module.path] = module
+        self.loaded.add(chain[-1])
+        for imp in module.imports:
+            found = self.locate(imp, Path(module.path))
+            if found is None:
+                continue
+            shown, real = found
+            if real in chain:
+                cycle = " -> ".join([Path(c).name for c in chain] + [Path(real).name])
+                self.sink.add(Diagnostic("E104", f"import cycle: {cycle}", imp.path.span,
+                                         hint="move the shared blocks into a file both can "
+                                              "import"))
+                continue
+            if real in self.loaded:
+                continue
+            try:
+                imported = parse(read_spec(real), shown)
+            except Unreadable as exc:
+                self.refuse(imp, f"{exc}", "import .mmg spec files (UTF-8 text)")
+                continue
+            except SpecError as exc:  # a mistake in a spec of the project: shown as usual
+                for d in exc.diagnostics:
+                    self.sink.add(d)
+                continue
+            self.load(imported, chain + [real])
+
+    def locate(self, imp: ast.Import, importer: Path) -> tuple[str, str] | None:
+        """(the path to show, the real path) of an import, or None after a diagnostic."""
+        text = imp.path.value
+        control = next((c for c in text if ord(c) < 32 or ord(c) == 127), None)
+        if not text.strip():
+            return self.refuse(imp, "the path is empty", "write the file's name, e.g. "
+                                                         "\"common.mmg\"")
+        if control is not None:
+            return self.refuse(imp, f"the path contains the control character {control!r}",
+                               "an import path is a plain file name")
+        allowed = [self.project, *self.libs]
+        if os.path.isabs(text) and not _inside(os.path.realpath(text), self.libs):
+            return self.refuse(imp, "an import path is relative to the importing file, "
+                                    "not absolute", _OUTSIDE_HINT)
+        if not text.endswith(".mmg"):
+            return self.refuse(imp, "only .mmg spec files can be imported",
+                               "name the spec file, e.g. \"common.mmg\"")
+        if os.path.isabs(text):
+            candidates = [Path(text)]
+        else:
+            candidates = [importer.parent / text] + [d / text for d in self.lib_dirs]
+        for candidate in candidates:
+            real = os.path.realpath(candidate)
+            if _inside(real, allowed) and os.path.lexists(candidate):
+                if not real.endswith(".mmg"):
+                    return self.refuse(imp, "it links to a file that is not a .mmg spec",
+                                       "import .mmg spec files")
+                return str(candidate), real
+        if not _inside(os.path.realpath(candidates[0]), allowed):
+            return self.refuse(imp, f"it is outside the project folder {self.project}",
+                               _OUTSIDE_HINT)
+        return self.refuse(imp, f"no such file next to {importer.name}",
+                           "import paths are relative to the importing file; looked for "
+                           + " and ".join(str(c) for c in candidates))
+
+    def refuse(self, imp: ast.Import, why: str, hint: str) -> None:
+        shown = "".join(c if c.isprintable() else repr(c)[1:-1] for c in imp.path.value)
+        self.sink.add(Diagnostic("E103", f"cannot import \"{shown}\": {why}", imp.path.span,
+                                 hint=hint))
 
 
 def _collect(program: Program, sink: DiagnosticSink) -> None:

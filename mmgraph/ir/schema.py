@@ -10,6 +10,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
+from mmgraph.ir import types as T
 from mmgraph.ir.consts import BUILTIN_CONSTS, evaluate
 from mmgraph.lang import ast
 from mmgraph.lang.diagnostics import Diagnostic, Note, SpecError, closest
@@ -103,11 +104,12 @@ def _message(err: dict, field, given: Any) -> tuple[str, str | None]:
 
 def validate(schema: type[BaseModel], items: list[tuple[ast.Ident, ast.Expr]],
              env: dict[str, Any], what: str, codes: Codes, where: Span | None,
-             symbols: bool = False, strict: bool = True):
+             symbols: bool = False, strict: bool = True, sizes: bool = False):
     """Evaluate `name = value` pairs and validate them; returns (model, {name: (ident, expr)}).
 
     `what` names the thing in messages ("vit", "stage 'align'"); `where` is the span for
     problems of the whole list (a missing name). With `symbols`, bare names are strings.
+    With `sizes` (component parameters), no integer may exceed `types.MAX_SIZE`.
     """
     fields = schema.model_fields
     values: dict[str, Any] = {}
@@ -127,6 +129,13 @@ def validate(schema: type[BaseModel], items: list[tuple[ast.Ident, ast.Expr]],
             problems.extend(exc.diagnostics)
             continue
         value = to_plain(value)
+        if sizes and _largest_int(value) > T.MAX_SIZE:
+            problems.append(Diagnostic(
+                codes.bad, f"{what} parameter '{ident.name}': {show(value)} is too large "
+                           f"(at most {T.MAX_SIZE:,}, 2**31 - 1)", expr.span,
+                hint="no size past 2**31 - 1 can be allocated; check the number or the "
+                     "constant it comes from"))
+            continue
         field = fields.get(ident.name)
         if field is not None and isinstance(value, str) and _is_sequence(field.annotation):
             value = (value,)  # `trainable = all` means [all]
@@ -167,6 +176,13 @@ def validate(schema: type[BaseModel], items: list[tuple[ast.Ident, ast.Expr]],
                 msg = err["msg"].removeprefix("Value error, ")
                 problems.append(Diagnostic(codes.bad, f"{what}: {msg}", where))
         raise SpecError(problems) from None
+
+
+def _largest_int(value: Any) -> int:
+    """The largest magnitude of the integers in a value (0 when there are none)."""
+    if isinstance(value, tuple):
+        return max((_largest_int(v) for v in value), default=0)
+    return abs(value) if isinstance(value, int) and not isinstance(value, bool) else 0
 
 
 def _hint(fields, name: str) -> str | None:

@@ -14,6 +14,15 @@ import sympy
 
 Dim = sympy.Expr
 
+# What a spec may ask for, checked at `mmgraph check` so that no later stage overflows or
+# tries to allocate the impossible: one size (a dim, a width, a vocab) fits in int32, as ONNX,
+# TensorRT and CUDA kernels index; one value holds at most 2**40 numbers with every free dim
+# at 1; one layer's largest weight matrix (estimated as its two largest sizes multiplied)
+# holds at most 2**40 numbers.
+MAX_SIZE = 2**31 - 1
+MAX_ELEMENTS = 2**40
+MAX_WEIGHTS = 2**40
+
 
 @dataclass(frozen=True)
 class Kind:
@@ -165,3 +174,24 @@ def differ(a: Dim, b: Dim) -> bool:
 def is_integral(d: Dim) -> bool:
     """False when d is certainly not an integer (e.g. 225/14)."""
     return d.is_integer is not False and not (d.is_number and not d.is_Integer)
+
+
+def smallest(d: Dim) -> int | None:
+    """The dim with every free symbol at 1 (its smallest value), or None if not a number."""
+    value = d.subs({s: 1 for s in d.free_symbols}) if d.free_symbols else d
+    return int(value) if value.is_number and value.is_finite else None
+
+
+def oversize(t: TensorType) -> str | None:
+    """Why a value of type `t` cannot be allocated, or None when it can."""
+    numel = 1
+    for d in t.dims:
+        n = smallest(d)
+        if n is None:
+            continue
+        if n > MAX_SIZE:
+            return f"its dim {format_dim(d)} is larger than {MAX_SIZE:,} (2**31 - 1)"
+        numel *= n
+    if numel > MAX_ELEMENTS:
+        return f"it holds {numel:,} numbers even with every free dim at 1, more than 2**40"
+    return None

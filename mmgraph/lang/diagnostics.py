@@ -30,6 +30,7 @@ CODES: dict[str, str] = {
     "E006": "misplaced statement",
     "E007": "invalid number",
     "E008": "nesting too deep",
+    "E009": "invalid escape in string",
     # E1xx: names, scopes and imports
     "E101": "unknown name",
     "E102": "duplicate definition",
@@ -154,6 +155,9 @@ def did_you_mean(name: str, candidates: Iterable[str]) -> str | None:
     return f"did you mean '{match}'?" if match else None
 
 
+EXCERPT_WIDTH = 120  # a longer source line is shown as a window around the caret
+
+
 def _excerpt(span: Span) -> list[str]:
     text = span.source.line(span.line)
     number = str(span.line)
@@ -164,11 +168,24 @@ def _excerpt(span: Span) -> list[str]:
     else:
         width = max(len(text) - start + 1, 1)
     width = max(1, min(width, max(len(text) - start + 1, 1)))
+    if len(text) > EXCERPT_WIDTH:
+        text, start, width = _window(text, start, width)
     return [
         f"{pad} |",
         f"{number} | {text}",
         f"{pad} | {' ' * (start - 1)}{'^' * width}",
     ]
+
+
+def _window(text: str, start: int, width: int) -> tuple[str, int, int]:
+    """A long line cut to about EXCERPT_WIDTH characters around the caret, with `…` where
+    it was cut; returns the shown text and the caret's new start and width."""
+    width = min(width, EXCERPT_WIDTH // 2)
+    begin = max(0, start - 1 - (EXCERPT_WIDTH - width) // 2)
+    end = min(len(text), begin + EXCERPT_WIDTH)
+    begin = max(0, end - EXCERPT_WIDTH)
+    shown = ("…" if begin else "") + text[begin:end] + ("…" if end < len(text) else "")
+    return shown, start - begin + (1 if begin else 0), width
 
 
 def render(d: Diagnostic, *, excerpt: bool = True) -> str:

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import functools
 import math
+import os
+import stat
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -21,6 +23,7 @@ from lark.exceptions import (
     VisitError,
 )
 
+from mmgraph.errors import describe_os_error
 from mmgraph.lang import ast
 from mmgraph.lang.diagnostics import SpecError, error
 from mmgraph.lang.span import Source, Span
@@ -73,15 +76,58 @@ def _too_deep(source: Source):
                  hint="split the expression into named constants or values")
 
 
-def parse_file(path: str | Path) -> ast.Module:
-    p = Path(path)
+MAX_SPEC_BYTES = 4 * 2**20  # far above any real spec; a bound on what a mistake can make us read
+
+
+class Unreadable(Exception):
+    """Why a spec file cannot be read, in words that never quote the file's content."""
+
+
+def read_spec(path: str | Path) -> str:
+    """The UTF-8 text of a spec file, refusing what is no regular file or too large.
+
+    The file is opened without blocking and checked with fstat before any byte is read, so
+    a FIFO never hangs and a device such as /dev/zero is never read."""
     try:
-        text = p.read_text(encoding="utf-8")
-    except UnicodeDecodeError as exc:
-        raise error("E001", f"cannot read {path}: it is not UTF-8 text (byte {exc.start})",
-                    hint="specs are UTF-8 text files") from None
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    except (OSError, ValueError) as exc:  # ValueError: a NUL in the name
+        raise Unreadable(_os_reason(exc)) from None
+    try:
+        mode = os.fstat(fd).st_mode
+        if stat.S_ISDIR(mode):
+            raise Unreadable("it is a folder, not a file")
+        if not stat.S_ISREG(mode):
+            raise Unreadable("it is not a regular file (a FIFO, device or socket)")
+        chunks, size = [], 0
+        while size <= MAX_SPEC_BYTES and (chunk := os.read(fd, MAX_SPEC_BYTES + 1 - size)):
+            chunks.append(chunk)
+            size += len(chunk)
     except OSError as exc:
-        raise error("E001", f"cannot read {path}: {exc.strerror or exc}",
+        raise Unreadable(_os_reason(exc)) from None
+    finally:
+        os.close(fd)
+    data = b"".join(chunks)
+    if len(data) > MAX_SPEC_BYTES:
+        raise Unreadable(f"it is larger than {MAX_SPEC_BYTES // 2**20} MiB, "
+                         "the most a spec may be")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise Unreadable(f"it is not UTF-8 text (byte {exc.start})") from None
+
+
+def _os_reason(exc: Exception) -> str:
+    if isinstance(exc, OSError):
+        return describe_os_error(OSError(exc.errno, exc.strerror))  # without the file name
+    return "the path contains a NUL character"
+
+
+def parse_file(path: str | Path) -> ast.Module:
+    """Read and parse the spec at `path`; a file that cannot be read is an E001."""
+    try:
+        text = read_spec(path)
+    except Unreadable as exc:
+        raise error("E001", f"cannot read {path}: {exc}",
                     hint="check the path; specs are UTF-8 text files") from None
     return parse(text, str(path))
 
@@ -349,16 +395,63 @@ def _bad_character(source: Source, exc: UnexpectedCharacters):
 
 # ---------------------------------------------------------------- tree to AST
 
-def _number(text: str) -> int | float:
+MAX_INT_LITERAL = 2**63 - 1  # int64, what every backend can hold
+
+
+def _number(text: str) -> int | float | None:
+    """The value of a number literal; None when it is too large to be one (an integer past
+    int64, a float past the double range). Digits are counted before converting, so a
+    100,000-digit literal costs nothing (and never meets Python's int-string limit)."""
     clean = text.replace("_", "")
     if any(c in clean for c in ".eE"):
         value = float(clean)
+        if not math.isfinite(value):
+            return None
         return int(value) if value.is_integer() and "." not in clean and value < 2**53 else value
-    return int(clean)
+    if len(clean.lstrip("0")) > len(str(MAX_INT_LITERAL)):
+        return None
+    value = int(clean)
+    return value if value <= MAX_INT_LITERAL else None
 
 
-def _unquote(text: str) -> str:
-    return bytes(text[1:-1], "utf-8").decode("unicode_escape")
+def _shorten(text: str, keep: int = 24) -> str:
+    """A long literal as `12345678901…` with its length, so a message stays one line."""
+    return text if len(text) <= keep else f"{text[:keep - 4]}… ({len(text)} characters)"
+
+
+_ESCAPES = {"\\": "\\", '"': '"', "'": "'", "n": "\n", "t": "\t", "r": "\r"}
+
+
+def _unquote(source: Source, tok: Token) -> str:
+    r"""The value of a string literal: its characters as written (UTF-8 kept), with the
+    escapes \\ \" \' \n \t \r and \uXXXX; any other escape is an E009 at its column."""
+    text, out, i = str(tok)[1:-1], [], 0
+    while i < len(text):
+        ch = text[i]
+        if ch != "\\":
+            out.append(ch)
+            i += 1
+            continue
+        code = text[i + 1]  # the grammar ends no string on a lone backslash
+        col = tok.column + 1 + i
+        if code in _ESCAPES:
+            out.append(_ESCAPES[code])
+            i += 2
+            continue
+        if code == "u":
+            digits = text[i + 2:i + 6]
+            if len(digits) == 4 and all(c in "0123456789abcdefABCDEF" for c in digits) \
+                    and not 0xD800 <= int(digits, 16) <= 0xDFFF:
+                out.append(chr(int(digits, 16)))
+                i += 6
+                continue
+            raise error("E009", "\\u needs four hex digits of a character, e.g. \\u00e9",
+                        _point(source, tok.line, col, 2 + len(digits)))
+        raise error("E009", f"unknown escape '\\{code}' in a string",
+                    _point(source, tok.line, col, 2),
+                    hint="strings know \\\\ \\\" \\' \\n \\t \\r and \\uXXXX; "
+                         "write \\\\ for a backslash")
+    return "".join(out)
 
 
 @v_args(meta=True, inline=True)
@@ -385,7 +478,7 @@ class _ToAst(Transformer):
 
     def import_stmt(self, meta, path):
         span = Span.of_meta(self.source, path)
-        return ast.Import(ast.Str(_unquote(str(path)), span), self._span(meta))
+        return ast.Import(ast.Str(_unquote(self.source, path), span), self._span(meta))
 
     def const_def(self, meta, name, value):
         return ast.Const(self._ident(name), value, self._span(meta))
@@ -505,12 +598,14 @@ class _ToAst(Transformer):
     def number(self, meta, tok):
         span = Span.of_meta(self.source, tok)
         value = _number(str(tok))
-        if isinstance(value, float) and not math.isfinite(value):
-            raise error("E007", f"number '{tok}' is too large", span)
+        if value is None:
+            raise error("E007", f"number '{_shorten(str(tok))}' is too large", span,
+                        hint=f"integers are at most 2**63 - 1 ({MAX_INT_LITERAL}), other "
+                             "numbers at most about 1.8e308")
         return ast.Num(value, span)
 
     def string(self, meta, tok):
-        return ast.Str(_unquote(str(tok)), Span.of_meta(self.source, tok))
+        return ast.Str(_unquote(self.source, tok), Span.of_meta(self.source, tok))
 
     def name(self, meta, tok):
         return ast.Name(str(tok), Span.of_meta(self.source, tok))

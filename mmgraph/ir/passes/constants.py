@@ -12,6 +12,7 @@ from typing import Any
 import networkx as nx
 
 from mmgraph.ir.consts import evaluate
+from mmgraph.ir.graph import cycle_edges
 from mmgraph.ir.passes.base import Compilation
 from mmgraph.ir.passes.resolve import walk
 from mmgraph.lang import ast
@@ -31,10 +32,9 @@ def evaluate_all(defs: dict[str, tuple[ast.Ident, ast.Expr]], env: dict[str, Any
                 sink.add(Diagnostic("E306", f"constant '{name}' is defined in terms of itself",
                                     e.span))
                 return env
-    try:
-        order = list(nx.topological_sort(g))
-    except nx.NetworkXUnfeasible:
-        cycle = [u for u, _ in nx.find_cycle(g)]
+    edges = cycle_edges(g)
+    if edges:
+        cycle = [u for u, _ in edges]
         ident = defs[cycle[0]][0]
         sink.add(Diagnostic("E306", f"constants depend on each other in a loop: "
                                     f"{' -> '.join(cycle + [cycle[0]])}", ident.span,
@@ -42,7 +42,7 @@ def evaluate_all(defs: dict[str, tuple[ast.Ident, ast.Expr]], env: dict[str, Any
                                         for n in cycle[1:])))
         return env
     failed: set[str] = set()
-    for name in order:
+    for name in nx.topological_sort(g):
         if name in overrides:
             env[name] = overrides[name]
             continue

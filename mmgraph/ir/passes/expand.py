@@ -154,13 +154,13 @@ class Lowerer:
                     scope.failed.add(local)
         inputs = set(scope.values)
         _, value_assigns = classify_assigns(body, inputs)
-        producers = {t.name: a for a in value_assigns for t in a.targets}
+        producer = {t.name: i for i, a in enumerate(value_assigns) for t in a.targets}
         order = nx.DiGraph()
         for i, a in enumerate(value_assigns):
             order.add_node(i)
             for e in walk(a.value):
-                if isinstance(e, ast.Name) and e.id in producers:
-                    order.add_edge(value_assigns.index(producers[e.id]), i)
+                if isinstance(e, ast.Name) and e.id in producer:
+                    order.add_edge(producer[e.id], i)
         for i in nx.lexicographical_topological_sort(order):
             a = value_assigns[i]
             try:
@@ -187,13 +187,22 @@ class Lowerer:
             if d.is_number and d <= 0:
                 raise error("E304", f"dimension {T.format_dim(d)} must be positive",
                             t.dims[i].span)
+            if (T.smallest(d) or 0) > T.MAX_SIZE:
+                raise error("E304", f"dimension {T.format_dim(d)} is too large (at most "
+                                    f"{T.MAX_SIZE:,}, 2**31 - 1)", t.dims[i].span,
+                            hint="no size past 2**31 - 1 can be allocated")
         if kind.name == "Boxes" and not T.same_dim(dims[2], 4):
             raise error("E303", "Boxes have 4 coordinates per box", t.dims[2].span)
         dtype = next((T.DTYPE_ALIASES.get(tag.name, tag.name) for tag in t.tags
                       if tag.name in T.DTYPES or tag.name in T.DTYPE_ALIASES), None)
         tags = [tag.name for tag in t.tags
                 if tag.name not in T.DTYPES and tag.name not in T.DTYPE_ALIASES]
-        return T.make(kind.name, dims, dtype, tags or None)
+        made = T.make(kind.name, dims, dtype, tags or None)
+        too_large = T.oversize(made)
+        if too_large:
+            raise error("E304", f"{made} is too large: {too_large}", t.span,
+                        hint="no value past 2**40 numbers can be allocated")
+        return made
 
     # ---------------------------------------------------------------- declarations
     def declare(self, stmt: ast.Instance, scope: Scope) -> None:
@@ -229,7 +238,7 @@ class Lowerer:
             comp = registry.get(name)
             decl.component = comp
             decl.params, given = validate(comp.Params, kwargs(call.kwargs), scope.consts, name,
-                                          PARAMS, call.span)
+                                          PARAMS, call.span, sizes=True)
             decl.param_spans = {k: v[1].span for k, v in given.items()}
             if decl.lora and decl.lora_span and not lora_fits(comp, decl.lora):
                 raise lora_error(comp, decl.lora, decl.lora_span)
@@ -278,7 +287,8 @@ class Lowerer:
                 self.g.instances[name].shared = other.name if i is None else f"{other.name}.{i}"
 
     def lora(self, m: ast.Modifier, scope: Scope) -> Lora:
-        p, _ = validate(LoraParams, kwargs(m.kwargs), scope.consts, "lora", PARAMS, m.span)
+        p, _ = validate(LoraParams, kwargs(m.kwargs), scope.consts, "lora", PARAMS, m.span,
+                        sizes=True)
         if "all" in p.targets and len(p.targets) > 1:
             raise error("E206", "lora targets: 'all' already covers every linear layer", m.span)
         if p.alpha <= 0:
@@ -547,7 +557,8 @@ class Lowerer:
         comp = registry.get(name)
         ports = {p.name for p in comp.inputs}
         params_kw = [k for k in e.kwargs if k.name.name not in ports]
-        p, given = validate(comp.Params, kwargs(params_kw), scope.consts, name, PARAMS, e.span)
+        p, given = validate(comp.Params, kwargs(params_kw), scope.consts, name, PARAMS, e.span,
+                            sizes=True)
         inst_name = self.anon_name(scope, name_hint or name)
         shared = f"{scope.shared}.{inst_name[len(scope.prefix) + 1:]}" if scope.shared else None
         decl = Decl(inst_name, "layer", e.span, component=comp, params=p, frozen=scope.frozen,

@@ -33,6 +33,7 @@ def run(c: Compilation) -> None:
         try:
             check_ports(g, node)
             node.types = infer_node(g, node, bindings)
+            check_sizes(g, node, args={p: g.type_of(r) for p, r in node.inputs})
         except SpecError as exc:
             c.sink.add(exc)
             failed.add(name)
@@ -43,6 +44,43 @@ def run(c: Compilation) -> None:
         if term.value.node not in failed and term.value.port not in g.nodes[term.value.node].types:
             c.sink.add(_no_port(g, term.value, term.span))
     g.meta["failed"] = failed
+
+
+def check_sizes(g: Graph, node: Node, args: dict[str, T.TensorType]) -> None:
+    """No value past what can be allocated, and no layer whose largest weight matrix would
+    be: the layer's two largest sizes (its integer parameters and the widths it takes and
+    gives) multiplied, an estimate that needs no torch."""
+    for port, t in node.types.items():
+        why = T.oversize(t)
+        if why:
+            what = node.name if port == "out" else f"{node.name}.{port}"
+            raise error("E304", f"'{what}' would be {t}, too large: {why}", node.span,
+                        hint="check the sizes of the layers and inputs that make it")
+    if node.op != "call":
+        return
+    inst = g.instances[node.target]
+    if not registry.get(inst.component).has_weights:
+        return
+    sizes: dict[int, str | None] = {}  # distinct sizes, each with a parameter that gives it
+    for t in [*args.values(), *node.types.values()]:
+        width = T.smallest(t.dims[-1]) if t is not None and t.dims else None
+        if width:
+            sizes[width] = None
+    for field, value in inst.params.model_dump().items():
+        for v in value if isinstance(value, (list, tuple)) else [value]:
+            if isinstance(v, int) and not isinstance(v, bool) and v > 0:
+                sizes[v] = field
+    if len(sizes) < 2:
+        return
+    a, b = sorted(sizes, reverse=True)[:2]
+    if a * b > T.MAX_WEIGHTS:
+        field = sizes[a] or sizes[b]
+        span = inst.meta.get("param_spans", {}).get(field, inst.span)
+        raise error("E203", f"'{inst.name}' ({inst.component}) is too large: its sizes {a:,} "
+                            f"and {b:,} make a weight matrix of {a * b:.2e} numbers, more "
+                            "than 2**40", span,
+                    hint="no layer that large can be allocated; check its parameters and "
+                         "the width of its input")
 
 
 def _no_port(g: Graph, ref, span) -> Diagnostic:

@@ -13,6 +13,7 @@ import networkx as nx
 
 from mmgraph.components import registry
 from mmgraph.ir import types as T
+from mmgraph.ir.graph import cycle_edges
 from mmgraph.ir.consts import BUILTIN_CONSTS, CONST_FUNCTIONS
 from mmgraph.ir.passes.base import Compilation
 from mmgraph.lang import ast
@@ -60,20 +61,29 @@ def uses_values(expr, values: set[str]) -> bool:
 
 
 def classify_assigns(body, seed_values: set[str]) -> tuple[list[ast.Assign], list[ast.Assign]]:
-    """Split a body's assignments into (constants, values), by a fixpoint over names."""
+    """Split a body's assignments into (constants, values): an assignment is a value when it
+    computes on the graph or names a value, directly or through other assignments.
+
+    A worklist over "who uses this name", so the time is linear in the body's size (a
+    fixpoint that rescans every assignment is quadratic in the number of constants)."""
     assigns = [s for s in body if isinstance(s, ast.Assign)]
-    values = set(seed_values)
-    value_assigns: set[int] = set()
-    changed = True
-    while changed:
-        changed = False
-        for i, a in enumerate(assigns):
-            if i not in value_assigns and (len(a.targets) > 1 or uses_values(a.value, values)):
-                value_assigns.add(i)
-                values.update(t.name for t in a.targets)
-                changed = True
-    consts = [a for i, a in enumerate(assigns) if i not in value_assigns]
-    vals = [a for i, a in enumerate(assigns) if i in value_assigns]
+    users: dict[str, list[int]] = {}
+    is_value = [False] * len(assigns)
+    pending: list[int] = []
+    for i, a in enumerate(assigns):
+        if len(a.targets) > 1 or uses_values(a.value, seed_values):
+            is_value[i] = True
+            pending.append(i)
+        for name in {e.id for e in walk(a.value) if isinstance(e, ast.Name)}:
+            users.setdefault(name, []).append(i)
+    while pending:
+        for t in assigns[pending.pop()].targets:
+            for j in users.pop(t.name, ()):
+                if not is_value[j]:
+                    is_value[j] = True
+                    pending.append(j)
+    consts = [a for a, v in zip(assigns, is_value) if not v]
+    vals = [a for a, v in zip(assigns, is_value) if v]
     return consts, vals
 
 
@@ -87,6 +97,7 @@ class BodyChecker:
         self.defined: dict[str, ast.Ident] = dict(self.params)
         self.kind: dict[str, str] = {name: "constant" for name in self.params}
         self.duplicates: set[str] = set()
+        self.free_dims: set[str] = set()  # names in input types that are no constant
 
     def define(self, ident: ast.Ident, kind: str) -> None:
         if ident.name in self.defined:
@@ -106,6 +117,8 @@ class BodyChecker:
             if isinstance(stmt, ast.Input):
                 self.define(stmt.name, "input")
                 self.check_type(stmt.type)
+                self.free_dims |= {e.id for d in stmt.type.dims for e in walk(d)
+                                   if isinstance(e, ast.Name)}
             elif isinstance(stmt, ast.Instance):
                 self.define(stmt.name, "instance")
             elif isinstance(stmt, ast.Loss):
@@ -122,12 +135,14 @@ class BodyChecker:
             for t in a.targets:
                 self.define(t, "value")
         self.check_cycles(value_assigns)
+        self.free_dims -= set(self.defined) | set(self.c.program.consts)
 
+        const_ids = {id(a) for a in const_assigns}  # a set: `in` a list is quadratic
         for stmt in body:
             if isinstance(stmt, ast.Instance):
                 self.check_declaration(stmt)
             elif isinstance(stmt, ast.Assign):
-                self.check_expr(stmt.value, const_only=stmt in const_assigns)
+                self.check_expr(stmt.value, const_only=id(stmt) in const_ids)
             elif isinstance(stmt, ast.Output):
                 for item in stmt.items:
                     self.check_expr(item.value)
@@ -209,8 +224,7 @@ class BodyChecker:
                 kind = self.kind.get(e.id)
                 if kind is None:
                     self.sink.add(Diagnostic("E101", f"unknown name '{e.id}'", e.span,
-                                             hint=did_you_mean(e.id, list(self.kind) +
-                                                               list(self.c.program.consts))))
+                                             hint=self.unknown_hint(e.id, const_only)))
                 elif kind == "instance":
                     self.sink.add(Diagnostic("E302", f"'{e.id}' is a layer, not a value",
                                              e.span, hint=f"call it: {e.id}(...)"))
@@ -242,6 +256,19 @@ class BodyChecker:
                             hint=did_you_mean(name, self.callables())
                             or "declare it first, e.g. `layer NAME: component(...)`"))
 
+    def unknown_hint(self, name: str, const_only: bool) -> str:
+        """What an unknown name most likely is: a free dim where a number is needed, a typo,
+        or an input the body forgot to declare."""
+        if name in self.free_dims:
+            return (f"'{name}' is a free dim of an input type, known only when data arrives; "
+                    f"a parameter needs a number: write one, or define a constant "
+                    f"`{name} = 32` (and use it in the types too)")
+        typo = did_you_mean(name, list(self.kind) + list(self.c.program.consts))
+        if const_only:
+            return typo or "a parameter can use numbers, strings, true/false and constants"
+        return typo or (f"if it is an input, declare it with its type, e.g. "
+                         f"`input {name}: Tensor[B, 64]`")
+
     def check_cycles(self, value_assigns: list[ast.Assign]) -> None:
         # a name defined twice is already an error; its "cycle" would only repeat it
         value_assigns = [a for a in value_assigns
@@ -254,9 +281,8 @@ class BodyChecker:
                 for e in walk(a.value):
                     if isinstance(e, ast.Name) and e.id in producers:
                         g.add_edge(e.id, t.name)
-        try:
-            edges = nx.find_cycle(g)
-        except nx.NetworkXNoCycle:
+        edges = cycle_edges(g)
+        if not edges:
             return
         path = [u for u, _ in edges] + [edges[0][0]]
         first = producers[path[0]]
