@@ -81,11 +81,19 @@ class CoAttention(nn.Module):
         super().__init__()
         self.a_block = Block(in_width, heads, cross=True)
         self.b_block = Block(in_width, heads, cross=True)
-        if not ffn:
-            self.a_block.ffn = self.b_block.ffn = None
+        if not ffn:  # attention only: no feed-forward weights at all, so none go unused
+            for block in (self.a_block, self.b_block):
+                block.ffn = block.norm2 = None
+
+    @staticmethod
+    def _attend(block: Block, x, ctx):
+        """Block's pre-norm forward, with its feed-forward sub-layer when it has one."""
+        x = x + block.attn(block.norm1(x))
+        x = x + block.cross(block.norm_cross(x), ctx)
+        return x if block.ffn is None else x + block.ffn(block.norm2(x))
 
     def forward(self, a, b):
-        return self.a_block(a, ctx=b), self.b_block(b, ctx=a)
+        return self._attend(self.a_block, a, b), self._attend(self.b_block, b, a)
 
 
 class FFN(nn.Module):

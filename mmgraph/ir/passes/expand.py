@@ -49,6 +49,7 @@ class Decl:
     frozen_by: str | None = None  # the declaration whose `frozen` made this one frozen
     lora: Lora | None = None
     lora_span: Span | None = None
+    lora_targets: dict[str, Span] = field(default_factory=dict)  # as written, when written
     shared: str | None = None
     shared_target: ast.Ident | None = None  # `shared(x)` as written, resolved after the body
     param_spans: dict[str, Span] = field(default_factory=dict)
@@ -89,6 +90,20 @@ def lora_fits(comp: Component, lora: Lora) -> bool:
         return True
     return bool(comp.lora_targets) and ("all" in lora.targets or
                                         bool(set(lora.targets) & set(comp.lora_targets)))
+
+
+def unknown_lora_target(what: str, available, given: dict[str, Span]) -> SpecError | None:
+    """The first explicitly given LoRA target that names no linear layer of `what`, whose
+    layers are `available` (a component that is itself one linear layer takes any)."""
+    names = [t for t in dict.fromkeys(available) if t != "self"]
+    if not names or "self" in available:
+        return None
+    for target, span in given.items():
+        if target != "all" and target not in names:
+            return error("E206", f"lora target '{target}' is no linear layer of {what}", span,
+                         hint=did_you_mean(target, names) or
+                         f"its linear layers are: {', '.join(names)} (or 'all')")
+    return None
 
 
 def lora_error(comp: Component, lora: Lora, span: Span) -> SpecError:
@@ -242,6 +257,9 @@ class Lowerer:
             decl.param_spans = {k: v[1].span for k, v in given.items()}
             if decl.lora and decl.lora_span and not lora_fits(comp, decl.lora):
                 raise lora_error(comp, decl.lora, decl.lora_span)
+            bad_target = unknown_lora_target(name, comp.lora_targets, decl.lora_targets)
+            if bad_target:
+                raise bad_target
             for i in range(times) if times else [None]:
                 name = decl.name if i is None else f"{decl.name}.{i}"
                 shared = None if i is None or not decl.shared else f"{decl.shared}.{i}"
@@ -261,7 +279,8 @@ class Lowerer:
                 if m.args:
                     raise error("E206", "lora takes its settings by name", m.args[0].span,
                                 hint="e.g. lora(r=8, alpha=16)")
-                decl.lora, decl.lora_span = self.lora(m, scope), m.span
+                decl.lora, decl.lora_targets = self.lora(m, scope)
+                decl.lora_span = m.span
             elif m.kind == "shared":
                 decl.shared_target = m.target
 
@@ -286,14 +305,22 @@ class Lowerer:
             if name in self.g.instances:
                 self.g.instances[name].shared = other.name if i is None else f"{other.name}.{i}"
 
-    def lora(self, m: ast.Modifier, scope: Scope) -> Lora:
-        p, _ = validate(LoraParams, kwargs(m.kwargs), scope.consts, "lora", PARAMS, m.span,
-                        sizes=True)
+    def lora(self, m: ast.Modifier, scope: Scope) -> tuple[Lora, dict[str, Span]]:
+        """The adapter's settings, and its targets as written with their spans (none when
+        the defaults apply)."""
+        p, given = validate(LoraParams, kwargs(m.kwargs), scope.consts, "lora", PARAMS, m.span,
+                            sizes=True)
         if "all" in p.targets and len(p.targets) > 1:
             raise error("E206", "lora targets: 'all' already covers every linear layer", m.span)
         if p.alpha <= 0:
             raise error("E206", "lora alpha must be positive", m.span)
-        return Lora(p.r, p.alpha, p.targets, p.dropout)
+        spans: dict[str, Span] = {}
+        if "targets" in given:
+            written = given["targets"][1]
+            items = written.items if isinstance(written, ast.ListExpr) and \
+                len(written.items) == len(p.targets) else [written] * len(p.targets)
+            spans = {t: item.span for t, item in zip(p.targets, items)}
+        return Lora(p.r, p.alpha, p.targets, p.dropout), spans
 
     def block_env(self, block: ast.Block, call: ast.Call, scope: Scope) -> dict[str, Any]:
         """The block's parameters bound from a call: defaults first, then the given values."""
@@ -738,5 +765,21 @@ class Lowerer:
         return outs
 
 
+def check_block_lora_targets(c: Compilation) -> None:
+    """A block's `lora(targets=[...])` names linear layers of the components inside it."""
+    g = c.graph
+    for decl in g.meta["decls"].values():
+        if decl.block is None or not decl.lora_targets:
+            continue
+        inside = [registry.get(i.component) for n, i in g.instances.items()
+                  if n.startswith(decl.name + ".")]
+        available = [t for comp in inside for t in comp.lora_targets if t != "self"]
+        problem = unknown_lora_target(f"block '{decl.block.name.name}'", available,
+                                      decl.lora_targets)
+        if problem:
+            c.sink.add(problem)
+
+
 def run(c: Compilation) -> None:
     c.graph = Lowerer(c).lower_model()
+    check_block_lora_targets(c)
