@@ -56,6 +56,9 @@ def claim(out: str | Path, *, resume: bool, overwrite: bool,
     """Hold `out` for one run: locked, cleaned of stale temporaries, and either fresh,
     cleared (`overwrite`) or holding a checkpoint to continue (`resume`)."""
     out = Path(out)
+    if resume and not out.is_dir():
+        raise RunFolderError(f"nothing to resume: {out} does not exist; train without --resume "
+                             "to start a run")
     out.mkdir(parents=True, exist_ok=True)
     lock = FileLock(out / LOCK)
     try:
@@ -70,17 +73,18 @@ def claim(out: str | Path, *, resume: bool, overwrite: bool,
         if overwrite:
             for name in used(out):
                 path = out / name
-                shutil.rmtree(path) if path.is_dir() and not path.is_symlink() else \
+                if path.is_dir() and not path.is_symlink():
+                    shutil.rmtree(path)
+                else:
                     path.unlink()
                 say(f"removed {path} (--overwrite)")
-        elif resume:
-            if ckpt.latest(out / "checkpoints") is None:
-                extra = (f" (it holds {_describe(out)}; start over with --overwrite)"
-                         if used(out) else "")
-                raise RunFolderError(f"nothing to resume in {out}: no checkpoint in "
-                                     f"{out / 'checkpoints'}{extra}; train without --resume "
-                                     "to start a run")
-        elif used(out):
+        elif resume and ckpt.latest(out / "checkpoints") is None:
+            extra = f" (it holds {_describe(out)}; start over with --overwrite)" if used(out) \
+                else ""
+            raise RunFolderError(f"nothing to resume in {out}: no checkpoint in "
+                                 f"{out / 'checkpoints'}{extra}; train without --resume to "
+                                 "start a run")
+        elif not resume and used(out):
             raise RunFolderError(f"{out} already holds a run ({_describe(out)}); continue "
                                  "it with --resume, start over with --overwrite (deletes its "
                                  "checkpoints, metrics and plots), or use another --out")
