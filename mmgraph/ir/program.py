@@ -46,10 +46,6 @@ def load_program(path: str | Path | None = None, text: str | None = None,
     return program
 
 
-_OUTSIDE_HINT = ("imports stay inside the root spec's folder and its subfolders; write a "
-                 "relative path, or allow a library folder with --lib DIR")
-
-
 def _inside(real: str, folders: list[str]) -> bool:
     return any(os.path.commonpath([real, f]) == f for f in folders)
 
@@ -110,7 +106,7 @@ class _Loader:
         allowed = [self.project, *self.libs]
         if os.path.isabs(text) and not _inside(os.path.realpath(text), self.libs):
             return self.refuse(imp, "an import path is relative to the importing file, "
-                                    "not absolute", _OUTSIDE_HINT)
+                                    "not absolute", self.outside_hint())
         if not text.endswith(".mmg"):
             return self.refuse(imp, "only .mmg spec files can be imported",
                                "name the spec file, e.g. \"common.mmg\"")
@@ -126,11 +122,14 @@ class _Loader:
                                        "import .mmg spec files")
                 return str(candidate), real
         if not _inside(os.path.realpath(candidates[0]), allowed):
-            return self.refuse(imp, f"it is outside the project folder {self.project}",
-                               _OUTSIDE_HINT)
+            return self.refuse(imp, "it is outside the project folder", self.outside_hint())
         return self.refuse(imp, f"no such file next to {importer.name}",
                            "import paths are relative to the importing file; looked for "
                            + " and ".join(str(c) for c in candidates))
+
+    def outside_hint(self) -> str:
+        return (f"imports stay inside {self.project} (the root spec's folder) and its "
+                "subfolders: write a relative path, or allow a library folder with --lib DIR")
 
     def refuse(self, imp: ast.Import, why: str, hint: str) -> None:
         shown = "".join(c if c.isprintable() else repr(c)[1:-1] for c in imp.path.value)

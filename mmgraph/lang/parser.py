@@ -446,7 +446,8 @@ def _unquote(source: Source, tok: Token) -> str:
                 i += 6
                 continue
             raise error("E009", "\\u needs four hex digits of a character, e.g. \\u00e9",
-                        _point(source, tok.line, col, 2 + len(digits)))
+                        _point(source, tok.line, col, 2 + len(digits)),
+                        hint="write \\\\u for a backslash followed by 'u'")
         raise error("E009", f"unknown escape '\\{code}' in a string",
                     _point(source, tok.line, col, 2),
                     hint="strings know \\\\ \\\" \\' \\n \\t \\r and \\uXXXX; "
