@@ -463,7 +463,7 @@ class SpecDataset:
         self.ranges = id_ranges(graph)
         self.problems: list[str] = []
         self.index: list[int] = []  # the source's examples that passed the checks
-        self._tokenizer_checked = False
+        self._tokenizer_checked: set[str] = set()  # Tokens inputs whose ranges it fits
         for i in range(len(source)):
             problem = self._problem(source.raw(i))
             if problem is None:
@@ -503,9 +503,9 @@ class SpecDataset:
 
     def _check_tokenizer(self, name: str) -> None:
         """A tokenizer whose ids go past a vocabulary of the spec cannot be used at all."""
-        if self._tokenizer_checked:
+        if name in self._tokenizer_checked:
             return
-        self._tokenizer_checked = True
+        self._tokenizer_checked.add(name)
         for rng in self.ranges.get(name, ()):
             if self.tokenizer.vocab_size > rng.size:
                 raise DataError(f"tokenizer {self.tokenizer.name} has {self.tokenizer.vocab_size}"

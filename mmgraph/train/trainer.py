@@ -157,10 +157,11 @@ class Trainer:
             per_epoch = self.n_examples // s["batch_size"]
             if per_epoch < 1:
                 where = f"stage {st.name}: " if self.stages else ""
+                fix = (f"stage {st.name}'s batch_size in the spec" if "batch_size" in st.settings
+                       else f"batch_size (e.g. --train batch_size={self.n_examples})")
                 raise DataError(f"{where}batch_size {s['batch_size']} is larger than the data "
                                 f"set ({self.n_examples} examples), so an epoch has no full "
-                                f"batch; lower batch_size (e.g. --train batch_size="
-                                f"{max(1, self.n_examples)}) or use more data")
+                                f"batch; lower {fix} or use more data")
             if s.get("steps"):
                 steps = s["steps"]
             else:
@@ -239,7 +240,7 @@ class Trainer:
         accum = s["grad_accum"]
         ckpt_every = s.get("ckpt_every")
         batch_iter = self.iterate(plan, pos)
-        samples, tick, rate = 0, time.perf_counter(), 0.0
+        samples, tick = 0, time.perf_counter()
         while pos.step < plan.steps:
             optimizer.zero_grad(set_to_none=True)
             logged: dict[str, float] = {}
@@ -274,7 +275,7 @@ class Trainer:
             if ckpt_every and pos.step % ckpt_every == 0 and pos.step < plan.steps:
                 self.save(pos, optimizer, scheduler)
         progress.close()
-        if pos.step != resumed_at:  # a resumed stage that was already complete is saved
+        if pos.step != resumed_at:  # a stage resumed at its end has nothing new to save
             self.save(pos, optimizer, scheduler)
         if self.on_stage_end:
             self.on_stage_end(plan.name)
