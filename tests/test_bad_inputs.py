@@ -128,6 +128,9 @@ ACTIONS = {
     "nan": lambda tmp, art, path: _nan(tmp / path),
     "write": lambda tmp, art, path, text: (tmp / path).write_text(text),
     "write_hex": lambda tmp, art, path, hexdata: (tmp / path).write_bytes(bytes.fromhex(hexdata)),
+    # head + unit * count + tail: a huge literal without a huge corpus file
+    "write_repeat": lambda tmp, art, path, head, unit, count, tail:
+        (tmp / path).write_text(head + unit * int(count) + tail),
     "edit_json": lambda tmp, art, path, key, value: _edit_json(tmp / path, key, value),
     "chmod": lambda tmp, art, path, mode: os.chmod(tmp / path, int(mode, 8)),
 }

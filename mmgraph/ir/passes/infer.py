@@ -61,26 +61,31 @@ def check_sizes(g: Graph, node: Node, args: dict[str, T.TensorType]) -> None:
     inst = g.instances[node.target]
     if not registry.get(inst.component).has_weights:
         return
-    sizes: dict[int, str | None] = {}  # distinct sizes, each with a parameter that gives it
-    for t in [*args.values(), *node.types.values()]:
-        width = T.smallest(t.dims[-1]) if t is not None and t.dims else None
-        if width:
-            sizes[width] = None
+    # the layer's sizes, each once: its integer parameters, the widths it takes, and the
+    # widths it gives unless a parameter or an input already has that size
+    sizes: list[tuple[int, str | None]] = []
     for field, value in inst.params.model_dump().items():
         for v in value if isinstance(value, (list, tuple)) else [value]:
             if isinstance(v, int) and not isinstance(v, bool) and v > 0:
-                sizes[v] = field
+                sizes.append((v, field))
+    sizes += [(w, None) for w in map(_width, args.values()) if w]
+    for width in map(_width, node.types.values()):
+        if width and width not in {v for v, _ in sizes}:
+            sizes.append((width, None))
     if len(sizes) < 2:
         return
-    a, b = sorted(sizes, reverse=True)[:2]
+    (a, field_a), (b, field_b) = sorted(sizes, key=lambda s: s[0], reverse=True)[:2]
     if a * b > T.MAX_WEIGHTS:
-        field = sizes[a] or sizes[b]
-        span = inst.meta.get("param_spans", {}).get(field, inst.span)
+        span = inst.meta.get("param_spans", {}).get(field_a or field_b, inst.span)
         raise error("E203", f"'{inst.name}' ({inst.component}) is too large: its sizes {a:,} "
                             f"and {b:,} make a weight matrix of {a * b:.2e} numbers, more "
                             "than 2**40", span,
                     hint="no layer that large can be allocated; check its parameters and "
                          "the width of its input")
+
+
+def _width(t: T.TensorType | None) -> int | None:
+    return T.smallest(t.dims[-1]) if t is not None and t.dims else None
 
 
 def _no_port(g: Graph, ref, span) -> Diagnostic:

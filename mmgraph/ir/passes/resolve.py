@@ -13,8 +13,8 @@ import networkx as nx
 
 from mmgraph.components import registry
 from mmgraph.ir import types as T
-from mmgraph.ir.graph import cycle_edges
 from mmgraph.ir.consts import BUILTIN_CONSTS, CONST_FUNCTIONS
+from mmgraph.ir.graph import cycle_edges
 from mmgraph.ir.passes.base import Compilation
 from mmgraph.lang import ast
 from mmgraph.lang.diagnostics import Diagnostic, DiagnosticSink, Note, closest, did_you_mean
