@@ -13,7 +13,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 from mmgraph.ir import types as T
 from mmgraph.ir.consts import BUILTIN_CONSTS, evaluate
 from mmgraph.lang import ast
-from mmgraph.lang.diagnostics import Diagnostic, Note, SpecError, closest
+from mmgraph.lang.diagnostics import Diagnostic, Note, SpecError, closest, shorten
 from mmgraph.lang.span import Span
 
 
@@ -131,7 +131,7 @@ def validate(schema: type[BaseModel], items: list[tuple[ast.Ident, ast.Expr]],
         value = to_plain(value)
         if sizes and _largest_int(value) > T.MAX_SIZE:
             problems.append(Diagnostic(
-                codes.bad, f"{what} parameter '{ident.name}': {show(value)} is too large "
+                codes.bad, f"{what} parameter '{ident.name}': {shorten(show(value))} is too large "
                            f"(at most {T.MAX_SIZE:,}, 2**31 - 1)", expr.span,
                 hint="no size past 2**31 - 1 can be allocated; check the number or the "
                      "constant it comes from"))

@@ -149,6 +149,11 @@ def closest(name: str, candidates: Iterable[str]) -> str | None:
     return min(prefixed, key=lambda c: abs(len(c) - len(name))) if prefixed else None
 
 
+def shorten(text: str, keep: int = 24) -> str:
+    """A long literal as `12345678901…` with its length, so a message stays one line."""
+    return text if len(text) <= keep else f"{text[:keep - 4]}… ({len(text)} characters)"
+
+
 def did_you_mean(name: str, candidates: Iterable[str]) -> str | None:
     """A 'did you mean' hint for a misspelt name, or None when nothing is close."""
     match = closest(name, candidates)

@@ -25,7 +25,7 @@ from lark.exceptions import (
 
 from mmgraph.errors import describe_os_error
 from mmgraph.lang import ast
-from mmgraph.lang.diagnostics import SpecError, error
+from mmgraph.lang.diagnostics import SpecError, error, shorten
 from mmgraph.lang.span import Source, Span
 
 
@@ -414,11 +414,6 @@ def _number(text: str) -> int | float | None:
     return value if value <= MAX_INT_LITERAL else None
 
 
-def _shorten(text: str, keep: int = 24) -> str:
-    """A long literal as `12345678901…` with its length, so a message stays one line."""
-    return text if len(text) <= keep else f"{text[:keep - 4]}… ({len(text)} characters)"
-
-
 _ESCAPES = {"\\": "\\", '"': '"', "'": "'", "n": "\n", "t": "\t", "r": "\r"}
 
 
@@ -600,7 +595,7 @@ class _ToAst(Transformer):
         span = Span.of_meta(self.source, tok)
         value = _number(str(tok))
         if value is None:
-            raise error("E007", f"number '{_shorten(str(tok))}' is too large", span,
+            raise error("E007", f"number '{shorten(str(tok))}' is too large", span,
                         hint=f"integers are at most 2**63 - 1 ({MAX_INT_LITERAL}), other "
                              "numbers at most about 1.8e308")
         return ast.Num(value, span)

@@ -29,7 +29,7 @@ from mmgraph.ir.passes.constants import evaluate_all
 from mmgraph.ir.passes.resolve import classify_assigns, walk
 from mmgraph.ir.schema import PARAMS, kwargs, show, to_plain, validate
 from mmgraph.lang import ast
-from mmgraph.lang.diagnostics import Diagnostic, SpecError, did_you_mean, error
+from mmgraph.lang.diagnostics import Diagnostic, SpecError, did_you_mean, error, shorten
 from mmgraph.lang.span import Span
 
 
@@ -203,7 +203,7 @@ class Lowerer:
                 raise error("E304", f"dimension {T.format_dim(d)} must be positive",
                             t.dims[i].span)
             if (T.smallest(d) or 0) > T.MAX_SIZE:
-                raise error("E304", f"dimension {T.format_dim(d)} is too large (at most "
+                raise error("E304", f"dimension {shorten(T.format_dim(d))} is too large (at most "
                                     f"{T.MAX_SIZE:,}, 2**31 - 1)", t.dims[i].span,
                             hint="no size past 2**31 - 1 can be allocated")
         if kind.name == "Boxes" and not T.same_dim(dims[2], 4):
