@@ -75,7 +75,7 @@ class _Loader:
                 continue
             shown, real = found
             if real in chain:
-                cycle = " -> ".join([Path(c).name for c in chain] + [Path(real).name])
+                cycle = " -> ".join([Path(c).name for c in chain] + [Path(shown).name])
                 self.sink.add(Diagnostic("E104", f"import cycle: {cycle}", imp.path.span,
                                          hint="move the shared blocks into a file both can "
                                               "import"))
