@@ -3,9 +3,10 @@
 A spec, its file's name and the names of the files it imports are data. Generated sources
 are built from values, never from pasted text: a string becomes a literal (`py_literal`,
 repr-based), text in a comment or docstring becomes one printable line (`one_line`,
-`docstring_text`), a name becomes a valid identifier (`py_name`), a shell word is quoted
-(`sh_word`) and a protobuf text string is C-escaped (`pbtxt_string`). `TEMPLATE_FILTERS`
-gives jinja2 templates the same functions, so a template has no other way to print text.
+`docstring_text`), a name becomes a valid identifier (`py_name`; templates check it again
+with `identifier`), a shell word is quoted (`sh_word`) and a protobuf text string is C-escaped
+(`pbtxt_string`). `TEMPLATE_FILTERS` gives jinja2 templates the same functions, so a template
+has no other way to print text.
 """
 
 from __future__ import annotations
@@ -87,6 +88,14 @@ def py_name(name, reserved=frozenset()) -> str:
     return text
 
 
+def identifier(name: str) -> str:
+    """`name`, refused unless it is already a valid identifier (for names built by `py_name`;
+    mangling them again would not give the same name)."""
+    if not str(name).isidentifier() or keyword.iskeyword(name):
+        raise ValueError(f"{name!r} is not a Python identifier")
+    return name
+
+
 def sh_word(text) -> str:
     """One shell word, quoted when it needs it (`shlex.quote`)."""
     return shlex.quote(str(text))
@@ -109,7 +118,7 @@ def pbtxt_string(text) -> str:
 
 TEMPLATE_FILTERS = {
     "py": py_literal,        # a Python literal
-    "ident": py_name,        # a Python identifier
+    "ident": identifier,     # a Python identifier, built by py_name
     "line": one_line,        # a comment's text (Python, shell or protobuf text)
     "doc": docstring_text,   # text inside """...""" in Python
     "sh": sh_word,           # a shell word

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import functools
 import inspect
-import keyword
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,7 +29,9 @@ from mmgraph.ir import types as T
 from mmgraph.ir.graph import BlockCall, Graph, Instance, Node, Ref
 from mmgraph.lang.diagnostics import error
 
-RESERVED = set(keyword.kwlist) | {"self", "torch", "nn", "mm", "layer", "outputs", "super"}
+# names the generated code itself uses (`sum` in losses, `float("inf")` literals); keywords
+# are escape.py_name's own business
+RESERVED = {"self", "torch", "nn", "mm", "layer", "outputs", "super", "sum", "float"}
 WIDTH = 96  # wrap generated lines longer than this
 
 
@@ -72,8 +73,10 @@ literal = escape.py_literal
 
 
 def where(span) -> str:
-    """`file.mmg:12` for a comment or docstring: the file's name as one sanitised line."""
-    return f"{escape.one_line(Path(span.path).name)}:{span.line}"
+    """`file.mmg:12` for a comment or docstring: the file's name as one sanitised line, with
+    no space at either end (the spec-line mark is the comment's text after its last two
+    spaces, see `mmgraph.components.nn.generated`)."""
+    return f"{escape.one_line(Path(span.path).name).strip()}:{span.line}"
 
 
 def call_text(fn: str, args: list[str], kwargs: list[tuple[str, str]], lead: str = "") -> str:
@@ -83,6 +86,15 @@ def call_text(fn: str, args: list[str], kwargs: list[tuple[str, str]], lead: str
     if len(one) <= WIDTH or not parts:
         return one
     return f"{lead}{fn}(\n" + "".join(f"    {p},\n" for p in parts) + ")"
+
+
+@functools.cache
+def module_attributes() -> frozenset[str]:
+    """Attribute names a generated module already has (`forward`, `losses`, `to`...), and
+    `graph`, which `load` sets: a layer by one of these names would shadow or be shadowed."""
+    from mmgraph.components import nn as mm
+
+    return frozenset(dir(mm.GeneratedModel())) | {"graph"}
 
 
 def builtin(component: str) -> bool:
@@ -191,7 +203,17 @@ class ScopeCode:
 
     def attr(self, full: str) -> str:
         local = self.local(full)
-        return f"{self.module}.{py_name(local)}" if local else self.module
+        if not local:  # the copy of a repeated component is the module itself
+            return self.module
+        name = py_name(local)
+        if name in module_attributes() or name.startswith("__"):
+            why = ("Python keeps names that start with '__' private to one class"
+                   if name.startswith("__") else f"torch modules already have '{name}'")
+            decl = self.g.instances.get(full) or self.g.meta["decls"].get(full)
+            raise error("E102", f"layer '{local}' cannot be an attribute of the generated "
+                                f"module: {why}", getattr(decl, "span", None),
+                        hint="rename the layer")
+        return f"{self.module}.{name}"
 
     # ------------------------------------------------------------ __init__
     def init_lines(self) -> list[str]:

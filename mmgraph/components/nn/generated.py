@@ -19,7 +19,7 @@ import traceback
 import torch
 from torch import nn
 
-_WHERE = re.compile(r".+\.mmg:\d+")
+_WHERE = re.compile(r".*\.mmg:\d+")
 
 
 class GeneratedModel(nn.Module):
