@@ -29,10 +29,11 @@ from hypothesis import strategies as st
 
 import mmgraph
 from mmgraph import escape
-from mmgraph.backends.torch.codegen import RESERVED, generate, module_attributes, py_name
+from mmgraph.backends.torch.codegen import RESERVED, generate
 from mmgraph.backends.torch.load import module_from_source
 from mmgraph.cli import main
 from mmgraph.compiler import check_text
+from mmgraph.ir.reserved import why_reserved
 
 from conftest import ROOT
 
@@ -82,10 +83,19 @@ def spec_text(lib: str, names: dict[str, str]) -> str:
             '}\n')
 
 
-def _layers_fit(names: list[str]) -> bool:
-    """Layer names that torch modules already use are refused (E102, tested below)."""
-    return all(py_name(names[ROLES.index(role)]) not in module_attributes()
-               for role in ("layer", "block"))
+# layers become module attributes, so `check` refuses the reserved ones (E102, tested below)
+LAYER_NAMES = [n for n in NAMES if why_reserved(n) is None]
+
+
+@st.composite
+def role_names(draw) -> list[str]:
+    """Distinct names for ROLES; the two layer roles drawn from names a layer may have."""
+    layer, block = draw(st.lists(st.sampled_from(LAYER_NAMES), min_size=2, max_size=2,
+                                 unique=True))
+    rest = [n for n in NAMES if n not in (layer, block)]
+    others = draw(st.lists(st.sampled_from(rest), min_size=len(ROLES) - 2,
+                           max_size=len(ROLES) - 2, unique=True))
+    return others[:2] + [layer, block] + others[2:]
 
 
 LIB = "block blk() {\n  input a: Seq[B, T, D]\n  layer l: linear(out=4)\n  output l(a)\n}\n"
@@ -120,8 +130,7 @@ def benign_shape(tmp_path_factory):
 @settings(max_examples=60, deadline=None,
           suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 @given(root=hostile_file, lib=lib_file, tag=hostile_text,
-       names=st.lists(st.sampled_from(NAMES), min_size=len(ROLES), max_size=len(ROLES),
-                      unique=True).filter(_layers_fit))
+       names=role_names())
 def test_hostile_spec_generates_the_same_module_and_runs_nothing(tmp_path_factory, benign_shape,
                                                                   root, lib, tag, names):
     folder = tmp_path_factory.mktemp("hostile")
@@ -159,15 +168,27 @@ def test_hostile_spec_generates_the_same_module_and_runs_nothing(tmp_path_factor
         assert not Path("PWNED").exists()
 
 
-@pytest.mark.parametrize("layer", ["forward", "losses", "to", "__private"])
+@pytest.mark.parametrize("layer", ["forward", "losses", "to", "__private", "_modules", "class",
+                                   "torch", "graph"])
 def test_layer_named_like_a_module_attribute_is_a_diagnostic(tmp_path, layer):
     spec = tmp_path / "m.mmg"
     spec.write_text(f"model m {{\n  input x: Tensor[B, 8]\n  connector {layer}: linear(out=4)\n"
                     f"  y = {layer}(x)\n  output y\n}}\n")
-    with pytest.raises(mmgraph.SpecError) as exc:
+    result = mmgraph.check_file(spec)  # `check` refuses it, not only code generation
+    [d] = result.errors
+    assert (d.code, d.span.line, d.span.col) == ("E102", 3, 13)
+    assert f"layer '{layer}'" in d.message and d.hint == "rename the layer"
+    with pytest.raises(mmgraph.SpecError):
         mmgraph.load(spec)
-    [d] = exc.value.diagnostics
-    assert d.code == "E102" and f"layer '{layer}'" in d.message and d.span.line == 3
+
+
+def test_reserved_names_cover_the_installed_torch():
+    """The torch-free list `check` uses must hold every attribute of a generated module."""
+    from mmgraph.components import nn as mm
+    from mmgraph.ir.reserved import MODULE_ATTRIBUTES
+
+    have = {n for n in dir(mm.GeneratedModel()) if not n.startswith("__")}
+    assert have <= MODULE_ATTRIBUTES, sorted(have - MODULE_ATTRIBUTES)
 
 
 # ------------------------------------------------------------------ the escape functions

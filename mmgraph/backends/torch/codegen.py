@@ -27,11 +27,12 @@ from mmgraph import escape
 from mmgraph.components import registry
 from mmgraph.ir import types as T
 from mmgraph.ir.graph import BlockCall, Graph, Instance, Node, Ref
+from mmgraph.ir.reserved import CODEGEN_NAMES
 from mmgraph.lang.diagnostics import error
 
 # names the generated code itself uses (`sum` in losses, `float("inf")` literals); keywords
 # are escape.py_name's own business
-RESERVED = {"self", "torch", "nn", "mm", "layer", "outputs", "super", "sum", "float"}
+RESERVED = CODEGEN_NAMES  # names the generated source uses itself
 WIDTH = 96  # wrap generated lines longer than this
 
 
@@ -89,14 +90,6 @@ def call_text(fn: str, args: list[str], kwargs: list[tuple[str, str]], lead: str
 
 
 @functools.cache
-def module_attributes() -> frozenset[str]:
-    """Attribute names a generated module already has (`forward`, `losses`, `to`...), and
-    `graph`, which `load` sets: a layer by one of these names would shadow or be shadowed."""
-    from mmgraph.components import nn as mm
-
-    return frozenset(dir(mm.GeneratedModel())) | {"graph"}
-
-
 def builtin(component: str) -> bool:
     return type(registry.get(component)).__module__.startswith("mmgraph.components.")
 
@@ -205,15 +198,7 @@ class ScopeCode:
         local = self.local(full)
         if not local:  # the copy of a repeated component is the module itself
             return self.module
-        name = py_name(local)
-        if name in module_attributes() or name.startswith("__"):
-            why = ("Python keeps names that start with '__' private to one class"
-                   if name.startswith("__") else f"torch modules already have '{name}'")
-            decl = self.g.instances.get(full) or self.g.meta["decls"].get(full)
-            raise error("E102", f"layer '{local}' cannot be an attribute of the generated "
-                                f"module: {why}", getattr(decl, "span", None),
-                        hint="rename the layer")
-        return f"{self.module}.{name}"
+        return f"{self.module}.{py_name(local)}"  # check refused names that need rewriting
 
     # ------------------------------------------------------------ __init__
     def init_lines(self) -> list[str]:

@@ -16,6 +16,7 @@ from mmgraph.ir import types as T
 from mmgraph.ir.consts import BUILTIN_CONSTS, CONST_FUNCTIONS
 from mmgraph.ir.graph import cycle_edges
 from mmgraph.ir.passes.base import Compilation
+from mmgraph.ir.reserved import why_reserved
 from mmgraph.lang import ast
 from mmgraph.lang.diagnostics import Diagnostic, DiagnosticSink, Note, closest, did_you_mean
 
@@ -121,6 +122,12 @@ class BodyChecker:
                                    if isinstance(e, ast.Name)}
             elif isinstance(stmt, ast.Instance):
                 self.define(stmt.name, "instance")
+                why = why_reserved(stmt.name.name)
+                if why:
+                    self.sink.add(Diagnostic(
+                        "E102", f"layer '{stmt.name.name}' cannot be an attribute of the "
+                                f"generated module: {why}", stmt.name.span,
+                        hint="rename the layer"))
             elif isinstance(stmt, ast.Loss):
                 if self.is_block:
                     self.misplaced(stmt, "loss")
