@@ -262,7 +262,8 @@ def cmd_compile(args) -> int:
     from mmgraph.backends.torch.load import write
 
     _plugins(args.plugin)
-    py, ir = write(args.spec, args.output, _overrides(args.overrides), args.model)
+    py, ir = write(args.spec, args.output, _overrides(args.overrides), args.model,
+                   args.lib_dirs)
     print(f"wrote {py} and {ir}")
     return EXIT_OK
 
@@ -284,7 +285,8 @@ def cmd_stats(args) -> int:
     from mmgraph.backends.torch.stats import compute, table
 
     _plugins(args.plugin)
-    stats = compute(args.spec, _overrides(args.overrides), _dims(args.dims), args.model)
+    stats = compute(args.spec, _overrides(args.overrides), _dims(args.dims), args.model,
+                    args.lib_dirs)
     print(json.dumps(stats.to_json(), indent=2) if args.json else table(stats))
     return EXIT_OK
 
@@ -315,7 +317,8 @@ def cmd_train(args) -> int:
                    stage=args.stage, max_steps=args.max_steps, resume=args.resume,
                    overwrite=args.overwrite, tokenizer=args.tokenizer, skip_bad=args.skip_bad,
                    allow_outside_data=args.allow_outside_data, dims=_dims(args.dims),
-                   quiet=args.quiet or args.json, model_name=args.model, device=args.device)
+                   quiet=args.quiet or args.json, model_name=args.model, device=args.device,
+                   lib_dirs=args.lib_dirs)
     if result["rank"] != 0:  # under torchrun, the first process reports for all
         return EXIT_OK
     done = result["already_finished"]
@@ -343,7 +346,7 @@ def cmd_eval(args) -> int:
 
     _plugins(args.plugin)
     model, g, path = load_trained(args.spec, args.checkpoint, _overrides(args.overrides),
-                                  args.model)
+                                  args.model, args.lib_dirs)
     tok = make_tokenizer(args.tokenizer)
     source = open_source(args.data, args.split, allow_outside=args.allow_outside_data)
     dataset = SpecDataset(source, g, tok, _dims(args.dims))
@@ -370,7 +373,7 @@ def cmd_export(args) -> int:
     _plugins(args.plugin)
     target = targets.load(args.target)
     manifest = export(args.spec, args.output, target, overrides=_overrides(args.overrides),
-                      checkpoint=args.checkpoint, model_name=args.model,
+                      checkpoint=args.checkpoint, model_name=args.model, lib_dirs=args.lib_dirs,
                       log=(lambda _: None) if args.json else
                       (lambda line: print(line, file=sys.stderr)))
     if args.json:
@@ -388,7 +391,8 @@ def cmd_bench(args) -> int:
     _plugins(args.plugin)
     report = bench(args.source, _dims(args.dims), args.runs,
                    compile=not args.no_compile, overrides=_overrides(args.overrides),
-                   model_name=args.model, log=lambda line: print(line, file=sys.stderr))
+                   model_name=args.model, lib_dirs=args.lib_dirs,
+                   log=lambda line: print(line, file=sys.stderr))
     print(write_json(report) if args.json else table(report))
     return EXIT_OK
 

@@ -30,19 +30,19 @@ def _percentile(xs: list[float], q: float) -> float:
 
 def bench(source: str | Path, dims: dict[str, int] | None = None, runs: int = 50,
           warmup: int = 5, compile: bool = True, overrides: dict | None = None,
-          model_name: str | None = None, log=print) -> dict:
+          model_name: str | None = None, lib_dirs=(), log=print) -> dict:
     """Benchmark a spec (exported on the fly) or an `mmgraph export` folder."""
     source = Path(source)
     if source.is_dir():
-        if overrides or model_name:
+        if overrides or model_name or lib_dirs:
             raise UsageError(f"{source} is an export folder: it keeps the model and constants "
-                             "it was exported with (--set and --model apply to a spec)")
+                             "it was exported with (--set, --model and --lib apply to a spec)")
         return _bench(open_folder(source), source, dims, runs, warmup, compile, log)
     if not source.exists():
         raise UserError(f"{source}: no such spec file or export folder")
     with tempfile.TemporaryDirectory() as tmp:
         export(source, tmp, targets.load("onnx"), overrides=overrides, model_name=model_name,
-               log=lambda _: None)
+               lib_dirs=lib_dirs, log=lambda _: None)
         return _bench(open_folder(tmp), source, dims, runs, warmup, compile, log)
 
 
@@ -70,7 +70,7 @@ def _bench(folder: ExportFolder, source: Path, dims: dict[str, int] | None, runs
         raise ManifestError(f"{folder.manifest_path}: the spec it was exported from, {spec} "
                             "(field 'spec'), is not there; bench needs it for the torch "
                             "backends")
-    cls, g = load_class(spec, manifest.model, **manifest.overrides)
+    cls, g = load_class(spec, manifest.model, lib_dirs=manifest.lib_dirs, **manifest.overrides)
     torch.manual_seed(0)
     model = cls()
     if manifest.checkpoint:

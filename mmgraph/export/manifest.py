@@ -90,6 +90,7 @@ class Manifest(_Model):
     model: str = Field(pattern=NAME)
     spec: str
     overrides: dict[str, Any] = {}
+    lib_dirs: list[str] = []  # the `--lib` folders the spec's imports were read from
     checkpoint: str | None = None
     precision: Literal["fp32", "fp16"]
     opset: int = Field(ge=1)

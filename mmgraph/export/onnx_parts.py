@@ -297,7 +297,7 @@ def prepare_output(out: Path) -> None:
 
 def export(spec: str | Path, out: str | Path, target: Target, *, overrides: dict | None = None,
            checkpoint: str | Path | None = None, model_name: str | None = None,
-           log=print) -> dict:
+           lib_dirs=(), log=print) -> dict:
     """Export every part; returns (and writes) the manifest."""
     low, high = opset_range()
     if not low <= target.opset <= high:
@@ -306,7 +306,7 @@ def export(spec: str | Path, out: str | Path, target: Target, *, overrides: dict
     start = time.perf_counter()
     out = Path(out)
     prepare_output(out)
-    cls, g = load_class(spec, model_name, **(overrides or {}))
+    cls, g = load_class(spec, model_name, lib_dirs=lib_dirs, **(overrides or {}))
     torch.manual_seed(0)
     model = cls()
     model.graph = g
@@ -323,6 +323,7 @@ def export(spec: str | Path, out: str | Path, target: Target, *, overrides: dict
     # absolute paths, so that `mmgraph bench DIST` finds them from any folder
     manifest = {"format": manifest_file.FORMAT, "model": g.name,
                 "spec": str(Path(spec).resolve()), "overrides": overrides or {},
+                "lib_dirs": [str(Path(d).resolve()) for d in lib_dirs],
                 "checkpoint": str(Path(weights).resolve()) if weights else None,
                 "spec_hash": spec_hash, "target": target.to_json(), "opset": target.opset,
                 "precision": target.precision, "dims": ranges, "parts": [], "files": {},

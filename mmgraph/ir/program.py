@@ -15,8 +15,9 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from mmgraph import escape
 from mmgraph.lang import ast
-from mmgraph.lang.diagnostics import Diagnostic, DiagnosticSink, Note, SpecError
+from mmgraph.lang.diagnostics import Diagnostic, DiagnosticSink, Note, SpecError, error
 from mmgraph.lang.parser import Unreadable, parse, parse_file, read_spec
 
 
@@ -34,6 +35,9 @@ def load_program(path: str | Path | None = None, text: str | None = None,
 
     `lib_dirs` are folders outside the root spec's folder that imports may also read."""
     sink = DiagnosticSink()
+    if "\0" in str(path or ""):  # no file system takes it; realpath would raise
+        raise error("E001", f"cannot read {escape.one_line(path)}: a file name cannot hold "
+                            "a NUL character", hint="rename the file")
     if text is not None:
         root = parse(text, str(path or "<string>"))
     else:
@@ -125,7 +129,9 @@ class _Loader:
             return self.refuse(imp, "it is outside the project folder", self.outside_hint())
         return self.refuse(imp, f"no such file next to {importer.name}",
                            "import paths are relative to the importing file; looked for "
-                           + " and ".join(str(c) for c in candidates))
+                           + " and ".join(str(c) for c in candidates)
+                           + ("" if self.lib_dirs else
+                              "; a shared folder elsewhere can be named with --lib DIR"))
 
     def outside_hint(self) -> str:
         return (f"imports stay inside {self.project} (the root spec's folder) and its "

@@ -94,7 +94,7 @@ def train(spec: str | Path, *, data: str = "digits", out: str | Path | None = No
           stage: str | None = None, max_steps: int | None = None, resume: bool = False,
           overwrite: bool = False, tokenizer: str | None = None, skip_bad: bool = False,
           allow_outside_data: bool = False, dims: dict | None = None, quiet: bool = False,
-          model_name: str | None = None, device: str = "cpu") -> dict:
+          model_name: str | None = None, device: str = "cpu", lib_dirs=()) -> dict:
     """Train a spec into the run folder `out`.
 
     Everything that can be refused is checked before the folder is touched: the arguments,
@@ -110,7 +110,7 @@ def train(spec: str | Path, *, data: str = "digits", out: str | Path | None = No
         raise UsageError("--resume continues the run in the folder and --overwrite deletes "
                          "it: give one of them")
     torch_device = check_device(device)
-    cls, g = load_class(spec, model_name, **(overrides or {}))
+    cls, g = load_class(spec, model_name, lib_dirs=lib_dirs, **(overrides or {}))
     settings = train_settings(g, settings_overrides or {})
     stages = g.train.stages if g.train else []
     names = stage_names(stages)
@@ -167,9 +167,9 @@ def report_skipped(problems: list[str]) -> None:
 
 
 def load_trained(spec: str | Path, checkpoint: str | Path, overrides: dict | None = None,
-                 model_name: str | None = None):
+                 model_name: str | None = None, lib_dirs=()):
     """The spec's model with a checkpoint's weights (refused when they do not match)."""
-    cls, g = load_class(spec, model_name, **(overrides or {}))
+    cls, g = load_class(spec, model_name, lib_dirs=lib_dirs, **(overrides or {}))
     model = cls()
     model.graph = g
     path = ckpt.find(checkpoint)

@@ -44,7 +44,7 @@ def validate_dims(g: Graph, dims: dict[str, int], flag: str = "--dims") -> None:
     """Refuse sizes given for dims the model does not have, and sizes that make an input
     empty: a typo must not be ignored, and a zero-sized batch must not reach the layers."""
     free = free_dim_names(g)
-    for name, value in dims.items():
+    for name in dims:
         if name not in free:
             hint = did_you_mean(name, free)
             have = ", ".join(free) or "none"

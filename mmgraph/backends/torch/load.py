@@ -5,6 +5,7 @@ from __future__ import annotations
 import linecache
 import sys
 import types
+from collections.abc import Iterable
 from pathlib import Path
 
 from mmgraph.backends.torch.codegen import Generated, generate
@@ -14,8 +15,9 @@ from mmgraph.ir.graph import Graph
 
 
 def compile_source(spec: str | Path, overrides: dict | None = None,
-                   model: str | None = None) -> tuple[Graph, Generated]:
-    g = build_graph(spec, overrides, model)
+                   model: str | None = None, lib_dirs: Iterable[str | Path] = ()
+                   ) -> tuple[Graph, Generated]:
+    g = build_graph(spec, overrides, model, lib_dirs)
     return g, generate(g, str(spec))
 
 
@@ -33,25 +35,28 @@ def module_from_source(gen: Generated, filename: str) -> types.ModuleType:
     return module
 
 
-def load_class(spec: str | Path, model: str | None = None, **overrides):
-    """The generated model class (not yet instantiated) and its graph."""
-    g, gen = compile_source(spec, overrides, model)
+def load_class(spec: str | Path, model: str | None = None, *,
+               lib_dirs: Iterable[str | Path] = (), **overrides):
+    """The generated model class (not yet instantiated) and its graph. `lib_dirs`: folders
+    outside the spec's own tree that its imports may read (`--lib`)."""
+    g, gen = compile_source(spec, overrides, model, lib_dirs)
     module = module_from_source(gen, f"<mmgraph {spec}>")
     return getattr(module, gen.class_name), g
 
 
-def load(spec: str | Path, model: str | None = None, **overrides):
+def load(spec: str | Path, model: str | None = None, *, lib_dirs: Iterable[str | Path] = (),
+         **overrides):
     """The spec's model, instantiated: the same source `mmgraph compile` writes."""
-    cls, g = load_class(spec, model, **overrides)
+    cls, g = load_class(spec, model, lib_dirs=lib_dirs, **overrides)
     instance = cls()
     instance.graph = g  # the checked IR it came from, for trainers and exporters
     return instance
 
 
 def write(spec: str | Path, out_dir: str | Path, overrides: dict | None = None,
-          model: str | None = None) -> tuple[Path, Path]:
+          model: str | None = None, lib_dirs: Iterable[str | Path] = ()) -> tuple[Path, Path]:
     """Write `<model>.py` and `<model>.ir.txt` into out_dir."""
-    g, gen = compile_source(spec, overrides, model)
+    g, gen = compile_source(spec, overrides, model, lib_dirs)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     py = out / f"{g.name}.py"

@@ -73,8 +73,8 @@ def default_stat_dims(g) -> dict[str, int]:
 
 
 def compute(spec, overrides: dict | None = None, dims: dict[str, int] | None = None,
-            model: str | None = None) -> Stats:
-    cls, g = load_class(spec, model, **(overrides or {}))
+            model: str | None = None, lib_dirs=()) -> Stats:
+    cls, g = load_class(spec, model, lib_dirs=lib_dirs, **(overrides or {}))
     validate_dims(g, dims or {})
     with torch.device("meta"):
         m = cls()
