@@ -407,7 +407,7 @@ def cmd_components(args) -> int:
     if args.name:
         comp = registry.get(args.name)
         if comp is None:
-            from mmgraph.lang.diagnostics import did_you_mean
+            from mmgraph.suggest import did_you_mean
 
             hint = did_you_mean(args.name, registry.names())
             raise UsageError(f"no component '{args.name}'" + (f"; {hint}" if hint else ""))

@@ -70,7 +70,7 @@ def load(name_or_path: str) -> Target:
     if path.suffix != ".toml":
         path = _folder() / f"{name_or_path}.toml"
         if not path.is_file():
-            from mmgraph.lang.diagnostics import did_you_mean
+            from mmgraph.suggest import did_you_mean
 
             hint = did_you_mean(name_or_path, names())
             raise TargetError(f"no export target '{name_or_path}'"

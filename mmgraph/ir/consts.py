@@ -15,7 +15,8 @@ import sympy
 
 from mmgraph.ir import types as T
 from mmgraph.lang import ast
-from mmgraph.lang.diagnostics import did_you_mean, error
+from mmgraph.lang.diagnostics import error
+from mmgraph.suggest import did_you_mean
 
 BUILTIN_CONSTS: dict[str, Any] = {"true": True, "false": False, "none": None}
 

@@ -13,8 +13,9 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 from mmgraph.ir import types as T
 from mmgraph.ir.consts import BUILTIN_CONSTS, evaluate
 from mmgraph.lang import ast
-from mmgraph.lang.diagnostics import Diagnostic, Note, SpecError, closest, shorten
+from mmgraph.lang.diagnostics import Diagnostic, Note, SpecError, shorten
 from mmgraph.lang.span import Span
+from mmgraph.suggest import closest
 
 
 @dataclass(frozen=True)

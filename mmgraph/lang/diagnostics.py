@@ -12,7 +12,6 @@ a message and a hint. `render` prints it the way compilers do:
 
 from __future__ import annotations
 
-import difflib
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
@@ -134,30 +133,9 @@ def error(code: str, message: str, span: Span | None = None, hint: str | None = 
     return SpecError([Diagnostic(code, message, span, hint, notes=tuple(notes))])
 
 
-def closest(name: str, candidates: Iterable[str]) -> str | None:
-    """The candidate a misspelt `name` most likely meant, or None when nothing is close."""
-    pool = sorted(set(candidates) - {name})
-    close = difflib.get_close_matches(name, pool, n=1, cutoff=0.6)
-    if close:
-        return close[0]
-    lowered = {c.lower(): c for c in pool}
-    if name.lower() in lowered:
-        return lowered[name.lower()]
-    # a prefix either way: `vis` for `vision`, `projection` for `proj`
-    prefixed = [c for c in pool if min(len(c), len(name)) >= 3 and
-                (c.startswith(name) or name.startswith(c))]
-    return min(prefixed, key=lambda c: abs(len(c) - len(name))) if prefixed else None
-
-
 def shorten(text: str, keep: int = 24) -> str:
     """A long literal as `12345678901…` with its length, so a message stays one line."""
     return text if len(text) <= keep else f"{text[:keep - 4]}… ({len(text)} characters)"
-
-
-def did_you_mean(name: str, candidates: Iterable[str]) -> str | None:
-    """A 'did you mean' hint for a misspelt name, or None when nothing is close."""
-    match = closest(name, candidates)
-    return f"did you mean '{match}'?" if match else None
 
 
 EXCERPT_WIDTH = 120  # a longer source line is shown as a window around the caret

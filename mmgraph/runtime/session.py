@@ -18,7 +18,7 @@ import numpy as np
 
 from mmgraph.errors import UserError
 from mmgraph.export.manifest import REEXPORT, ManifestError, TensorInfo, open_folder
-from mmgraph.lang.diagnostics import did_you_mean
+from mmgraph.suggest import did_you_mean
 
 
 class InputError(UserError, ValueError):

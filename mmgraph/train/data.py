@@ -31,7 +31,7 @@ from mmgraph.backends.torch.inputs import TORCH_DTYPES
 from mmgraph.errors import UserError
 from mmgraph.ir.graph import Graph
 from mmgraph.ir.types import TensorType
-from mmgraph.lang.diagnostics import did_you_mean
+from mmgraph.suggest import did_you_mean
 
 
 class DataError(UserError):

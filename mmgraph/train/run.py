@@ -14,7 +14,7 @@ from pydantic import ValidationError
 from mmgraph.backends.torch.load import load_class
 from mmgraph.errors import UsageError, UserError
 from mmgraph.ir.passes.trainability import TrainSettings
-from mmgraph.lang.diagnostics import did_you_mean
+from mmgraph.suggest import did_you_mean
 from mmgraph.train import checkpoint as ckpt
 from mmgraph.train.plots import loss_png
 from mmgraph.train.runfolder import claim

@@ -11,7 +11,7 @@ import torch
 from mmgraph.errors import UsageError
 from mmgraph.ir import types as T
 from mmgraph.ir.graph import Graph
-from mmgraph.lang.diagnostics import did_you_mean
+from mmgraph.suggest import did_you_mean
 
 TORCH_DTYPES = {"f32": torch.float32, "f16": torch.float16, "bf16": torch.bfloat16,
                 "f64": torch.float64, "i64": torch.int64, "i32": torch.int32,

@@ -16,7 +16,8 @@ from mmgraph.ir.graph import cycle_edges
 from mmgraph.ir.passes.base import Compilation
 from mmgraph.ir.passes.resolve import walk
 from mmgraph.lang import ast
-from mmgraph.lang.diagnostics import Diagnostic, DiagnosticSink, Note, SpecError, did_you_mean
+from mmgraph.lang.diagnostics import Diagnostic, DiagnosticSink, Note, SpecError
+from mmgraph.suggest import did_you_mean
 
 
 def evaluate_all(defs: dict[str, tuple[ast.Ident, ast.Expr]], env: dict[str, Any],

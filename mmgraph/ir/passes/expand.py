@@ -29,8 +29,9 @@ from mmgraph.ir.passes.constants import evaluate_all
 from mmgraph.ir.passes.resolve import classify_assigns, walk
 from mmgraph.ir.schema import PARAMS, kwargs, show, to_plain, validate
 from mmgraph.lang import ast
-from mmgraph.lang.diagnostics import Diagnostic, SpecError, did_you_mean, error, shorten
+from mmgraph.lang.diagnostics import Diagnostic, SpecError, error, shorten
 from mmgraph.lang.span import Span
+from mmgraph.suggest import did_you_mean
 
 
 @dataclass

@@ -15,7 +15,8 @@ from mmgraph.components.registry import RuleContext, TypeRuleError
 from mmgraph.ir import types as T
 from mmgraph.ir.graph import Graph, Node
 from mmgraph.ir.passes.base import Compilation
-from mmgraph.lang.diagnostics import Diagnostic, Note, SpecError, did_you_mean, error
+from mmgraph.lang.diagnostics import Diagnostic, Note, SpecError, error
+from mmgraph.suggest import did_you_mean
 
 
 def run(c: Compilation) -> None:

@@ -18,7 +18,8 @@ from mmgraph.ir.graph import DimRange, ExportPart, ExportPlan, Graph, Ref
 from mmgraph.ir.passes.base import Compilation
 from mmgraph.ir.schema import Codes, Settings, validate
 from mmgraph.lang import ast
-from mmgraph.lang.diagnostics import Diagnostic, Note, SpecError, closest, did_you_mean, error
+from mmgraph.lang.diagnostics import Diagnostic, Note, SpecError, error
+from mmgraph.suggest import closest, did_you_mean
 
 
 class ExportSettings(Settings):

@@ -18,7 +18,8 @@ from mmgraph.ir.graph import cycle_edges
 from mmgraph.ir.passes.base import Compilation
 from mmgraph.ir.reserved import why_reserved
 from mmgraph.lang import ast
-from mmgraph.lang.diagnostics import Diagnostic, DiagnosticSink, Note, closest, did_you_mean
+from mmgraph.lang.diagnostics import Diagnostic, DiagnosticSink, Note
+from mmgraph.suggest import closest, did_you_mean
 
 
 def walk(expr) -> Iterator:

@@ -19,7 +19,8 @@ from mmgraph.ir.graph import Graph, Instance, Stage, TrainPlan
 from mmgraph.ir.passes.base import Compilation
 from mmgraph.ir.schema import Codes, Settings, validate
 from mmgraph.lang import ast
-from mmgraph.lang.diagnostics import Diagnostic, Note, SpecError, did_you_mean, error
+from mmgraph.lang.diagnostics import Diagnostic, Note, SpecError, error
+from mmgraph.suggest import did_you_mean
 
 ROLES = ("encoder", "connector", "fusion", "decoder", "head", "layer")
 
