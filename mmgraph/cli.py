@@ -401,7 +401,7 @@ def cmd_bench(args) -> int:
 
 def cmd_components(args) -> int:
     from mmgraph.components import registry
-    from mmgraph.ir.schema import show
+    from mmgraph.ir.schema import describe_field, show
 
     _plugins(args.plugin)
     if args.name:
@@ -417,7 +417,7 @@ def cmd_components(args) -> int:
         print(f"  inputs: {', '.join(ports)}")
         for fname, f in comp.Params.model_fields.items():
             default = "required" if f.is_required() else f"default {show(f.default)}"
-            print(f"  {fname}: {registry.describe_field(f)} ({default})")
+            print(f"  {fname}: {describe_field(f)} ({default})")
         return EXIT_OK
     by_cat: dict[str, list] = {}
     for name in registry.names():

@@ -4,6 +4,7 @@ the offending argument's span, what was given, what is allowed, and a 'did you m
 
 from __future__ import annotations
 
+import types as pytypes
 import typing
 from dataclasses import dataclass
 from typing import Any
@@ -76,10 +77,47 @@ def _is_sequence(annotation) -> bool:
     return origin is tuple or any(_is_sequence(a) for a in args)
 
 
+def describe_type(annotation: Any, metadata: list | tuple = ()) -> str:
+    """A parameter's type in words, for hints and `mmgraph components NAME`."""
+    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+    if origin is typing.Annotated:
+        return describe_type(args[0], args[1:])
+    if origin is typing.Literal:
+        return "one of " + ", ".join(f'"{a}"' if isinstance(a, str) else str(a) for a in args)
+    if origin in (typing.Union, pytypes.UnionType):
+        rest = [a for a in args if a is not type(None)]
+        text = " or ".join(describe_type(a) for a in rest)
+        return text + " (or none)" if len(rest) < len(args) else text
+    if origin is tuple:
+        plural = {int: "integers", float: "numbers", str: "strings", bool: "booleans"}
+        if not args:
+            return "a list"
+        what = plural.get(args[0], "values")
+        fixed = Ellipsis not in args
+        return f"a list of {len(args)} {what}" if fixed and len(args) > 1 else f"a list of {what}"
+    bounds = []
+    for m in metadata:
+        for attr, word in (("gt", ">"), ("ge", ">="), ("lt", "<"), ("le", "<=")):
+            value = getattr(m, attr, None)
+            if value is not None:
+                bounds.append(f"{word} {value}")
+        for sub in getattr(m, "metadata", []):
+            for attr, word in (("gt", ">"), ("ge", ">="), ("lt", "<"), ("le", "<=")):
+                value = getattr(sub, attr, None)
+                if value is not None:
+                    bounds.append(f"{word} {value}")
+    names = {int: "an integer", float: "a number", bool: "true or false", str: "a string"}
+    text = names.get(annotation, getattr(annotation, "__name__", str(annotation)))
+    return text + (f" {' and '.join(bounds)}" if bounds else "")
+
+
+def describe_field(field) -> str:
+    """A pydantic field's type in words: `an integer > 0`, `one of "mean", "cls"`."""
+    return describe_type(field.annotation, field.metadata)
+
+
 def _message(err: dict, field, given: Any) -> tuple[str, str | None]:
     """(message, hint) for one pydantic error about a value that was given."""
-    from mmgraph.components.registry import describe_field
-
     kind = err["type"]
     # `none` is the default of optional settings, never what a person meant to write
     allowed = describe_field(field).replace(" (or none)", "") if field is not None else None
@@ -187,8 +225,6 @@ def _largest_int(value: Any) -> int:
 
 
 def _hint(fields, name: str) -> str | None:
-    from mmgraph.components.registry import describe_field
-
     field = fields.get(name)
     return None if field is None else f"'{name}' takes {describe_field(field)}"
 
