@@ -24,7 +24,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 
-from mmgraph.backends.torch.load import load  # noqa: E402
+from mmgraph.build import load  # noqa: E402
 
 from reference.hand_clip import matching  # noqa: E402
 from tiny import TINY  # noqa: E402

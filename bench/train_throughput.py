@@ -27,7 +27,7 @@ SPEC = ROOT / "examples" / "clip_digits.mmg"
 
 def hand_written(steps: int, batch_size: int) -> float:
     """The loop a researcher writes by hand: batches, losses, backward, AdamW step."""
-    from mmgraph.backends.torch.load import load_class
+    from mmgraph.build import load_class
     from mmgraph.train.data import SpecDataset, batches, open_source
     from mmgraph.train.tokenize import make_tokenizer
 

@@ -20,7 +20,7 @@ sys.path.insert(0, str(ROOT / "examples"))
 
 import zoo  # noqa: E402
 
-from mmgraph.backends.torch.load import write  # noqa: E402
+from mmgraph.build import write  # noqa: E402
 from mmgraph.export import targets  # noqa: E402
 from mmgraph.export.bench import bench  # noqa: E402
 from mmgraph.export.onnx_parts import export  # noqa: E402

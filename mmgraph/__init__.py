@@ -4,10 +4,9 @@ The language layers (`mmgraph.lang`, `mmgraph.ir`, `mmgraph.components`) are pur
 import no torch, so checking a spec is fast enough for an editor.
 """
 
-__version__ = "0.1.0"
-
-from mmgraph.compiler import CheckResult, build_graph, check_file, check_text  # noqa: E402
-from mmgraph.lang.diagnostics import Diagnostic, SpecError  # noqa: E402
+from mmgraph.compiler import CheckResult, build_graph, check_file, check_text
+from mmgraph.lang.diagnostics import Diagnostic, SpecError
+from mmgraph.version import __version__
 
 
 def load(spec, model: str | None = None, **overrides):
@@ -15,7 +14,7 @@ def load(spec, model: str | None = None, **overrides):
 
     Keyword arguments override the spec's constants: `load("specs/llava.mmg", width=64)`.
     """
-    from mmgraph.backends.torch.load import load as _load
+    from mmgraph.build import load as _load
 
     return _load(spec, model=model, **overrides)
 

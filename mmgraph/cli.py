@@ -259,7 +259,7 @@ def cmd_graph(args) -> int:
 # ---------------------------------------------------------------- compile / stats
 
 def cmd_compile(args) -> int:
-    from mmgraph.backends.torch.load import write
+    from mmgraph.build import write
 
     _plugins(args.plugin)
     py, ir = write(args.spec, args.output, _overrides(args.overrides), args.model,
@@ -283,10 +283,12 @@ def _dims(text: str) -> dict[str, int]:
 
 def cmd_stats(args) -> int:
     from mmgraph.backends.torch.stats import compute, table
+    from mmgraph.build import load_class
 
     _plugins(args.plugin)
-    stats = compute(args.spec, _overrides(args.overrides), _dims(args.dims), args.model,
-                    args.lib_dirs)
+    overrides, dims = _overrides(args.overrides), _dims(args.dims)
+    cls, g = load_class(args.spec, args.model, lib_dirs=args.lib_dirs, **overrides)
+    stats = compute(cls, g, dims)
     print(json.dumps(stats.to_json(), indent=2) if args.json else table(stats))
     return EXIT_OK
 

@@ -9,7 +9,7 @@ import torch
 
 from mmgraph.backends.torch.codegen import generate
 from mmgraph.backends.torch.inputs import concrete_shape, example_inputs
-from mmgraph.backends.torch.load import load
+from mmgraph.build import load
 from mmgraph.compiler import build_graph
 
 from conftest import GOLDEN, ROOT, SPECS, check_golden
@@ -81,7 +81,7 @@ def test_runtime_errors_name_the_spec_line(tmp_path):
 
 
 def test_load_and_compile_write_the_same_source(tmp_path):
-    from mmgraph.backends.torch.load import write
+    from mmgraph.build import write
 
     py, ir = write(ROOT / "specs" / "clip.mmg", tmp_path, TINY["clip"])
     g = build_graph(ROOT / "specs" / "clip.mmg", TINY["clip"])

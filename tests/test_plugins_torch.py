@@ -8,7 +8,7 @@ import textwrap
 import pytest
 import torch
 
-from mmgraph.backends.torch.load import load, write
+from mmgraph.build import load, write
 from mmgraph.components import registry
 
 PLUGIN = '''

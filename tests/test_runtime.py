@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from mmgraph.backends.torch.load import load
+from mmgraph.build import load
 from mmgraph.export import targets
 from mmgraph.export.onnx_parts import export
 from mmgraph.runtime import InputError, Pipeline, TensorSpec, TorchSession, open_export

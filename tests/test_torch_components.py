@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from mmgraph.backends.torch.inputs import TORCH_DTYPES, concrete_shape, example_inputs
-from mmgraph.backends.torch.load import load
+from mmgraph.build import load
 from mmgraph.components import nn as mm
 from mmgraph.components import registry
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from mmgraph.backends.torch.inputs import example_inputs
-from mmgraph.backends.torch.load import load
+from mmgraph.build import load
 
 from conftest import ROOT
 from tiny import DIMS, TINY

@@ -112,7 +112,7 @@ model staged {
 def test_stages_train_only_what_they_name_and_keep_the_rest_bit_identical(tmp_path):
     spec = tmp_path / "staged.mmg"
     spec.write_text(STAGED)
-    from mmgraph.backends.torch.load import load_class
+    from mmgraph.build import load_class
 
     cls, _ = load_class(spec)
     torch.manual_seed(0)

@@ -19,7 +19,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from mmgraph.backends.torch.load import load_class
+from mmgraph.build import load_class
 from mmgraph.cli import main
 from mmgraph.errors import UserError
 from mmgraph.train import checkpoint as ckpt

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from mmgraph.backends.torch.load import load_class
+from mmgraph.build import load_class
 from mmgraph.errors import UsageError, UserError
 from mmgraph.export import targets
 from mmgraph.export.manifest import REEXPORT, ExportFolder, ManifestError, open_folder

@@ -30,7 +30,8 @@ import torch
 
 from mmgraph.backends.torch.codegen import generate_part
 from mmgraph.backends.torch.inputs import TORCH_DTYPES, concrete_shape
-from mmgraph.backends.torch.load import load_class, module_from_source
+from mmgraph.backends.torch.load import module_from_source
+from mmgraph.build import load_class
 from mmgraph.errors import UserError, describe_os_error
 from mmgraph.export import manifest as manifest_file
 from mmgraph.export.targets import Target

@@ -11,7 +11,7 @@ from typing import Any
 import torch
 from pydantic import ValidationError
 
-from mmgraph.backends.torch.load import load_class
+from mmgraph.build import load_class
 from mmgraph.errors import UsageError, UserError
 from mmgraph.ir.passes.trainability import TrainSettings
 from mmgraph.suggest import did_you_mean

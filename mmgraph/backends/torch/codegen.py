@@ -535,7 +535,7 @@ class ModelCodegen:
 
     def render(self) -> Generated:
         model = self.model_class()  # builds the block classes it uses on the way
-        from mmgraph import __version__
+        from mmgraph.version import __version__
 
         classes = [_indent_continuations(c) for c in self.blocks + [model]]
         source = templates().get_template("module.py.j2").render(
@@ -601,7 +601,7 @@ def generate_part(g: Graph, spec: str, name: str, inputs: list[str], outputs: li
                       f"{', '.join(outputs)}", [], [],
                       [Method(f"forward(self, {', '.join(py_name(i) for i in inputs)})", "",
                               body)])
-    from mmgraph import __version__
+    from mmgraph.version import __version__
 
     source = templates().get_template("part.py.j2").render(
         version=__version__, spec=spec, model=g.name, part=name,

@@ -1,24 +1,15 @@
-"""Compile a spec to a torch module in memory, or write its source to disk."""
+"""Checked IR to a torch module in memory, or its source on disk."""
 
 from __future__ import annotations
 
 import linecache
 import sys
 import types
-from collections.abc import Iterable
 from pathlib import Path
 
 from mmgraph.backends.torch.codegen import Generated, generate
-from mmgraph.compiler import build_graph
 from mmgraph.escape import one_line
 from mmgraph.ir.graph import Graph
-
-
-def compile_source(spec: str | Path, overrides: dict | None = None,
-                   model: str | None = None, lib_dirs: Iterable[str | Path] = ()
-                   ) -> tuple[Graph, Generated]:
-    g = build_graph(spec, overrides, model, lib_dirs)
-    return g, generate(g, str(spec))
 
 
 def module_from_source(gen: Generated, filename: str) -> types.ModuleType:
@@ -35,32 +26,20 @@ def module_from_source(gen: Generated, filename: str) -> types.ModuleType:
     return module
 
 
-def load_class(spec: str | Path, model: str | None = None, *,
-               lib_dirs: Iterable[str | Path] = (), **overrides):
-    """The generated model class (not yet instantiated) and its graph. `lib_dirs`: folders
-    outside the spec's own tree that its imports may read (`--lib`)."""
-    g, gen = compile_source(spec, overrides, model, lib_dirs)
-    module = module_from_source(gen, f"<mmgraph {spec}>")
-    return getattr(module, gen.class_name), g
+def model_class(g: Graph, spec: str | Path) -> type:
+    """The generated model class of a checked graph (not yet instantiated); `spec` is the
+    file it came from, named in the source and its tracebacks."""
+    gen = generate(g, str(spec))
+    return getattr(module_from_source(gen, f"<mmgraph {spec}>"), gen.class_name)
 
 
-def load(spec: str | Path, model: str | None = None, *, lib_dirs: Iterable[str | Path] = (),
-         **overrides):
-    """The spec's model, instantiated: the same source `mmgraph compile` writes."""
-    cls, g = load_class(spec, model, lib_dirs=lib_dirs, **overrides)
-    instance = cls()
-    instance.graph = g  # the checked IR it came from, for trainers and exporters
-    return instance
-
-
-def write(spec: str | Path, out_dir: str | Path, overrides: dict | None = None,
-          model: str | None = None, lib_dirs: Iterable[str | Path] = ()) -> tuple[Path, Path]:
-    """Write `<model>.py` and `<model>.ir.txt` into out_dir."""
-    g, gen = compile_source(spec, overrides, model, lib_dirs)
+def write_source(g: Graph, spec: str | Path, out_dir: str | Path) -> tuple[Path, Path]:
+    """Write `<model>.py` and `<model>.ir.txt` of a checked graph into out_dir."""
+    source = generate(g, str(spec)).source
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     py = out / f"{g.name}.py"
     ir = out / f"{g.name}.ir.txt"
-    py.write_text(gen.source, encoding="utf-8")
+    py.write_text(source, encoding="utf-8")
     ir.write_text(g.dump(), encoding="utf-8", errors="backslashreplace")
     return py, ir

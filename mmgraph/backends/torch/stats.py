@@ -13,8 +13,8 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from mmgraph.backends.torch.inputs import concrete_shape, example_inputs, validate_dims
-from mmgraph.backends.torch.load import load_class
 from mmgraph.components import registry
+from mmgraph.ir.graph import Graph
 
 BYTES = {"f32": 4, "f16": 2, "bf16": 2, "f64": 8, "i64": 8, "i32": 4, "i16": 2, "i8": 1,
          "u8": 1, "bool": 1}
@@ -72,9 +72,8 @@ def default_stat_dims(g) -> dict[str, int]:
     return dims
 
 
-def compute(spec, overrides: dict | None = None, dims: dict[str, int] | None = None,
-            model: str | None = None, lib_dirs=()) -> Stats:
-    cls, g = load_class(spec, model, lib_dirs=lib_dirs, **(overrides or {}))
+def compute(cls: type, g: Graph, dims: dict[str, int] | None = None) -> Stats:
+    """Stats of a generated model class (`mmgraph.build.load_class`) at `dims`."""
     validate_dims(g, dims or {})
     with torch.device("meta"):
         m = cls()
