@@ -17,8 +17,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from mmgraph.backends.torch.weights import CheckpointError, find
 from mmgraph.cli import main
-from mmgraph.train.checkpoint import CheckpointError, find
 from mmgraph.train.run import load_trained, train
 
 from conftest import ROOT

@@ -19,11 +19,13 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
+from mmgraph.backends.torch import weights
+from mmgraph.backends.torch.weights import CheckpointError
 from mmgraph.build import load_class
 from mmgraph.cli import main
 from mmgraph.errors import UserError
 from mmgraph.train import checkpoint as ckpt
-from mmgraph.train.checkpoint import CheckpointError, Position
+from mmgraph.train.checkpoint import Position
 from mmgraph.train.data import DataError, ListSource, SpecDataset, open_source
 from mmgraph.train.run import check_device, train
 from mmgraph.train.runfolder import RunFolderError, claim
@@ -120,7 +122,7 @@ def test_overwrite_clears_the_old_run_first(run):
     steps = [json.loads(line)["global_step"]
              for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert steps == [1, 2]  # the new run's lines only, nothing appended to the old ones
-    assert [s for s, _ in ckpt.checkpoints(run / "checkpoints")] == [1, 2]
+    assert [s for s, _ in weights.checkpoints(run / "checkpoints")] == [1, 2]
     assert (run / "notes.txt").read_text() == "mine"
 
 
@@ -136,7 +138,7 @@ def test_resume_from_a_stage_end_runs_the_next_stage(run):
     (run / "checkpoints" / "latest").write_text("step-00000002\n")
     result = train(TINY, out=run, max_steps=2, resume=True, quiet=True)
     assert [s["stage"] for s in result["stages"]] == ["warm", "all"]
-    assert ckpt.latest(run / "checkpoints").name == "step-00000004"
+    assert weights.latest(run / "checkpoints").name == "step-00000004"
 
 
 def test_resume_without_a_checkpoint_says_so(tmp_path):
@@ -151,7 +153,7 @@ def test_stale_temporaries_are_cleaned_on_start(run):
     (run / "checkpoints" / "latest.tmp").write_text("step-0")
     with claim(run, resume=True, overwrite=False):
         assert not stale.exists() and not (run / "checkpoints" / "latest.tmp").exists()
-    assert ckpt.latest(run / "checkpoints").name == "step-00000004"
+    assert weights.latest(run / "checkpoints").name == "step-00000004"
 
 
 def tiny_state():
@@ -171,10 +173,10 @@ def test_rotation_never_loses_the_newest_nor_leaves_latest_dangling(tmp_path, ke
     for step in (2, 3, 4, 5):
         written = ckpt.save(root, model, optimizer, scheduler, Position(global_step=step), g,
                             {}, keep=keep)
-        steps = [s for s, _ in ckpt.checkpoints(root)]
+        steps = [s for s, _ in weights.checkpoints(root)]
         assert steps == list(range(max(2, step - keep + 1), step + 1))
         assert (root / "latest").read_text().strip() == written.name
-        assert ckpt.latest(root) == written
+        assert weights.latest(root) == written
 
 
 # ------------------------------------------------------------------ checkpoints carry checksums
@@ -188,7 +190,7 @@ def test_flipped_bytes_are_found_by_the_checksum(run):
         (step / name).write_bytes(bytes(data))
     with pytest.raises(CheckpointError, match=r"step-00000004/model.safetensors is damaged: "
                                               r"its sha256 differs"):
-        ckpt.load_weights(step, model, g)
+        weights.load_weights(step, model, g)
     with pytest.raises(CheckpointError, match="optimizer.safetensors is damaged"):
         ckpt.load_training_state(step, optimizer, scheduler)
 
@@ -206,7 +208,7 @@ def test_non_finite_weights_are_refused_even_with_a_matching_checksum(run):
     (step / "state.json").write_text(json.dumps(state))
     model, g, _, _ = tiny_state()
     with pytest.raises(CheckpointError, match="tensor 'img_proj.weight' holds NaN or infinite"):
-        ckpt.load_weights(step, model, g)
+        weights.load_weights(step, model, g)
 
 
 def test_checkpoints_without_checksums_still_load(run):
@@ -215,7 +217,7 @@ def test_checkpoints_without_checksums_still_load(run):
     del state["files"]
     (step / "state.json").write_text(json.dumps(state))
     model, g, _, _ = tiny_state()
-    ckpt.load_weights(step, model, g)
+    weights.load_weights(step, model, g)
     assert torch.equal(model.state_dict()["img_proj.weight"],
                        load_file(step / "model.safetensors")["img_proj.weight"])
 
@@ -229,7 +231,7 @@ def test_a_damaged_state_json_is_named(run, damage, message):
     (step / "state.json").write_text(damage)
     model, g, _, _ = tiny_state()
     with pytest.raises(CheckpointError, match=f"step-00000004/state.json is damaged: {message}"):
-        ckpt.load_weights(step, model, g)
+        weights.load_weights(step, model, g)
 
 
 # ------------------------------------------------------------------ write errors
@@ -253,7 +255,7 @@ def test_a_failed_write_names_the_file_and_keeps_the_previous_checkpoint(run, mo
     assert "step-00000005.tmp/optimizer.safetensors" in str(err.value)
     assert ("disk is full" if code == errno.ENOSPC else "permission denied") in str(err.value)
     assert not (root / "step-00000005.tmp").exists() and not (root / "step-00000005").exists()
-    assert ckpt.latest(root).name == "step-00000004"
+    assert weights.latest(root).name == "step-00000004"
     assert (root / "step-00000002").exists()  # nothing rotated away
 
 

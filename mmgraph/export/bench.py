@@ -74,7 +74,7 @@ def _bench(folder: ExportFolder, source: Path, dims: dict[str, int] | None, runs
     torch.manual_seed(0)
     model = cls()
     if manifest.checkpoint:
-        from mmgraph.train import checkpoint as ckpt
+        from mmgraph.backends.torch import weights as ckpt
 
         ckpt.load_weights(ckpt.find(manifest.checkpoint), model, g)
     model.eval()

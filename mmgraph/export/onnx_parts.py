@@ -313,7 +313,7 @@ def export(spec: str | Path, out: str | Path, target: Target, *, overrides: dict
     model.graph = g
     spec_hash = weights = None
     if checkpoint is not None:
-        from mmgraph.train import checkpoint as ckpt
+        from mmgraph.backends.torch import weights as ckpt
 
         weights = ckpt.find(checkpoint)
         ckpt.load_weights(weights, model, g)

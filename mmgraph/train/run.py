@@ -11,11 +11,11 @@ from typing import Any
 import torch
 from pydantic import ValidationError
 
+from mmgraph.backends.torch import weights
 from mmgraph.build import load_class
 from mmgraph.errors import UsageError, UserError
 from mmgraph.ir.passes.trainability import TrainSettings
 from mmgraph.suggest import did_you_mean
-from mmgraph.train import checkpoint as ckpt
 from mmgraph.train.plots import loss_png
 from mmgraph.train.runfolder import claim
 from mmgraph.train.trainer import Trainer, World, env_world_size, stage_names
@@ -172,8 +172,8 @@ def load_trained(spec: str | Path, checkpoint: str | Path, overrides: dict | Non
     cls, g = load_class(spec, model_name, lib_dirs=lib_dirs, **(overrides or {}))
     model = cls()
     model.graph = g
-    path = ckpt.find(checkpoint)
-    ckpt.load_weights(path, model, g)
+    path = weights.find(checkpoint)
+    weights.load_weights(path, model, g)
     return model.eval(), g, path
 
 

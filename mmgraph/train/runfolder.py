@@ -17,6 +17,7 @@ from pathlib import Path
 
 from filelock import FileLock, Timeout
 
+from mmgraph.backends.torch import weights
 from mmgraph.errors import UserError
 from mmgraph.train import checkpoint as ckpt
 from mmgraph.train.plots import PLOT_TEMP
@@ -36,7 +37,7 @@ def used(out: Path) -> list[str]:
 
 
 def _describe(out: Path) -> str:
-    done = ckpt.checkpoints(out / "checkpoints")
+    done = weights.checkpoints(out / "checkpoints")
     if done:
         return f"checkpoints up to step {done[-1][0]}"
     return "the files " + ", ".join(used(out))
@@ -78,7 +79,7 @@ def claim(out: str | Path, *, resume: bool, overwrite: bool,
                 else:
                     path.unlink()
                 say(f"removed {path} (--overwrite)")
-        elif resume and ckpt.latest(out / "checkpoints") is None:
+        elif resume and weights.latest(out / "checkpoints") is None:
             extra = f" (it holds {_describe(out)}; start over with --overwrite)" if used(out) \
                 else ""
             raise RunFolderError(f"nothing to resume in {out}: no checkpoint in "

@@ -22,6 +22,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from mmgraph.backends.torch import weights
 from mmgraph.errors import UsageError
 from mmgraph.ir.graph import Graph, Stage
 from mmgraph.train import checkpoint as ckpt
@@ -184,9 +185,9 @@ class Trainer:
         result = RunResult(self.out)
         position = Position()
         ckpt_dir = self.out / "checkpoints"
-        resume_from = ckpt.latest(ckpt_dir) if resume else None
+        resume_from = weights.latest(ckpt_dir) if resume else None
         if resume_from is not None:
-            state = ckpt.load_weights(resume_from, self.model, self.g)
+            state = weights.load_weights(resume_from, self.model, self.g)
             position = Position(**state["position"])
             last = len(plans) - 1
             if position.stage > last or (position.stage == last and
