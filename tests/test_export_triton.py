@@ -20,13 +20,13 @@ pytest.importorskip("tritonclient", reason="Triton's model config schema ships i
 from google.protobuf import text_format  # noqa: E402
 from onnx import TensorProto, helper  # noqa: E402
 
-from mmgraph.export.manifest import ManifestError  # noqa: E402
 from mmgraph.export.triton import (  # noqa: E402
     model_config_pb2,
     triton_dtype,
     validate_repository,
     write_repository,
 )
+from mmgraph.runtime.manifest import ManifestError  # noqa: E402
 
 from conftest import GOLDEN, check_golden  # noqa: E402
 

@@ -15,9 +15,9 @@ import pytest
 from mmgraph.cli import main
 from mmgraph.errors import UserError
 from mmgraph.export import targets
-from mmgraph.export.manifest import ManifestError, open_folder
 from mmgraph.export.onnx_parts import ExportError, export, token_vocab
 from mmgraph.runtime import InputError, OnnxSession, Session, TensorSpec, open_export
+from mmgraph.runtime.manifest import ManifestError, open_folder
 
 from conftest import ROOT
 from tiny import TINY

@@ -19,8 +19,8 @@ import torch
 from mmgraph.build import load_class
 from mmgraph.errors import UsageError, UserError
 from mmgraph.export import targets
-from mmgraph.export.manifest import REEXPORT, ExportFolder, ManifestError, open_folder
 from mmgraph.export.onnx_parts import PartPlan, export, part_module, plan_parts, random_inputs
+from mmgraph.runtime.manifest import REEXPORT, ExportFolder, ManifestError, open_folder
 from mmgraph.runtime.session import OnnxSession, TensorRTSession, TensorSpec
 
 

@@ -14,7 +14,6 @@ against the fp32 PyTorch model is measured on onnxruntime's CPU provider and rec
 
 from __future__ import annotations
 
-import copy
 import json
 import os
 import tempfile
@@ -29,14 +28,15 @@ import sympy
 import torch
 
 from mmgraph.backends.torch.codegen import generate_part
+from mmgraph.backends.torch.half import Half
 from mmgraph.backends.torch.inputs import TORCH_DTYPES, concrete_shape
 from mmgraph.backends.torch.load import module_from_source
 from mmgraph.build import load_class
 from mmgraph.errors import UserError, describe_os_error
-from mmgraph.export import manifest as manifest_file
 from mmgraph.export.targets import Target
 from mmgraph.ir import types as T
 from mmgraph.ir.graph import Graph, Ref
+from mmgraph.runtime import manifest as manifest_file
 
 ONNX_DTYPES = {"f32": "float32", "f16": "float16", "bf16": "bfloat16", "f64": "float64",
                "i64": "int64", "i32": "int32", "i16": "int16", "i8": "int8", "u8": "uint8",
@@ -46,37 +46,6 @@ DEFAULT_RANGE = {"min": 1, "opt": 2, "max": 4}  # for free dims the export block
 
 class ExportError(UserError):
     """An export that cannot be trusted: the message names the part and the output."""
-
-
-class Half(torch.nn.Module):
-    """An fp16 copy of a part: fp16 weights and compute, fp32 normalisations (their modules
-    stay fp32 and see fp32 inputs), float inputs and outputs cast at the edges so the part
-    keeps the spec's dtypes."""
-
-    def __init__(self, part: torch.nn.Module):
-        super().__init__()
-        from mmgraph.components.nn.layers import RMSNorm
-
-        self.part = copy.deepcopy(part).half()
-        for module in self.part.modules():
-            if isinstance(module, (torch.nn.LayerNorm, RMSNorm)):
-                module.float()
-                module.register_forward_pre_hook(_to_fp32)
-                module.register_forward_hook(_to_fp16)
-
-    def forward(self, *args):
-        args = [a.half() if a.is_floating_point() else a for a in args]
-        out = self.part(*args)
-        return {k: v.float() if v.is_floating_point() else v for k, v in out.items()}
-
-
-def _to_fp32(module, args):
-    return tuple(a.float() if torch.is_tensor(a) and a.is_floating_point() else a
-                 for a in args)
-
-
-def _to_fp16(module, args, output):
-    return output.half()
 
 
 @dataclass

@@ -15,7 +15,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, ValidationError
 
 from mmgraph.errors import UserError
-from mmgraph.export.manifest import problems
+from mmgraph.runtime.manifest import problems
 
 if sys.version_info >= (3, 11):
     import tomllib

@@ -23,7 +23,7 @@ from typing import Any
 import jinja2
 
 from mmgraph.escape import TEMPLATE_FILTERS
-from mmgraph.export.manifest import inside
+from mmgraph.runtime.manifest import inside
 
 __all__ = ["write_repository", "validate_repository", "triton_dtype", "instance_kind",
            "BACKENDS"]

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from mmgraph.errors import UserError
-from mmgraph.export.manifest import REEXPORT, ManifestError, TensorInfo, open_folder
+from mmgraph.runtime.manifest import REEXPORT, ManifestError, TensorInfo, open_folder
 from mmgraph.suggest import did_you_mean
 
 

@@ -5,7 +5,8 @@ An export folder is input like any other: it may be copied, edited, truncated, o
 format this mmgraph reads) and `ExportFolder.file` hands out the files it lists only when
 they stay inside the folder (no `..`, no absolute path, no link leading out) and match the
 size and sha256 recorded at export. Every problem is a `ManifestError` naming the file, the
-field or the part, and what to do.
+field or the part, and what to do. It lives with the runtime, the reader that needs nothing
+else of mmgraph; `mmgraph export` writes what it defines.
 """
 
 from __future__ import annotations
