@@ -1,5 +1,6 @@
 """A plugin's components compile, train and export like built-in ones: the plugin gives the
-torch face (`torch_module` / `torch_function`), generated code reaches it via mm.plugin."""
+torch face (`torch`, here the class or function itself), generated code reaches it through
+`mm.face("name")`."""
 
 from __future__ import annotations
 
@@ -15,17 +16,17 @@ PLUGIN = '''
 import torch
 from torch import nn
 
-from mmgraph.components.common import PosInt, seq
+from mmgraph.components.common import PosInt, in_width, seq
 from mmgraph.components.registry import Component, Params, Port, register
 
 
-def pixel_shuffle(x, ratio: int = 2):
+def pixel_shuffle(x, *, ratio: int):
     b, n, d = x.shape
     return x.reshape(b, n // ratio ** 2, d * ratio ** 2)
 
 
 class Scale(nn.Module):
-    def __init__(self, *, in_width: int, init: float = 1.0):
+    def __init__(self, *, in_width: int, init: float):
         super().__init__()
         self.gain = nn.Parameter(torch.full((in_width,), init))
 
@@ -39,7 +40,7 @@ class PixelShuffle(Component):
     category = "connector"
     inputs = (Port("x"),)
     has_weights = False
-    torch_function = staticmethod(pixel_shuffle)
+    torch = pixel_shuffle
 
     class Params(Params):
         ratio: PosInt = 2
@@ -55,13 +56,16 @@ class ScaleComponent(Component):
     name = "scale_t"
     category = "layer"
     inputs = (Port("x"),)
-    torch_module = Scale
+    torch = Scale
 
     class Params(Params):
         init: float = 1.0
 
     def infer(self, p, x, ctx):
         return x["x"]
+
+    def torch_args(self, p, x, ctx):
+        return {"in_width": in_width(ctx, x), **p.model_dump()}
 '''
 
 SPEC = """
@@ -89,8 +93,8 @@ def test_plugin_components_compile_and_run(plugin, tmp_path):
     spec.write_text(textwrap.dedent(SPEC))
     py, _ = write(spec, tmp_path)
     source = py.read_text()
-    assert 'mm.plugin("scale_t")(in_width=16, init=2.0)' in source
-    assert 'mm.plugin("pixel_shuffle_t")(x)' in source
+    assert 'mm.face("scale_t")(in_width=16, init=2.0)' in source
+    assert 'mm.face("pixel_shuffle_t")(x, ratio=2)' in source
     model = load(spec)
     x = torch.randn(3, 8, 4)
     y = model(x=x)["y"]
@@ -98,3 +102,27 @@ def test_plugin_components_compile_and_run(plugin, tmp_path):
     torch.testing.assert_close(y, 2.0 * x.reshape(3, 2, 16))
     y.sum().backward()
     assert model.gain.gain.grad is not None
+
+
+def test_a_plugin_with_the_old_face_attributes_is_told_the_new_name(tmp_path):
+    path = tmp_path / "old_t.py"
+    path.write_text(PLUGIN.replace("torch = Scale", "torch_module = Scale"))
+    before = dict(registry.REGISTRY)
+    try:
+        with pytest.raises(TypeError, match="`torch_module` is now `torch`"):
+            registry.load_plugin(path)
+    finally:
+        registry.REGISTRY.clear()
+        registry.REGISTRY.update(before)
+
+
+def test_a_plugin_without_a_face_checks_but_does_not_build(plugin, tmp_path):
+    face = registry.get("scale_t").torch
+    type(registry.get("scale_t")).torch = None
+    try:
+        spec = tmp_path / "plugged.mmg"
+        spec.write_text(textwrap.dedent(SPEC))
+        with pytest.raises(NotImplementedError, match="'scale_t' has no torch face"):
+            load(spec)
+    finally:
+        type(registry.get("scale_t")).torch = face

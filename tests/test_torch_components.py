@@ -10,6 +10,7 @@ import textwrap
 import pytest
 import torch
 
+from mmgraph.backends.torch.codegen import face_expr
 from mmgraph.backends.torch.inputs import TORCH_DTYPES, concrete_shape, example_inputs
 from mmgraph.build import load
 from mmgraph.components import nn as mm
@@ -190,19 +191,25 @@ def test_component_shapes_dtypes_and_gradients(name):
             assert p.grad is not None, f"{pname} got no gradient\n{src}"
 
 
-def test_torch_modules_take_the_same_parameters_with_the_same_defaults():
+def test_faces_take_parameters_by_keyword_without_defaults():
+    """Codegen passes every parameter, so a default in a face would be a second copy."""
     for name in registry.names():
         comp = registry.get(name)
-        if not comp.has_weights:
-            fn = getattr(mm.ops, name)
-            accepted = inspect.signature(fn).parameters
-        else:
-            accepted = inspect.signature(getattr(mm, type(comp).__name__).__init__).parameters
-        for field, info in comp.Params.model_fields.items():
-            assert field in accepted, f"{name}: torch side has no parameter {field!r}"
-            default = accepted[field].default
-            if not info.is_required():
-                assert default == info.default, f"{name}.{field}: {default!r} vs {info.default!r}"
+        face = comp.torch_face()
+        accepted = inspect.signature(face.__init__ if comp.has_weights else face).parameters
+        for field in comp.Params.model_fields:
+            if field in accepted:
+                param = accepted[field]
+                assert param.kind is param.KEYWORD_ONLY, f"{name}.{field}: {param.kind}"
+                assert param.default is param.empty, f"{name}.{field} = {param.default!r}"
+
+
+def test_generated_code_names_each_builtin_face_by_its_path():
+    for name in registry.names():
+        comp = registry.get(name)
+        expr = face_expr(comp)
+        assert expr.startswith("mm.") and "face(" not in expr, (name, expr)
+        assert eval(expr, {"mm": mm}) is comp.torch_face(), (name, expr)
 
 
 def test_frozen_modules_stay_in_eval_mode():

@@ -1,4 +1,5 @@
-"""Parameter vocabulary shared by many components, and small type-rule helpers."""
+"""Parameter vocabulary shared by many components, and small helpers for their type rules
+and for the sizes their torch faces are built with."""
 
 from __future__ import annotations
 
@@ -49,3 +50,30 @@ def check_heads(ctx, width: int, heads: int, what: str = "width") -> None:
         ctx.fail(f"{ctx.name}: {what} {width} is not divisible by heads={heads}", code="E203",
                  param="heads", hint=f"choose heads so that {what} / heads is a whole number, "
                                      f"e.g. heads={near}")
+
+
+def fixed(ctx, port: str, t: TensorType, axis: str | int, what: str) -> int:
+    """A size the weights are made with (an input's width, channel count...): a number, or
+    E304 when the spec leaves it symbolic."""
+    d = t.dim(axis)
+    if not d.is_Integer:
+        ctx.fail(f"{ctx.name} needs a fixed {what} to size its weights, but it is "
+                 f"{T.format_dim(d)}", port, code="E304",
+                 hint="give the dimension a number in the spec or with --set")
+    return int(d)
+
+
+def in_width(ctx, x: dict, port: str = "x") -> int:
+    """The width of input `port`, which sizes the layer's first weights."""
+    return fixed(ctx, port, x[port], -1, "input width")
+
+
+def ctx_width(ctx, x: dict) -> dict:
+    """`{"ctx_width": ...}` when the call has a context to attend to, else nothing."""
+    return {"ctx_width": fixed(ctx, "ctx", x["ctx"], -1, "context width")} if "ctx" in x else {}
+
+
+def grid(ctx, port: str, t: TensorType, patch: int) -> tuple[int, int]:
+    """The patch grid (rows, columns) of an image or video input."""
+    return (fixed(ctx, port, t, "H", "image height") // patch,
+            fixed(ctx, port, t, "W", "image width") // patch)

@@ -10,6 +10,7 @@ from mmgraph.components.common import (
     NonNegInt,
     PosInt,
     check_heads,
+    in_width,
     seq,
     vec,
     with_width,
@@ -31,6 +32,7 @@ class Linear(Component):
     lora_targets = ("self",)  # the component is its own linear layer(s)
     summary = "One linear map of the last axis (the width)"
     inputs = (Port("x"),)
+    torch = "mmgraph.components.nn.connectors:Linear"
 
     class Params(Params):
         out: PosInt
@@ -44,6 +46,9 @@ class Linear(Component):
             ctx.expect_dim("x", t, -1, p.input, "width")
         return with_width(t, p.out)
 
+    def torch_args(self, p, x, ctx):
+        return {"in_width": in_width(ctx, x), **p.model_dump(exclude={"input"})}
+
 
 @register
 class MLP(Component):
@@ -52,6 +57,7 @@ class MLP(Component):
     lora_targets = ("self",)  # the component is its own linear layer(s)
     summary = "A stack of linear layers with an activation between them (LLaVA's projector)"
     inputs = (Port("x"),)
+    torch = "mmgraph.components.nn.connectors:MLP"
 
     class Params(Params):
         out: PosInt
@@ -68,6 +74,9 @@ class MLP(Component):
             ctx.expect_dim("x", t, -1, p.input, "width")
         return with_width(t, p.out)
 
+    def torch_args(self, p, x, ctx):
+        return {"in_width": in_width(ctx, x), **p.model_dump(exclude={"input"})}
+
 
 @register
 class QFormer(Component):
@@ -77,6 +86,7 @@ class QFormer(Component):
     summary = ("BLIP-2 Q-Former: learnable queries, self-attention, cross-attention to the "
                "features every `cross_every` layers")
     inputs = (Port("x"),)
+    torch = "mmgraph.components.nn.connectors:QFormer"
 
     class Params(Params):
         queries: PosInt = 32
@@ -101,6 +111,9 @@ class QFormer(Component):
             n = ctx.exact_div("x", t.dim("N"), p.window, "sequence length") * p.queries
         return seq(t.dim("B"), n, p.width, t.tags)
 
+    def torch_args(self, p, x, ctx):
+        return {"in_width": in_width(ctx, x), **p.model_dump(exclude={"kv_width"})}
+
 
 @register
 class PerceiverResampler(Component):
@@ -109,6 +122,7 @@ class PerceiverResampler(Component):
     lora_targets = ATTENTION
     summary = "Flamingo's Perceiver resampler: a fixed number of latents cross-attend to features"
     inputs = (Port("x"),)
+    torch = "mmgraph.components.nn.connectors:PerceiverResampler"
 
     class Params(Params):
         latents: PosInt = 64
@@ -125,6 +139,9 @@ class PerceiverResampler(Component):
             ctx.expect_dim("x", t, "D", p.width, "width")
         return seq(t.dim("B"), p.latents, t.dim("D"), t.tags)
 
+    def torch_args(self, p, x, ctx):
+        return {"in_width": in_width(ctx, x), **p.model_dump(exclude={"width"})}
+
 
 @register
 class Pool(Component):
@@ -133,6 +150,7 @@ class Pool(Component):
     summary = ("A sequence to one vector: class token, mean, last token, end-of-text token "
                "(the largest id in `tokens`, as CLIP), or attention pooling")
     inputs = (Port("x"), Port("mask", optional=True), Port("tokens", optional=True))
+    torch = "mmgraph.components.nn.connectors:Pool"
 
     class Params(Params):
         mode: Literal["cls", "mean", "last", "eot", "attention"] = "mean"
@@ -152,6 +170,9 @@ class Pool(Component):
             ctx.expect_same("x", t.dim("N"), "mask", x["mask"].dim("N"), "length")
         return vec(t.dim("B"), t.dim("D"), t.tags)
 
+    def torch_args(self, p, x, ctx):
+        return {"in_width": in_width(ctx, x), **p.model_dump()}
+
 
 @register
 class TokenMerge(Component):
@@ -160,6 +181,7 @@ class TokenMerge(Component):
     summary = "Merge neighbouring tokens: N tokens become N / ratio (SimVLG-style)"
     has_weights = False
     inputs = (Port("x"),)
+    torch = "mmgraph.components.nn.connectors:token_merge"
 
     class Params(Params):
         ratio: PosInt = 2
@@ -178,6 +200,7 @@ class PromptTokens(Component):
     category = "connector"
     summary = "Learnable prompt tokens, repeated over the batch of a reference value"
     inputs = (Port("like"),)
+    torch = "mmgraph.components.nn.connectors:PromptTokens"
 
     class Params(Params):
         n: PosInt
@@ -190,3 +213,6 @@ class PromptTokens(Component):
             ctx.fail(f"{ctx.name} needs a batched value to take its batch size from, but "
                      f"{ctx.source('like')} gives {ref}", "like", code="E302")
         return seq(ref.dims[0], p.n, p.width, {p.modality})
+
+    def torch_args(self, p, x, ctx):
+        return p.model_dump(exclude={"modality"})

@@ -13,6 +13,8 @@ from mmgraph.components.common import (
     Norm,
     PosInt,
     check_heads,
+    ctx_width,
+    in_width,
     seq,
     tags_of,
 )
@@ -29,6 +31,7 @@ class CausalLM(Component):
                "token ids; outputs logits over prefix + tokens, extra output `hidden`")
     inputs = (Port("tokens", optional=True), Port("prefix", optional=True),
               Port("mask", optional=True))
+    torch = "mmgraph.components.nn.decoders:CausalLM"
 
     class Params(Params):
         vocab: PosInt
@@ -88,6 +91,7 @@ class TransformerDecoder(Component):
     summary = ("Transformer decoder over query/token embeddings with cross-attention to ctx "
                "(DETR, captioning, MultiMAE decoders)")
     inputs = (Port("x"), Port("ctx", optional=True), Port("mask", optional=True))
+    torch = "mmgraph.components.nn.decoders:TransformerDecoder"
 
     class Params(Params):
         depth: PosInt
@@ -111,6 +115,10 @@ class TransformerDecoder(Component):
             tags = tags_of(t, x["ctx"])
         return t.with_(tags=tags)
 
+    def torch_args(self, p, x, ctx):
+        return {"in_width": in_width(ctx, x), **ctx_width(ctx, x),
+                **p.model_dump(exclude={"width"})}
+
 
 @register
 class ObjectQueries(Component):
@@ -118,6 +126,7 @@ class ObjectQueries(Component):
     category = "decoder"
     summary = "Learnable object queries (DETR), repeated over the batch of a reference value"
     inputs = (Port("like"),)
+    torch = "mmgraph.components.nn.decoders:ObjectQueries"
 
     class Params(Params):
         n: PosInt = 100
@@ -136,6 +145,7 @@ class MAEDecoder(Component):
     summary = ("Masked-autoencoder decoder: visible tokens plus mask tokens back to a full image "
                "of patches (MultiMAE's per-task decoders)")
     inputs = (Port("x"), Port("ctx", optional=True))
+    torch = "mmgraph.components.nn.decoders:MAEDecoder"
 
     class Params(Params):
         width: PosInt = 256
@@ -156,3 +166,6 @@ class MAEDecoder(Component):
         if "ctx" in x:
             ctx.expect_kind("ctx", x["ctx"], "Seq")
         return T.make("Image", (t.dim("B"), p.channels, p.size, p.size), tags=t.tags)
+
+    def torch_args(self, p, x, ctx):
+        return {"in_width": in_width(ctx, x), **p.model_dump()}

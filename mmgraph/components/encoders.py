@@ -14,6 +14,9 @@ from mmgraph.components.common import (
     PosInt,
     Prob,
     check_heads,
+    fixed,
+    grid,
+    in_width,
     seq,
     vec,
 )
@@ -38,6 +41,7 @@ class ViT(Component):
     lora_targets = ATTENTION
     summary = "Vision Transformer: patch embedding, class token, learned positions, pre-norm blocks"
     inputs = (Port("image"),)
+    torch = "mmgraph.components.nn.encoders:ViT"
 
     class Params(_TransformerParams):
         patch: PosInt
@@ -86,6 +90,11 @@ class ViT(Component):
             out = full
         return {"out": out, **{f"layer{k}": full for k in p.taps}}
 
+    def torch_args(self, p, x, ctx):
+        img = x["image"]  # `channels` is checked against it
+        return {"in_channels": fixed(ctx, "image", img, "C", "channel count"),
+                "grid": grid(ctx, "image", img, p.patch), **p.model_dump(exclude={"channels"})}
+
 
 @register
 class TextTransformer(Component):
@@ -94,6 +103,7 @@ class TextTransformer(Component):
     lora_targets = ATTENTION
     summary = "Text Transformer: token + position embeddings, causal or bidirectional blocks"
     inputs = (Port("tokens"), Port("mask", optional=True))
+    torch = "mmgraph.components.nn.encoders:TextTransformer"
 
     class Params(_TransformerParams):
         vocab: PosInt
@@ -126,6 +136,7 @@ class AudioEncoder(Component):
     lora_targets = ATTENTION
     summary = "Whisper-style audio encoder: log-mel in, two conv layers (stride 2), Transformer"
     inputs = (Port("mel"),)
+    torch = "mmgraph.components.nn.encoders:AudioEncoder"
 
     class Params(_TransformerParams):
         mels: PosInt = 80
@@ -150,6 +161,7 @@ class VideoEncoder(Component):
     lora_targets = ATTENTION
     summary = "Per-frame ViT with learned temporal position embeddings over frames"
     inputs = (Port("video"),)
+    torch = "mmgraph.components.nn.encoders:VideoEncoder"
 
     class Params(_TransformerParams):
         patch: PosInt
@@ -172,6 +184,11 @@ class VideoEncoder(Component):
             return vec(v.dim("B"), p.width, v.tags)
         return seq(v.dim("B"), tokens, p.width, v.tags)
 
+    def torch_args(self, p, x, ctx):
+        v = x["video"]
+        return {"in_channels": fixed(ctx, "video", v, "C", "channel count"),
+                "grid": grid(ctx, "video", v, p.patch), **p.model_dump()}
+
 
 @register
 class PatchEmbed(Component):
@@ -179,6 +196,7 @@ class PatchEmbed(Component):
     category = "encoder"
     summary = "Image tokenizer: non-overlapping patches projected to tokens, optional positions"
     inputs = (Port("image"),)
+    torch = "mmgraph.components.nn.encoders:PatchEmbed"
 
     class Params(Params):
         patch: PosInt
@@ -205,6 +223,11 @@ class PatchEmbed(Component):
             ctx.exact_div("image", img.dim("W"), p.patch, "image width")
         return seq(img.dim("B"), n + (1 if p.cls_token else 0), p.width, img.tags)
 
+    def torch_args(self, p, x, ctx):
+        img = x["image"]
+        return {"in_channels": fixed(ctx, "image", img, "C", "channel count"),
+                "grid": grid(ctx, "image", img, p.patch), **p.model_dump()}
+
 
 @register
 class TokenEmbedding(Component):
@@ -212,6 +235,7 @@ class TokenEmbedding(Component):
     category = "encoder"
     summary = "Token ids to embeddings, with optional learned positions"
     inputs = (Port("tokens"),)
+    torch = "mmgraph.components.nn.encoders:TokenEmbedding"
 
     class Params(Params):
         vocab: PosInt
@@ -231,6 +255,7 @@ class PointTokenizer(Component):
     category = "encoder"
     summary = "Point cloud to tokens: farthest-point groups, k-NN neighbourhoods, a shared MLP"
     inputs = (Port("points"),)
+    torch = "mmgraph.components.nn.encoders:PointTokenizer"
 
     class Params(Params):
         groups: PosInt
@@ -246,6 +271,10 @@ class PointTokenizer(Component):
                      f"{n} points: {pts}", "points")
         return seq(pts.dim("B"), p.groups, p.width, pts.tags)
 
+    def torch_args(self, p, x, ctx):
+        features = fixed(ctx, "points", x["points"], 2, "point feature count")
+        return {"in_features": features, **p.model_dump()}
+
 
 @register
 class MelPatchEmbed(Component):
@@ -253,6 +282,7 @@ class MelPatchEmbed(Component):
     category = "encoder"
     summary = "Audio tokenizer: a log-mel spectrogram cut into square patches (AST-style)"
     inputs = (Port("mel"),)
+    torch = "mmgraph.components.nn.encoders:MelPatchEmbed"
 
     class Params(Params):
         patch: PosInt = 16
@@ -280,6 +310,7 @@ class FeatureEmbed(Component):
     lora_targets = ("self",)  # the component is its own linear layer(s)
     summary = "Precomputed features (regions, time series, tabular) to tokens: a linear map"
     inputs = (Port("x"), Port("boxes", optional=True))
+    torch = "mmgraph.components.nn.encoders:FeatureEmbed"
 
     class Params(Params):
         width: PosInt
@@ -295,3 +326,6 @@ class FeatureEmbed(Component):
             ctx.expect_same("x", v.dims[1], "boxes", x["boxes"].dim("N"), "number of regions")
             tags |= x["boxes"].tags
         return seq(v.dims[0], v.dims[1], p.width, tags)
+
+    def torch_args(self, p, x, ctx):
+        return {"in_width": in_width(ctx, x), "with_boxes": "boxes" in x, **p.model_dump()}

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from mmgraph.components.common import PosInt
+from mmgraph.components.common import PosInt, in_width
 from mmgraph.components.registry import Component, Params, Port, register
 from mmgraph.ir import types as T
 
@@ -14,13 +14,22 @@ def _logits(ctx, t, classes):
     return T.make("Logits", (t.dim("B"), t.dim("N"), classes), tags=t.tags)
 
 
-@register
-class Classifier(Component):
-    name = "classifier"
+class _Head(Component):
+    """A head is its own linear layer(s), sized by the width of its input."""
+
     category = "head"
-    lora_targets = ("self",)  # the component is its own linear layer(s)
-    summary = "Linear (or MLP) classifier: Vec -> Logits[B, classes], Seq -> per-token logits"
+    lora_targets = ("self",)
     inputs = (Port("x"),)
+
+    def torch_args(self, p, x, ctx):
+        return {"in_width": in_width(ctx, x), **p.model_dump()}
+
+
+@register
+class Classifier(_Head):
+    name = "classifier"
+    summary = "Linear (or MLP) classifier: Vec -> Logits[B, classes], Seq -> per-token logits"
+    torch = "mmgraph.components.nn.heads:Classifier"
 
     class Params(Params):
         classes: PosInt
@@ -32,12 +41,10 @@ class Classifier(Component):
 
 
 @register
-class LMHead(Component):
+class LMHead(_Head):
     name = "lm_head"
-    category = "head"
-    lora_targets = ("self",)  # the component is its own linear layer(s)
     summary = "Per-token vocabulary logits (MLM, captioning)"
-    inputs = (Port("x"),)
+    torch = "mmgraph.components.nn.heads:LMHead"
 
     class Params(Params):
         vocab: PosInt
@@ -50,12 +57,10 @@ class LMHead(Component):
 
 
 @register
-class ITMHead(Component):
+class ITMHead(_Head):
     name = "itm_head"
-    category = "head"
-    lora_targets = ("self",)  # the component is its own linear layer(s)
     summary = "Image-text matching head: two logits (match / no match) from a fused vector"
-    inputs = (Port("x"),)
+    torch = "mmgraph.components.nn.heads:ITMHead"
 
     def infer(self, p, x, ctx):
         ctx.expect_kind("x", x["x"], "Vec")
@@ -63,12 +68,10 @@ class ITMHead(Component):
 
 
 @register
-class Regression(Component):
+class Regression(_Head):
     name = "regression"
-    category = "head"
-    lora_targets = ("self",)  # the component is its own linear layer(s)
     summary = "Linear regression head: Vec[B, D] -> Vec[B, out] (e.g. fMRI voxels)"
-    inputs = (Port("x"),)
+    torch = "mmgraph.components.nn.heads:Regression"
 
     class Params(Params):
         out: PosInt
@@ -81,12 +84,10 @@ class Regression(Component):
 
 
 @register
-class BoxHead(Component):
+class BoxHead(_Head):
     name = "box_head"
-    category = "head"
-    lora_targets = ("self",)  # the component is its own linear layer(s)
     summary = "3-layer MLP predicting one box per token (DETR/MDETR)"
-    inputs = (Port("x"),)
+    torch = "mmgraph.components.nn.heads:BoxHead"
 
     class Params(Params):
         hidden: PosInt | None = None

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Literal
 
-from mmgraph.components.common import NonNegInt
-from mmgraph.components.registry import Component, Params, Port, register
+from mmgraph.components.common import NonNegInt, in_width
+from mmgraph.components.registry import Component, Layers, Params, Port, register
 from mmgraph.ir import types as T
 from mmgraph.lang.diagnostics import Diagnostic
 
@@ -28,6 +28,7 @@ class Contrastive(_Loss):
     name = "contrastive"
     summary = "Symmetric InfoNCE between two batches of embeddings (CLIP/ALIGN/ITC)"
     inputs = (Port("a"), Port("b"))
+    torch = "mmgraph.components.nn.losses:Contrastive"
 
     class Params(Params):
         temperature: float = 0.07
@@ -44,12 +45,16 @@ class Contrastive(_Loss):
         ctx.expect_same("a", a.dim("B"), "b", b.dim("B"), "batch")
         return T.SCALAR
 
+    def torch_args(self, p, x, ctx):
+        return {"in_width": in_width(ctx, x, "a"), **p.model_dump()}
+
 
 @register
 class ITM(_Loss):
     name = "itm"
     summary = "Image-text matching: cross-entropy with positives first, then negatives"
     inputs = (Port("pos"), Port("neg"))
+    torch = "mmgraph.components.nn.losses:itm"
 
     def infer(self, p, x, ctx):
         for port in ("pos", "neg"):
@@ -64,6 +69,7 @@ class NextToken(_Loss):
     summary = ("Causal LM loss: logits at position i predict token i+1; `skip` prefix positions "
                "(e.g. visual tokens) have no targets")
     inputs = (Port("logits"), Port("tokens"), Port("mask", optional=True))
+    torch = "mmgraph.components.nn.losses:next_token"
 
     class Params(Params):
         skip: NonNegInt = 0
@@ -91,6 +97,7 @@ class MLM(_Loss):
     name = "mlm"
     summary = "Masked language modelling: cross-entropy at the masked positions only"
     inputs = (Port("logits"), Port("tokens"), Port("mask"))
+    torch = "mmgraph.components.nn.losses:mlm"
 
     def infer(self, p, x, ctx):
         lg, tok, m = x["logits"], x["tokens"], x["mask"]
@@ -111,6 +118,7 @@ class MaskedReconstruction(_Loss):
     summary = ("Reconstruction loss (MSE, L1, or per-pixel cross-entropy for class maps) on "
                "the masked patches when a mask is given")
     inputs = (Port("pred"), Port("target"), Port("mask", optional=True))
+    torch = "mmgraph.components.nn.losses:masked_reconstruction"
 
     class Params(Params):
         metric: Literal["mse", "l1", "ce"] = "mse"
@@ -136,6 +144,7 @@ class CrossEntropy(_Loss):
     name = "cross_entropy"
     summary = "Classification cross-entropy: Logits[B, V] with Labels[B] (or per token)"
     inputs = (Port("logits"), Port("labels"))
+    torch = "mmgraph.components.nn.losses:cross_entropy"
 
     class Params(Params):
         label_smoothing: float = 0.0
@@ -160,6 +169,7 @@ class KLDistill(_Loss):
     name = "kl_distill"
     summary = "KL divergence from teacher to student logits at a temperature"
     inputs = (Port("student"), Port("teacher"))
+    torch = "mmgraph.components.nn.losses:kl_distill"
 
     class Params(Params):
         temperature: float = 1.0
@@ -176,6 +186,7 @@ class FeatureDistill(_Loss):
     name = "feature_distill"
     summary = "Match student features to (detached) teacher features: cosine or MSE"
     inputs = (Port("student"), Port("teacher"))
+    torch = "mmgraph.components.nn.losses:feature_distill"
 
     class Params(Params):
         metric: Literal["cosine", "mse", "smooth_l1"] = "cosine"
@@ -190,6 +201,7 @@ class MSE(_Loss):
     name = "mse"
     summary = "Mean squared error between two values of one shape"
     inputs = (Port("pred"), Port("target"))
+    torch = "mmgraph.components.nn.losses:mse"
 
     def infer(self, p, x, ctx):
         _same_shape(ctx, "pred", x["pred"], "target", x["target"])
@@ -202,16 +214,24 @@ class MoEAux(_Loss):
     summary = ("Sum of the load-balancing losses of every moe_ffn that `x` depends on "
                "(put the model's output here to cover all of them)")
     inputs = (Port("x"),)
+    torch = "mmgraph.components.nn.losses:moe_aux"
 
     def infer(self, p, x, ctx):
         return T.SCALAR
 
     def verify(self, node, graph):
-        ancestors = graph.ancestors(node.name)
-        for name in ancestors:
-            n = graph.nodes[name]
-            if n.op == "call" and graph.instances[n.target].component == "moe_ffn":
-                return []
+        if _moe_layers(node, graph):
+            return []
         return [Diagnostic("E404", f"moe_aux({node.inputs[0][1]}) has no moe_ffn layer "
                                    "upstream, so there is nothing to balance", node.span,
                            hint="pass a value computed through a moe_ffn layer")]
+
+    def torch_call_args(self, p, x, node, graph):
+        return {"layers": Layers(_moe_layers(node, graph))}
+
+
+def _moe_layers(node, graph) -> tuple[str, ...]:
+    """The moe_ffn layers that the value `node` sums the balancing losses of, in graph order."""
+    upstream = graph.ancestors(node.name)
+    calls = [graph.nodes[n] for n in graph.nodes if n in upstream and graph.nodes[n].op == "call"]
+    return tuple(n.target for n in calls if graph.instances[n.target].component == "moe_ffn")

@@ -1,9 +1,10 @@
-"""Weightless operations: normalisation, activations, stop-gradient, masking, batch tricks."""
+"""Weightless operations: normalisation, activations, stop-gradient, joining, masking, batch
+tricks."""
 
 from __future__ import annotations
 
-from mmgraph.components.common import PosInt, Prob
-from mmgraph.components.registry import Component, Params, Port, register
+from mmgraph.components.common import PosInt, Prob, tags_of
+from mmgraph.components.registry import Component, Params, Port, Training, register
 from mmgraph.ir import types as T
 
 
@@ -23,7 +24,8 @@ class _Elementwise(Component):
 
 def _elementwise(name: str, summary: str) -> type[Component]:
     cls = type(name.title().replace("_", ""), (_Elementwise,),
-               {"name": name, "summary": summary, "__module__": __name__})
+               {"name": name, "summary": summary, "__module__": __name__,
+                "torch": f"mmgraph.components.nn.ops:{name}"})
     return register(cls)
 
 
@@ -44,9 +46,13 @@ for _name, _summary in [
 class Dropout(_Elementwise):
     name = "dropout"
     summary = "Dropout (identity at inference)"
+    torch = "mmgraph.components.nn.ops:dropout"
 
     class Params(Params):
         p: Prob = 0.1
+
+    def torch_call_args(self, p, x, node, graph):
+        return {"training": Training()}
 
 
 @register
@@ -56,6 +62,7 @@ class BatchConcat(Component):
     summary = "Stack values along the batch axis (positive and negative pairs for ITM)"
     has_weights = False
     inputs = (Port("xs", variadic=True),)
+    torch = "mmgraph.components.nn.ops:batch_concat"
 
     def infer(self, p, x, ctx):
         parts = x["xs"]
@@ -70,8 +77,7 @@ class BatchConcat(Component):
                 ctx.expect_same("xs0", first.dims[axis], f"xs{i}", t.dims[axis],
                                 first.axes[axis] + " size")
         b = sum((t.dims[0] for t in parts), T.sympy.Integer(0))
-        tags = frozenset().union(*(t.tags for t in parts))
-        return first.with_(dims=(b,) + first.dims[1:], tags=tags)
+        return first.with_(dims=(b,) + first.dims[1:], tags=tags_of(*parts))
 
 
 @register
@@ -82,6 +88,7 @@ class HardNegatives(Component):
                "of a and b (ALBEF's ITM sampling); returns `pick` reordered")
     has_weights = False
     inputs = (Port("a"), Port("b"), Port("pick"))
+    torch = "mmgraph.components.nn.ops:hard_negatives"
 
     def infer(self, p, x, ctx):
         a, b, pick = x["a"], x["b"], x["pick"]
@@ -100,6 +107,7 @@ class MaskTokens(Component):
                "output `mask` marks the positions to predict")
     has_weights = False
     inputs = (Port("tokens"),)
+    torch = "mmgraph.components.nn.ops:mask_tokens"
 
     class Params(Params):
         prob: Prob = 0.15
@@ -123,6 +131,7 @@ class TokenMask(Component):
                "true for the dropped ones. Concatenate modalities first to mask across them.")
     has_weights = False
     inputs = (Port("x"),)
+    torch = "mmgraph.components.nn.ops:token_mask"
 
     class Params(Params):
         keep: PosInt
@@ -139,3 +148,69 @@ class TokenMask(Component):
                      "x")
         return {"out": t.with_(dims=(t.dim("B"), T.sympy.Integer(p.keep), t.width)),
                 "mask": T.make("Mask", (t.dim("B"), n), tags=t.tags)}
+
+    def torch_call_args(self, p, x, node, graph):
+        return {"training": Training()}
+
+
+@register
+class Concat(Component):
+    name = "concat"
+    category = "op"
+    summary = "Join sequences along the token axis; the result carries every input's modality"
+    has_weights = False
+    inputs = (Port("xs", variadic=True),)
+    torch = "mmgraph.components.nn.ops:concat"
+
+    def infer(self, p, x, ctx):
+        parts = x["xs"]
+        if len(parts) < 2:
+            ctx.fail(f"{ctx.name} needs at least two sequences", "xs", code="E205")
+        first = parts[0]
+        for i, t in enumerate(parts):
+            ctx.expect_kind(f"xs{i}", t, "Seq", "Mask", "Tokens")
+            if t.kind != first.kind:
+                ctx.fail(f"{ctx.name} joins values of one kind, but {ctx.source('xs0')} gives "
+                         f"{first} and {ctx.source(f'xs{i}')} gives {t}", f"xs{i}", code="E302")
+            ctx.expect_same("xs0", first.dims[0], f"xs{i}", t.dims[0], "batch")
+            if t.kind == "Seq":
+                ctx.expect_same("xs0", first.width, f"xs{i}", t.width, "width")
+        n = sum((t.dims[1] for t in parts), T.sympy.Integer(0))
+        dims = (first.dims[0], n) + first.dims[2:]
+        segments: list | None = []
+        for t in parts:
+            if t.segments is not None:
+                segments.extend(t.segments)
+            elif len(t.tags) == 1:
+                segments.append((next(iter(t.tags)), t.dims[1]))
+            else:
+                segments = None
+                break
+        return first.with_(dims=dims, tags=tags_of(*parts),
+                           segments=tuple(segments) if segments else None)
+
+
+@register
+class ConcatWidth(Component):
+    name = "concat_width"
+    category = "op"
+    summary = "Join values along the width (feature) axis"
+    has_weights = False
+    inputs = (Port("xs", variadic=True),)
+    torch = "mmgraph.components.nn.ops:concat_width"
+
+    def infer(self, p, x, ctx):
+        parts = x["xs"]
+        if len(parts) < 2:
+            ctx.fail(f"{ctx.name} needs at least two values", "xs", code="E205")
+        first = parts[0]
+        for i, t in enumerate(parts):
+            ctx.expect_kind(f"xs{i}", t, "Seq", "Vec")
+            if t.kind != first.kind or t.rank != first.rank:
+                ctx.fail(f"{ctx.name} joins values of one kind, but {ctx.source('xs0')} gives "
+                         f"{first} and {ctx.source(f'xs{i}')} gives {t}", f"xs{i}", code="E302")
+            for axis in range(t.rank - 1):
+                ctx.expect_same("xs0", first.dims[axis], f"xs{i}", t.dims[axis],
+                                first.axes[axis] + " size")
+        width = sum((t.width for t in parts), T.sympy.Integer(0))
+        return first.with_(dims=first.dims[:-1] + (width,), tags=tags_of(*parts))

@@ -1,12 +1,14 @@
-"""The component registry: one class per component, three faces each.
+"""The component registry: one class per component, built-in or plugin.
 
 A component is a Python class with
-1. `Params`, a pydantic model: defaults, ranges, enums (bad values become E202-E204 diagnostics
-   pointing at the offending argument);
+1. `Params`, a pydantic model: the parameters, their defaults (the only place defaults are
+   written), ranges and enums (bad values become E202-E204 diagnostics pointing at the
+   offending argument);
 2. `infer`, its type rule: input types to output types, with shape arithmetic. It reports
    mistakes through `RuleContext`, whose messages name both sides;
-3. a torch module of the same name in `mmgraph.components.nn` (imported only by the torch
-   backend, so the language layers never import torch).
+3. `torch`, its torch face, named as "module:attribute" so that checking a spec never imports
+   torch (a plugin may give the object itself), and `torch_args`/`torch_call_args`, the
+   arguments the face is built and called with.
 
 Users add components with an explicit plugin (`--plugin file.py` or the `mmgraph.components`
 entry point group), never from inside a spec.
@@ -14,6 +16,7 @@ entry point group), never from inside a spec.
 
 from __future__ import annotations
 
+import importlib
 import importlib.util
 import sys
 from dataclasses import dataclass
@@ -97,8 +100,21 @@ class RuleContext:
         return q
 
 
+@dataclass(frozen=True)
+class Layers:
+    """A call argument holding the torch modules of these layers (`moe_aux` reads the
+    balancing losses its upstream MoE layers computed)."""
+
+    names: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Training:
+    """A call argument: whether the model is in training mode (dropout, random masks)."""
+
+
 class Component:
-    """Base class. Subclasses set the class attributes and implement `infer`."""
+    """Base class. Subclasses set the class attributes, implement `infer` and name `torch`."""
 
     name: ClassVar[str]
     category: ClassVar[str]  # encoder | connector | fusion | decoder | head | layer | op | loss
@@ -108,11 +124,10 @@ class Component:
     has_weights: ClassVar[bool] = True
     # names of the linear layers inside, which `lora(targets=[...])` can adapt
     lora_targets: ClassVar[tuple[str, ...]] = ()
-    # A plugin's torch face: an nn.Module class taking the Params fields (and derived sizes
-    # such as in_width) as keyword arguments, or, without weights, a function of the inputs
-    # and parameters. Built-in components have theirs in mmgraph.components.nn instead.
-    torch_module: ClassVar[Any] = None
-    torch_function: ClassVar[Any] = None
+    # The torch face: with weights an nn.Module class built with `torch_args` as keyword
+    # arguments, without weights a function of the inputs and `torch_args`. Either
+    # "module:attribute", imported when the model is built, or the object itself.
+    torch: ClassVar[Any] = None
 
     def outputs(self, p: BaseModel) -> tuple[str, ...]:
         """Output port names; the first is always `out`."""
@@ -126,12 +141,40 @@ class Component:
         """Checks that need the whole graph (e.g. an ancestor of some kind). Diagnostics."""
         return []
 
+    def torch_args(self, p: BaseModel, x: dict[str, Any], ctx: RuleContext) -> dict[str, Any]:
+        """The face's keyword arguments: every parameter, so that defaults live in `Params`
+        alone, plus what the weights' sizes need from the input types `x` (`in_width`, read
+        with `common.fixed`). Override to add those, or to leave out parameters only the type
+        rule reads."""
+        return p.model_dump()
+
+    def torch_call_args(self, p: BaseModel, x: dict[str, Any], node, graph) -> dict[str, Any]:
+        """Extra keyword arguments of one call, from the checked graph around it: literals,
+        `Layers(...)` or `Training()`."""
+        return {}
+
+    def torch_face(self) -> Any:
+        """The torch face itself (this imports torch)."""
+        face = type(self).torch  # through the class: a function stays unbound
+        if face is None:
+            kind = "nn.Module class" if self.has_weights else "function"
+            raise NotImplementedError(f"component '{self.name}' has no torch face: set "
+                                      f"`torch` to its {kind} to run it")
+        if isinstance(face, str):
+            module, _, attribute = face.partition(":")
+            face = getattr(importlib.import_module(module), attribute)
+        return face
+
 
 REGISTRY: dict[str, Component] = {}
 
 
 def register(cls: type[Component]) -> type[Component]:
     """Class decorator: add a component to the registry under `cls.name`."""
+    for old in ("torch_module", "torch_function"):
+        if hasattr(cls, old):
+            raise TypeError(f"component {cls.name!r}: `{old}` is now `torch` (the class or "
+                            "function itself, or its \"module:attribute\" path)")
     if cls.name in REGISTRY and type(REGISTRY[cls.name]) is not cls:
         raise ValueError(f"component {cls.name!r} is registered twice "
                          f"({type(REGISTRY[cls.name]).__module__} and {cls.__module__})")
@@ -156,7 +199,16 @@ def _load_builtins() -> None:
     global _BUILTINS_LOADED
     if not _BUILTINS_LOADED:
         _BUILTINS_LOADED = True
-        from mmgraph.components import connectors, decoders, encoders, fusion, heads, losses, ops  # noqa: F401
+        from mmgraph.components import (  # noqa: F401
+            connectors,
+            decoders,
+            encoders,
+            fusion,
+            heads,
+            layers,
+            losses,
+            ops,
+        )
         _load_entry_points()
 
 

@@ -15,7 +15,6 @@ a spec or its file's name can never add a statement.
 from __future__ import annotations
 
 import functools
-import inspect
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,6 +33,7 @@ from mmgraph.lang.diagnostics import error
 # are escape.py_name's own business
 RESERVED = CODEGEN_NAMES  # names the generated source uses itself
 WIDTH = 96  # wrap generated lines longer than this
+FACES = "mmgraph.components.nn"  # the torch faces' package, which generated code imports as `mm`
 
 
 @dataclass
@@ -89,61 +89,42 @@ def call_text(fn: str, args: list[str], kwargs: list[tuple[str, str]], lead: str
     return f"{lead}{fn}(\n" + "".join(f"    {p},\n" for p in parts) + ")"
 
 
-@functools.cache
-def builtin(component: str) -> bool:
-    return type(registry.get(component)).__module__.startswith("mmgraph.components.")
+def face_expr(comp: registry.Component) -> str:
+    """How generated code names a component's torch face: by its path in the faces' package
+    (`mm.connectors.MLP`, `mm.ops.l2norm`), else through the registry (`mm.face("name")`,
+    a plugin's, which must be loaded when the generated module runs)."""
+    face = comp.torch
+    path = face if isinstance(face, str) else \
+        f"{getattr(face, '__module__', '')}:{getattr(face, '__qualname__', '')}"
+    module, _, attribute = path.partition(":")
+    package, _, submodule = module.rpartition(".")
+    if package == FACES and attribute.isidentifier():
+        return f"mm.{submodule}.{attribute}"
+    return f"mm.face({literal(comp.name)})"
 
 
-def torch_class(component: str):
-    """A component's torch module class (or, without weights, its function)."""
-    from mmgraph.components import nn as mm
-
-    comp = registry.get(component)
-    if not builtin(component):
-        return mm.plugin(component)
-    return getattr(mm, type(comp).__name__) if comp.has_weights else \
-        getattr(mm.ops, component)
-
-
-def module_expr(component: str) -> str:
-    """How generated code names a component's module class or weightless function."""
-    if builtin(component):
-        comp = registry.get(component)
-        return f"mm.{type(comp).__name__}" if comp.has_weights else f"mm.ops.{component}"
-    return f"mm.plugin({literal(component)})"
+def input_types(g: Graph, node: Node, comp: registry.Component) -> dict:
+    """The types of a call's inputs by port, as the component's type rule saw them (a
+    variadic port's as a list)."""
+    x: dict = {}
+    variadic = next((p.name for p in comp.inputs if p.variadic), None)
+    for port, ref in node.inputs:
+        if variadic and port.startswith(variadic):
+            x.setdefault(variadic, []).append(g.type_of(ref))
+        else:
+            x[port] = g.type_of(ref)
+    return x
 
 
-def derived_args(component: str, inputs: dict[str, T.TensorType], where,
-                 patch: int | None = None) -> dict:
-    """Sizes a torch module needs that the spec leaves to the checker (input widths...)."""
-    comp = registry.get(component)
-    accepted = set(inspect.signature(torch_class(component).__init__).parameters)
-    first = inputs.get(comp.inputs[0].name)
-    out: dict = {}
-
-    def concrete(d, what):
-        if not d.is_Integer:
-            raise error("E304", f"{component} needs a fixed {what} to size its weights, but it "
-                                f"is {T.format_dim(d)}", where,
-                        hint="give the dimension a number in the spec or with --set")
-        return int(d)
-
-    if first is not None:
-        if "in_width" in accepted and first.rank >= 1:
-            out["in_width"] = concrete(first.width, "input width")
-        if first.kind in ("Image", "Video"):
-            if "in_channels" in accepted:
-                out["in_channels"] = concrete(first.dim("C"), "channel count")
-            if "grid" in accepted and patch:
-                out["grid"] = (concrete(first.dim("H"), "image height") // patch,
-                               concrete(first.dim("W"), "image width") // patch)
-        if first.kind == "Points" and "in_features" in accepted:
-            out["in_features"] = concrete(first.dims[2], "point feature count")
-    if "ctx" in inputs and "ctx_width" in accepted:
-        out["ctx_width"] = concrete(inputs["ctx"].width, "context width")
-    if "boxes" in inputs and "with_boxes" in accepted:
-        out["with_boxes"] = True
-    return out
+def face_args(inst: Instance, x: dict) -> list[tuple[str, str]]:
+    """The face's keyword arguments (`torch_args`) as literals: every parameter, and the
+    sizes its weights need from the input types."""
+    ctx = registry.RuleContext(inst.name, {})
+    try:
+        args = registry.get(inst.component).torch_args(inst.params, x, ctx)
+    except registry.TypeRuleError as exc:
+        raise error(exc.code, exc.message, inst.span, hint=exc.hint) from None
+    return [(k, literal(v)) for k, v in args.items()]
 
 
 class ScopeCode:
@@ -204,7 +185,7 @@ class ScopeCode:
     def init_lines(self) -> list[str]:
         lines: list[str] = []
         built: set[str] = set()
-        decls = self.g.meta["decls"]
+        decls = self.g.decls
         direct_instances = []
         for n in self.direct:
             node = self.g.nodes[n]
@@ -233,19 +214,13 @@ class ScopeCode:
                      n.target == inst.name), None)
         if node is None:
             return ""
-        types = {port: self.g.type_of(ref) for port, ref in node.inputs}
         comp = registry.get(inst.component)
-        if comp.inputs[0].variadic:
-            types = {comp.inputs[0].name: types.get(f"{comp.inputs[0].name}0")}
-        kwargs = {**derived_args(inst.component, types, inst.span,
-                                 patch=getattr(inst.params, "patch", None)),
-                  **inst.params.model_dump(exclude_defaults=True)}
-        return call_text(module_expr(inst.component), [],
-                         [(k, literal(v)) for k, v in kwargs.items()])
+        return call_text(face_expr(comp), [],
+                         face_args(inst, input_types(self.g, node, comp)))
 
     def build_instance(self, inst: Instance, decl) -> list[str]:
         target = self.attr(inst.name)
-        own_shared = decl is not None and decl.shared_target is not None
+        own_shared = decl is not None and decl.shared is not None
         if own_shared:
             return [f"{target} = {self.attr(decl.shared)}  # shared weights"]
         ctor = self.constructor(inst)
@@ -255,7 +230,7 @@ class ScopeCode:
         if inst.lora:
             ctor = self.with_lora(ctor, inst)
         lines = [f"{target} = {ctor}"]
-        if inst.frozen and inst.meta.get("frozen_by") == inst.name:
+        if inst.frozen and inst.frozen_by == inst.name:
             lines.append(f"mm.freeze({target})")
         return lines
 
@@ -267,7 +242,7 @@ class ScopeCode:
 
     def build_call(self, call: BlockCall, decl) -> list[str]:
         target = self.attr(call.decl)
-        if decl is not None and decl.shared_target is not None:
+        if decl is not None and decl.shared is not None:
             return [f"{target} = {self.attr(decl.shared)}  # shared weights"]
         if call.block is not None:
             cls = self.gen.block_class(call)
@@ -320,14 +295,22 @@ class ScopeCode:
         return list(nx.lexicographical_topological_sort(dag, key=order.__getitem__))
 
     def statements(self, wanted: set[str]) -> list[str]:
+        """Code for the `wanted` nodes. Calls already computed (their outputs have names) are
+        not repeated, so a second call can add what the losses need to the outputs' code."""
         lines: list[str] = []
         for kind, key in self.items_in_order(wanted):
             if kind == "node":
                 lines.extend(self.node_code(self.g.nodes[key]))
-            elif all(ref in self.names or ref.node in wanted for _, ref in self.calls[key].inputs):
-                lines.extend(self.call_code(self.calls[key]))
+                continue
+            call = self.calls[key]
+            done = [ref in self.names for ref in call.outputs]
+            if all(done):
+                continue
+            if not any(done) and all(ref in self.names or ref.node in wanted
+                                     for _, ref in call.inputs):
+                lines.extend(self.call_code(call))
             else:
-                lines.extend(self.inline_code(self.calls[key], wanted))
+                lines.extend(self.inline_code(call, wanted))
         return lines
 
     def inline_code(self, call: BlockCall, wanted: set[str]) -> list[str]:
@@ -363,18 +346,14 @@ class ScopeCode:
             ports = comp.outputs(inst.params)
             targets = ", ".join(self.var(Ref(node.name, p)) for p in ports)
             args, kwargs = self.call_args(node, comp)
+            x = input_types(self.g, node, comp)
             if comp.has_weights:
                 fn = self.attr(inst.name)
-            else:
-                fn = module_expr(comp.name)
-                params = inst.params.model_dump(exclude_defaults=True)
-                kwargs += [(k, literal(v)) for k, v in params.items()]
-                if "training" in inspect.signature(torch_class(comp.name)).parameters:
-                    kwargs.append(("training", "self.training"))
-            if comp.name == "moe_aux":
-                args += self.moe_modules(node)
-            if comp.name in ("modality_ffn", "modality_attention"):
-                kwargs.append(("segments", self.segments(node, inst)))
+            else:  # a function: the declaration's arguments come with every call
+                fn = face_expr(comp)
+                kwargs += face_args(inst, x)
+            extra = comp.torch_call_args(inst.params, x, node, self.g)
+            kwargs += [(k, self.call_value(v)) for k, v in extra.items()]
             text = call_text(fn, args, kwargs, lead=f"{targets} = ")
         elif node.op in ("add", "sub", "mul", "div"):
             sym = {"add": "+", "sub": "-", "mul": "*", "div": "/"}[node.op]
@@ -412,27 +391,16 @@ class ScopeCode:
                 kwargs.append((port, self.var(ref)))
         return args, kwargs
 
-    def moe_modules(self, node: Node) -> list[str]:
-        """The submodules of this scope holding the MoE layers upstream of a moe_aux."""
-        mods: list[str] = []
-        for name in sorted(self.g.ancestors(node.name), key=self.position.__getitem__):
-            up = self.g.nodes[name]
-            if up.op == "call" and self.g.instances[up.target].component == "moe_ffn":
-                top = f"{self.module}.{py_name(self.local(up.target).split('.')[0])}"
-                if top not in mods:
-                    mods.append(top)
-        return mods
-
-    def segments(self, node: Node, inst: Instance) -> str:
-        t = self.g.type_of(node.inputs[0][1])
-        x = self.var(node.inputs[0][1])
-        modalities = list(inst.params.modalities)
-        known = sum(int(n) for _, n in t.segments if n.is_Integer)
-        parts = []
-        for tag, n in t.segments:
-            length = str(int(n)) if n.is_Integer else f"{x}.shape[1] - {known}"
-            parts.append(f"({modalities.index(tag)}, {length})")
-        return "(" + ", ".join(parts) + ("," if len(parts) == 1 else "") + ")"
+    def call_value(self, value) -> str:
+        """A `torch_call_args` value as code: the modules of some layers (the top-level
+        submodules of this scope holding them), the training flag, or a literal."""
+        if isinstance(value, registry.Layers):
+            mods = list(dict.fromkeys(f"{self.module}.{py_name(self.local(n).split('.')[0])}"
+                                      for n in value.names))
+            return "(" + ", ".join(mods) + ("," if len(mods) == 1 else "") + ")"
+        if isinstance(value, registry.Training):
+            return "self.training"
+        return literal(value)
 
     def call_code(self, call: BlockCall) -> list[str]:
         outs = [self.var(r) for r in call.outputs]
@@ -477,10 +445,9 @@ class ModelCodegen:
         body = scope.statements(wanted)
         outs = [scope.var(r) for r in e.outputs]
         body.append(f"return {', '.join(outs)}")
-        block = self.g.meta["decls"].get(call.decl)
+        decl = self.g.decls.get(call.decl)
         block_name = call.block
-        ast_block = block.block if block is not None else None
-        at = f" ({where(ast_block.span)})" if ast_block else ""
+        at = f" ({where(decl.block_span)})" if decl is not None else ""
         cls = ClassSource("", "nn.Module", f"block {block_name}{at}", [], init or ["pass"],
                           [Method(f"forward(self, {', '.join(params)})", "", body)])
         key = repr((cls.init, cls.methods[0].signature, cls.methods[0].body, block_name))
@@ -498,40 +465,59 @@ class ModelCodegen:
 
     def model_class(self) -> ClassSource:
         g = self.g
-        scope = ScopeCode(self, "", list(g.nodes), g.meta["calls"], g.meta.get("values", {}),
+        scope = ScopeCode(self, "", list(g.nodes), g.calls, g.values,
                           list(g.inputs))
-        out_nodes = {r.node for r in g.outputs.values()}
-        forward_nodes = g.upstream(out_nodes)
-        loss_nodes = {t.value.node for t in g.losses.values()}
-        loss_nodes = g.upstream(loss_nodes)
+        out_nodes = g.upstream({r.node for r in g.outputs.values()})
         init = scope.init_lines()
-        fwd_inputs = [py_name(n) for n in g.inputs if n in forward_nodes]
-        all_inputs = [py_name(n) for n in g.inputs]
-        body = scope.statements(forward_nodes)
-        body.append("return {" + ", ".join(f"{literal(k)}: {scope.var(r)}"
-                                            for k, r in g.outputs.items()) + "}")
-        methods = [Method(f"forward(self, {', '.join(fwd_inputs)})",
-                          "The model's outputs by name.", body)]
-        if g.losses:
-            scope.names.clear()
-            lbody = scope.statements(loss_nodes)
-            terms = [f"{literal(k)}: {scope.var(t.value)}" for k, t in g.losses.items()]
-            lbody.append("losses = {" + ", ".join(terms) + "}")
-            lbody.append('losses["total"] = sum(self.loss_weights[name] * value '
-                         "for name, value in losses.items())")
-            lbody.append("return losses")
-            methods.append(Method(f"losses(self, {', '.join(all_inputs)})",
-                                  "Each declared loss, unweighted, and their weighted 'total'.",
-                                  lbody))
+        forward = self.forward_method(scope, out_nodes)
         attrs = [
             f"spec = {literal(self.spec)}",
-            dict_text("inputs", [(n, literal(str(g.nodes[n].type))) for n in g.inputs]),
+            items_text("inputs", [self.declared_input(n, loss_only=n not in out_nodes)
+                                  for n in g.inputs]),
             dict_text("outputs", [(k, literal(str(g.type_of(r)))) for k, r in g.outputs.items()]),
             dict_text("loss_weights", [(k, literal(t.weight)) for k, t in g.losses.items()]),
         ]
         return ClassSource(camel(g.name), "mm.GeneratedModel",
                            f"model {g.name} ({where(g.span)})",
-                           attrs, init, methods)
+                           attrs, init, [forward])
+
+    def forward_method(self, scope: ScopeCode, out_nodes: set[str]) -> Method:
+        """One body, nanoGPT-style: check the inputs, compute the outputs, and only when
+        asked (`return_losses=True`) go on to what the losses need. An input only the
+        losses read defaults to None, so inference goes without it."""
+        g = self.g
+        loss_only = [n for n in g.inputs if n not in out_nodes]
+        ordered = [n for n in g.inputs if n in out_nodes] + loss_only
+        params = [py_name(n) + ("=None" if n in loss_only else "") for n in ordered]
+        if g.losses:
+            params += ["*", "return_losses=False"]
+        signature = call_text("forward", ["self"] + params, []).replace("\n", "\n    ")
+        check = dict_text("", [(n, py_name(n)) for n in ordered], lead="self.check_inputs(")
+        body = [check + (", return_losses)" if g.losses else ")")]
+        body += scope.statements(out_nodes)
+        outputs = [(k, scope.var(r)) for k, r in g.outputs.items()]
+        if not g.losses:
+            body.append(dict_text("", outputs, lead="return "))
+            return Method(signature, "The model's outputs by name.", body)
+        body.append(dict_text("outputs", outputs))
+        body.append("if not return_losses:\n    return outputs")
+        body += scope.statements(g.upstream({t.value.node for t in g.losses.values()}) -
+                                 out_nodes)
+        body.append(dict_text("losses", [(k, scope.var(t.value)) for k, t in g.losses.items()]))
+        body.append('losses["total"] = sum(self.loss_weights[name] * value '
+                    "for name, value in losses.items())")
+        body.append("return outputs, losses")
+        return Method(signature, "Outputs by name; with return_losses, also each loss and their "
+                                 "weighted 'total'.", body)
+
+    def declared_input(self, name: str, loss_only: bool) -> str:
+        """`"name": mm.DeclaredInput(...)`: what `forward`'s boundary check compares with."""
+        node = self.g.nodes[name]
+        dims = tuple(int(d) if d.is_Integer else T.format_dim(d) for d in node.type.dims)
+        return call_text("mm.DeclaredInput",
+                         [literal(str(node.type)), literal(dims), literal(node.type.dtype),
+                          literal(where(node.span))],
+                         [("loss_only", "True")] if loss_only else [], lead=f"{literal(name)}: ")
 
     def render(self) -> Generated:
         model = self.model_class()  # builds the block classes it uses on the way
@@ -553,13 +539,20 @@ def templates() -> jinja2.Environment:
     return env
 
 
-def dict_text(name: str, items: list[tuple[str, str]]) -> str:
-    """`name = {"k": v, ...}`, one item per line when too long."""
+def items_text(name: str, items: list[str]) -> str:
+    """`name = {` and one `"key": value` a line (each as `call_text` wrapped it), `}`."""
+    lines = "".join(f"    {line}\n" for item in items for line in f"{item},".split("\n"))
+    return f"{name} = {{\n{lines}}}"
+
+
+def dict_text(name: str, items: list[tuple[str, str]], lead: str = "{name} = ") -> str:
+    """`name = {"k": v, ...}` (or another `lead`), one item per line when too long."""
+    lead = lead.format(name=name)
     parts = [f"{literal(k)}: {v}" for k, v in items]
-    one = f"{name} = {{{', '.join(parts)}}}"
+    one = f"{lead}{{{', '.join(parts)}}}"
     if len(one) <= WIDTH:
         return one
-    return f"{name} = {{\n" + "".join(f"    {p},\n" for p in parts) + "}"
+    return f"{lead}{{\n" + "".join(f"    {p},\n" for p in parts) + "}"
 
 
 def _indent_continuations(cls: ClassSource) -> ClassSource:
@@ -586,17 +579,17 @@ def generate(g: Graph, spec: str) -> Generated:
 def generate_part(g: Graph, spec: str, name: str, inputs: list[str], outputs: list[str],
                   nodes: list[str]) -> Generated:
     """A module computing one export part from its inputs: it borrows the model's layers
-    (`mm.ExportPart`) and runs only the part's own nodes."""
+    (`mm.GeneratedPart`) and runs only the part's own nodes."""
     gen = ModelCodegen(g, spec)
-    scope = ScopeCode(gen, "", list(g.nodes), g.meta["calls"], g.meta.get("values", {}),
+    scope = ScopeCode(gen, "", list(g.nodes), g.calls, g.values,
                       list(g.inputs))
-    values = {**g.meta.get("values", {}), **g.outputs}
+    values = {**g.values, **g.outputs}
     for value in inputs:
         scope.names[values[value]] = py_name(value)
     body = scope.statements(set(nodes))
     body.append("return {" + ", ".join(f"{literal(o)}: {scope.var(values[o])}" for o in outputs)
                 + "}")
-    cls = ClassSource(f"{camel(g.name)}{camel(name)}Part", "mm.ExportPart",
+    cls = ClassSource(f"{camel(g.name)}{camel(name)}Part", "mm.GeneratedPart",
                       f"part {name} of model {g.name}: {', '.join(inputs)} -> "
                       f"{', '.join(outputs)}", [], [],
                       [Method(f"forward(self, {', '.join(py_name(i) for i in inputs)})", "",

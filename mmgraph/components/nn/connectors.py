@@ -1,4 +1,5 @@
-"""Connectors as torch modules: projectors, Q-Former, Perceiver resampler, pooling."""
+"""Connectors as torch modules: projectors, Q-Former, Perceiver resampler, pooling, token
+merging (the faces of mmgraph/components/connectors.py)."""
 
 from __future__ import annotations
 
@@ -12,15 +13,15 @@ from mmgraph.components.nn.layers import Attention, FeedForward, make_act
 class Linear(nn.Linear):
     """`linear(out=...)`: an nn.Linear over the last axis (its weights keep torch's names)."""
 
-    def __init__(self, *, in_width: int, out: int, bias: bool = True, input: int | None = None):
+    def __init__(self, *, in_width: int, out: int, bias: bool):
         super().__init__(in_width, out, bias=bias)
 
 
 class MLP(nn.Module):
     """Linear layers with an activation between them: LLaVA's `mlp2x_gelu` is layers=2."""
 
-    def __init__(self, *, in_width: int, out: int, hidden: int | None = None, layers: int = 2,
-                 act: str = "gelu", bias: bool = True, input: int | None = None):
+    def __init__(self, *, in_width: int, out: int, hidden: int | None, layers: int, act: str,
+                 bias: bool):
         super().__init__()
         hidden = hidden or out
         sizes = [in_width] + [hidden] * (layers - 1) + [out]
@@ -65,10 +66,9 @@ class QFormer(nn.Module):
     """BLIP-2's querying transformer: learnable queries that self-attend and cross-attend to
     image features every `cross_every` layers (layers 0, k, 2k, ...)."""
 
-    def __init__(self, *, in_width: int, queries: int = 32, width: int = 768, depth: int = 12,
-                 heads: int = 12, mlp: int | None = None, cross_every: int = 2,
-                 kv_width: int | None = None, window: int | None = None, vocab: int = 0,
-                 post_norm: bool = True):
+    def __init__(self, *, in_width: int, queries: int, width: int, depth: int, heads: int,
+                 mlp: int | None, cross_every: int, window: int | None, vocab: int,
+                 post_norm: bool):
         super().__init__()
         self.window = window
         self.queries = nn.Parameter(torch.randn(queries, width) * 0.02)
@@ -108,8 +108,8 @@ class PerceiverLayer(nn.Module):
 class PerceiverResampler(nn.Module):
     """Flamingo: a fixed set of latents attends to (features ++ latents), `depth` times."""
 
-    def __init__(self, *, in_width: int, latents: int = 64, depth: int = 6, heads: int = 8,
-                 dim_head: int = 64, ff_mult: int = 4, width: int | None = None):
+    def __init__(self, *, in_width: int, latents: int, depth: int, heads: int, dim_head: int,
+                 ff_mult: int):
         super().__init__()
         self.latents = nn.Parameter(torch.randn(latents, in_width) * 0.02)
         self.layers = nn.ModuleList([PerceiverLayer(in_width, heads, dim_head, ff_mult)
@@ -126,7 +126,7 @@ class PerceiverResampler(nn.Module):
 class Pool(nn.Module):
     """Sequence to vector; `attention` mode learns one query (CoCa-style attentional pooling)."""
 
-    def __init__(self, *, in_width: int, mode: str = "mean", heads: int = 8):
+    def __init__(self, *, in_width: int, mode: str, heads: int):
         super().__init__()
         self.mode = mode
         if mode == "attention":
@@ -140,10 +140,16 @@ class Pool(nn.Module):
         return pool_sequence(x, self.mode, tokens=tokens, mask=mask)
 
 
+def token_merge(x, *, ratio: int, mode: str):
+    """Average groups of `ratio` neighbouring tokens (a fixed, export-friendly merge)."""
+    b, n, d = x.shape
+    return x.view(b, n // ratio, ratio, d).mean(2)
+
+
 class PromptTokens(nn.Module):
     """Learnable prompt tokens, one set shared by every example of the batch."""
 
-    def __init__(self, *, n: int, width: int, modality: str = "prompt"):
+    def __init__(self, *, n: int, width: int):
         super().__init__()
         self.tokens = nn.Parameter(torch.randn(n, width) * 0.02)
 

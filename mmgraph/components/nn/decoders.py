@@ -1,18 +1,11 @@
-"""Decoders and heads as torch modules."""
+"""Decoders as torch modules (the faces of mmgraph/components/decoders.py)."""
 
 from __future__ import annotations
 
 import torch
 from torch import nn
 
-from mmgraph.components.nn.layers import (
-    Block,
-    FeedForward,
-    init_linear_like_bert,
-    make_act,
-    make_norm,
-    sincos_2d,
-)
+from mmgraph.components.nn.layers import Block, init_linear_like_bert, make_norm, sincos_2d
 
 
 class CausalLM(nn.Module):
@@ -23,10 +16,9 @@ class CausalLM(nn.Module):
     logits over every position and the last hidden states.
     """
 
-    def __init__(self, *, vocab: int, width: int, depth: int, heads: int,
-                 kv_heads: int | None = None, ffn: int | None = None, norm: str = "rms",
-                 pos: str = "rope", act: str = "swiglu", bias: bool = False, tied: bool = False,
-                 max_len: int = 4096, pos_offset: int = 0, rope_theta: float = 10000.0):
+    def __init__(self, *, vocab: int, width: int, depth: int, heads: int, kv_heads: int | None,
+                 ffn: int | None, norm: str, pos: str, act: str, bias: bool, tied: bool,
+                 max_len: int, pos_offset: int, rope_theta: float):
         super().__init__()
         self.pos_offset = pos_offset
         self.embed = nn.Embedding(vocab, width)
@@ -59,9 +51,8 @@ class CausalLM(nn.Module):
 class TransformerDecoder(nn.Module):
     """Pre-norm blocks over x with cross-attention to ctx (when given), and a final norm."""
 
-    def __init__(self, *, in_width: int, depth: int, heads: int, ctx_width: int | None = None,
-                 mlp: int | None = None, act: str = "gelu", causal: bool = False,
-                 width: int | None = None):
+    def __init__(self, *, in_width: int, ctx_width: int | None = None, depth: int, heads: int,
+                 mlp: int | None, act: str, causal: bool):
         super().__init__()
         self.layers = nn.ModuleList([
             Block(in_width, heads, mlp=mlp, act=act, causal=causal, cross=ctx_width is not None,
@@ -75,7 +66,7 @@ class TransformerDecoder(nn.Module):
 
 
 class ObjectQueries(nn.Module):
-    def __init__(self, *, width: int, n: int = 100):
+    def __init__(self, *, n: int, width: int):
         super().__init__()
         self.queries = nn.Parameter(torch.randn(n, width) * 0.02)
 
@@ -88,9 +79,8 @@ class MAEDecoder(nn.Module):
     image cross-attend to the encoder's tokens, then self-attention blocks, then a linear map
     to pixels (or class scores) per patch."""
 
-    def __init__(self, *, in_width: int, width: int = 256, depth: int = 2, heads: int = 8,
-                 patch: int = 16, size: int = 224, channels: int = 3, cross: bool = False,
-                 ctx_width: int | None = None):
+    def __init__(self, *, in_width: int, width: int, depth: int, heads: int, patch: int,
+                 size: int, channels: int, cross: bool):
         super().__init__()
         self.patch, self.size, self.channels = patch, size, channels
         grid = size // patch
@@ -112,66 +102,3 @@ class MAEDecoder(nn.Module):
         p, g, c = self.patch, self.size // self.patch, self.channels
         pixels = self.out(self.norm(h)).view(b, g, g, p, p, c)
         return pixels.permute(0, 5, 1, 3, 2, 4).reshape(b, c, self.size, self.size)
-
-
-class Classifier(nn.Module):
-    def __init__(self, *, in_width: int, classes: int, hidden: int | None = None,
-                 bias: bool = True):
-        super().__init__()
-        if hidden:
-            self.net = nn.Sequential(nn.Linear(in_width, hidden), nn.GELU(),
-                                     nn.Linear(hidden, classes, bias=bias))
-        else:
-            self.net = nn.Linear(in_width, classes, bias=bias)
-
-    def forward(self, x):
-        return self.net(x)
-
-
-class LMHead(nn.Module):
-    """Vocabulary logits; `transform=True` adds BERT's dense + GELU + LayerNorm first."""
-
-    def __init__(self, *, in_width: int, vocab: int, bias: bool = False,
-                 transform: bool = False):
-        super().__init__()
-        self.transform = nn.Sequential(nn.Linear(in_width, in_width), nn.GELU(),
-                                       nn.LayerNorm(in_width, eps=1e-12)) if transform else None
-        self.decoder = nn.Linear(in_width, vocab, bias=bias)
-
-    def forward(self, x):
-        if self.transform is not None:
-            x = self.transform(x)
-        return self.decoder(x)
-
-
-class ITMHead(nn.Linear):
-    def __init__(self, *, in_width: int):
-        super().__init__(in_width, 2)
-
-
-class Regression(nn.Module):
-    def __init__(self, *, in_width: int, out: int, hidden: int | None = None):
-        super().__init__()
-        self.net = nn.Linear(in_width, out) if not hidden else nn.Sequential(
-            nn.Linear(in_width, hidden), nn.GELU(), nn.Linear(hidden, out))
-
-    def forward(self, x):
-        return self.net(x)
-
-
-class BoxHead(nn.Module):
-    """DETR's box MLP: 3 layers, sigmoid to normalised (cx, cy, w, h)."""
-
-    def __init__(self, *, in_width: int, hidden: int | None = None):
-        super().__init__()
-        hidden = hidden or in_width
-        self.net = nn.Sequential(nn.Linear(in_width, hidden), make_act("relu"),
-                                 nn.Linear(hidden, hidden), make_act("relu"),
-                                 nn.Linear(hidden, 4))
-
-    def forward(self, x):
-        return self.net(x).sigmoid()
-
-
-__all__ = ["BoxHead", "CausalLM", "Classifier", "FeedForward", "ITMHead", "LMHead",
-           "MAEDecoder", "ObjectQueries", "Regression", "TransformerDecoder"]

@@ -1,6 +1,6 @@
-"""Encoders and tokenizers as torch modules (the third face of the components in
-mmgraph/components/encoders.py; their constructor arguments are those components' parameters
-plus sizes the checker derived from the input types)."""
+"""Encoders and tokenizers as torch modules (the faces of mmgraph/components/encoders.py;
+their constructor arguments are those components' parameters plus sizes the checker derived
+from the input types)."""
 
 from __future__ import annotations
 
@@ -32,17 +32,14 @@ class Blocks(nn.Module):
 class ViT(nn.Module):
     """Vision Transformer: conv patch embedding, class token, positions, pre-norm blocks."""
 
-    def __init__(self, *, channels: int | None = None, grid: tuple[int, int], width: int,
-                 depth: int, heads: int, patch: int, mlp: int | None = None, act: str = "gelu",
-                 norm: str = "layer", dropout: float = 0.0, cls_token: bool = True,
-                 pos: str = "learned", pre_norm: bool = False, post_norm: bool = True,
-                 patch_bias: bool = True, select_layer: int = -1, pool: str = "none",
-                 drop_cls: bool = False, taps: tuple[int, ...] = (), in_channels: int = 3):
+    def __init__(self, *, in_channels: int, grid: tuple[int, int], width: int, depth: int,
+                 heads: int, mlp: int | None, act: str, norm: str, dropout: float, patch: int,
+                 cls_token: bool, pos: str, pre_norm: bool, post_norm: bool, patch_bias: bool,
+                 select_layer: int, pool: str, drop_cls: bool, taps: tuple[int, ...]):
         super().__init__()
-        channels = channels or in_channels
         self.pool, self.drop_cls, self.taps = pool, drop_cls, tuple(taps)
         self.stop = depth + 1 + select_layer if select_layer < 0 else select_layer
-        self.patch_embed = nn.Conv2d(channels, width, patch, stride=patch, bias=patch_bias)
+        self.patch_embed = nn.Conv2d(in_channels, width, patch, stride=patch, bias=patch_bias)
         n = grid[0] * grid[1] + (1 if cls_token else 0)
         self.cls = nn.Parameter(torch.zeros(width)) if cls_token else None
         if pos == "learned":
@@ -107,10 +104,9 @@ class TextTransformer(nn.Module):
     an embedding LayerNorm instead, and may add token-type embeddings.
     """
 
-    def __init__(self, *, width: int, depth: int, heads: int, vocab: int, mlp: int | None = None,
-                 act: str = "gelu", norm: str = "layer", dropout: float = 0.0,
-                 max_len: int = 77, causal: bool = False, pool: str = "none",
-                 type_vocab: int = 0, post_norm_blocks: bool = False):
+    def __init__(self, *, width: int, depth: int, heads: int, mlp: int | None, act: str,
+                 norm: str, dropout: float, vocab: int, max_len: int, causal: bool, pool: str,
+                 type_vocab: int, post_norm_blocks: bool):
         super().__init__()
         self.pool, self.post = pool, post_norm_blocks
         self.tokens = nn.Embedding(vocab, width)
@@ -141,9 +137,8 @@ class AudioEncoder(nn.Module):
     """Whisper-style: two convs over log-mel frames (the second with stride 2), positions,
     pre-norm blocks, final norm."""
 
-    def __init__(self, *, width: int, depth: int, heads: int, mlp: int | None = None,
-                 act: str = "gelu", norm: str = "layer", dropout: float = 0.0, mels: int = 80,
-                 max_frames: int = 3000, pool: str = "none"):
+    def __init__(self, *, width: int, depth: int, heads: int, mlp: int | None, act: str,
+                 norm: str, dropout: float, mels: int, max_frames: int, pool: str):
         super().__init__()
         self.pool = pool
         self.conv1 = nn.Conv1d(mels, width, 3, padding=1)
@@ -166,15 +161,16 @@ class VideoEncoder(nn.Module):
     """Each frame through a ViT, one token (or all patches) per frame, plus learned temporal
     positions."""
 
-    def __init__(self, *, width: int, depth: int, heads: int, patch: int, grid: tuple[int, int],
-                 in_channels: int = 3, mlp: int | None = None, act: str = "gelu",
-                 norm: str = "layer", dropout: float = 0.0, max_frames: int = 32,
-                 frame_pool: str = "cls", pool: str = "none"):
+    def __init__(self, *, in_channels: int, grid: tuple[int, int], width: int, depth: int,
+                 heads: int, mlp: int | None, act: str, norm: str, dropout: float, patch: int,
+                 max_frames: int, frame_pool: str, pool: str):
         super().__init__()
         self.frame_pool, self.pool = frame_pool, pool
-        self.frames = ViT(grid=grid, width=width, depth=depth, heads=heads, patch=patch,
-                          mlp=mlp, act=act, norm=norm, dropout=dropout, in_channels=in_channels,
-                          pool=frame_pool if frame_pool != "none" else "none", drop_cls=True)
+        self.frames = ViT(in_channels=in_channels, grid=grid, width=width, depth=depth,
+                          heads=heads, mlp=mlp, act=act, norm=norm, dropout=dropout, patch=patch,
+                          cls_token=True, pos="learned", pre_norm=False, post_norm=True,
+                          patch_bias=True, select_layer=-1, pool=frame_pool, drop_cls=True,
+                          taps=())
         self.temporal = nn.Parameter(torch.zeros(max_frames, width))
 
     def forward(self, video):
@@ -191,9 +187,8 @@ class VideoEncoder(nn.Module):
 class PatchEmbed(nn.Module):
     """Image (or class-id map) to patch tokens, with optional class token and positions."""
 
-    def __init__(self, *, patch: int, width: int, grid: tuple[int, int], in_channels: int,
-                 pos: str = "learned", cls_token: bool = False, classes: int | None = None,
-                 class_width: int = 64, bias: bool = True):
+    def __init__(self, *, in_channels: int, grid: tuple[int, int], patch: int, width: int,
+                 pos: str, cls_token: bool, classes: int | None, class_width: int, bias: bool):
         super().__init__()
         self.classes = classes
         if classes is not None:
@@ -224,7 +219,7 @@ class PatchEmbed(nn.Module):
 
 
 class TokenEmbedding(nn.Module):
-    def __init__(self, *, vocab: int, width: int, pos: str = "none", max_len: int = 2048):
+    def __init__(self, *, vocab: int, width: int, pos: str, max_len: int):
         super().__init__()
         self.embed = nn.Embedding(vocab, width)
         self.pos = nn.Embedding(max_len, width) if pos == "learned" else None
@@ -240,7 +235,7 @@ class PointTokenizer(nn.Module):
     """Point-BERT/Meta-Transformer style: farthest-point centres, k nearest neighbours
     around each, a shared MLP over the local offsets with max pooling, plus centre positions."""
 
-    def __init__(self, *, groups: int, width: int, neighbours: int = 32, in_features: int = 3):
+    def __init__(self, *, in_features: int, groups: int, neighbours: int, width: int):
         super().__init__()
         self.groups, self.k = groups, neighbours
         self.local = nn.Sequential(nn.Linear(in_features, 128), nn.GELU(), nn.Linear(128, 256),
@@ -275,7 +270,7 @@ class PointTokenizer(nn.Module):
 class MelPatchEmbed(nn.Module):
     """AST-style audio tokens: (possibly overlapping) square patches of a log-mel map."""
 
-    def __init__(self, *, width: int, patch: int = 16, stride: int | None = None):
+    def __init__(self, *, patch: int, stride: int | None, width: int):
         super().__init__()
         self.proj = nn.Conv2d(1, width, patch, stride=stride or patch)
 
@@ -286,7 +281,7 @@ class MelPatchEmbed(nn.Module):
 class FeatureEmbed(nn.Module):
     """Precomputed features (and optionally their boxes) to tokens."""
 
-    def __init__(self, *, width: int, in_width: int, with_boxes: bool = False):
+    def __init__(self, *, in_width: int, with_boxes: bool, width: int):
         super().__init__()
         self.proj = nn.Linear(in_width, width)
         self.box = nn.Linear(4, width) if with_boxes else None

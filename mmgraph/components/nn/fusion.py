@@ -1,4 +1,5 @@
-"""Fusion layers as torch modules: attention of every kind, MoE, modality-routed layers."""
+"""Fusion as torch modules: cross- and co-attention, mixtures of experts, modality-routed
+layers (the faces of mmgraph/components/fusion.py)."""
 
 from __future__ import annotations
 
@@ -6,49 +7,19 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mmgraph.components.nn.layers import Attention, Block, FeedForward, make_norm
-
-
-class LayerNorm(nn.LayerNorm):
-    def __init__(self, *, in_width: int, eps: float = 1e-5, bias: bool = True):
-        super().__init__(in_width, eps=eps, bias=bias)
-
-
-class RMSNorm(nn.Module):
-    def __init__(self, *, in_width: int, eps: float = 1e-6):
-        super().__init__()
-        self.norm = make_norm("rms", in_width, eps)
-
-    def forward(self, x):
-        return self.norm(x)
-
-
-class TanhGate(nn.Module):
-    """x * tanh(alpha): alpha starts at 0, so a gated branch starts switched off."""
-
-    def __init__(self, *, init: float = 0.0):
-        super().__init__()
-        self.alpha = nn.Parameter(torch.tensor(float(init)))
-
-    def forward(self, x):
-        return x * torch.tanh(self.alpha)
-
-
-class SelfAttention(nn.Module):
-    def __init__(self, *, in_width: int, heads: int, kv_heads: int | None = None,
-                 causal: bool = False, bias: bool = True, pos: str = "none",
-                 dropout: float = 0.0):
-        super().__init__()
-        self.attn = Attention(in_width, heads, kv_heads=kv_heads, bias=bias, causal=causal,
-                              pos=pos, dropout=dropout)
-
-    def forward(self, x, mask=None):
-        return self.attn(x, mask=mask)
+from mmgraph.components.nn.layers import (
+    Attention,
+    Block,
+    FeedForward,
+    apply_rope,
+    make_norm,
+    rope_tables,
+    softmax_fp32_attention,
+)
 
 
 class CrossAttention(nn.Module):
-    def __init__(self, *, in_width: int, ctx_width: int, heads: int, kv_width: int | None = None,
-                 bias: bool = True, dropout: float = 0.0):
+    def __init__(self, *, in_width: int, ctx_width: int, heads: int, bias: bool, dropout: float):
         super().__init__()
         self.attn = Attention(in_width, heads, kv_width=ctx_width, bias=bias, dropout=dropout)
 
@@ -59,8 +30,8 @@ class CrossAttention(nn.Module):
 class GatedCrossAttention(nn.Module):
     """Flamingo's gated cross-attention dense block (gates at 0 leave the LM unchanged)."""
 
-    def __init__(self, *, in_width: int, ctx_width: int, heads: int, dim_head: int = 64,
-                 ff_mult: int = 4, kv_width: int | None = None):
+    def __init__(self, *, in_width: int, ctx_width: int, heads: int, dim_head: int,
+                 ff_mult: int):
         super().__init__()
         self.norm = nn.LayerNorm(in_width)
         self.attn = Attention(in_width, heads, kv_width=ctx_width, dim_head=dim_head, bias=False)
@@ -77,7 +48,7 @@ class GatedCrossAttention(nn.Module):
 class CoAttention(nn.Module):
     """Two streams, each attending to the other (ViLBERT/LXMERT co-attention layer)."""
 
-    def __init__(self, *, in_width: int, heads: int, ffn: bool = True):
+    def __init__(self, *, in_width: int, heads: int, ffn: bool):
         super().__init__()
         self.a_block = Block(in_width, heads, cross=True)
         self.b_block = Block(in_width, heads, cross=True)
@@ -96,23 +67,12 @@ class CoAttention(nn.Module):
         return self._attend(self.a_block, a, b), self._attend(self.b_block, b, a)
 
 
-class FFN(nn.Module):
-    def __init__(self, *, in_width: int, mult: float = 4.0, hidden: int | None = None,
-                 act: str = "gelu", bias: bool = True, dropout: float = 0.0):
-        super().__init__()
-        self.ffn = FeedForward(in_width, hidden or int(in_width * mult), act, bias, dropout)
-
-    def forward(self, x):
-        return self.ffn(x)
-
-
 class MoEFFN(nn.Module):
     """Top-k mixture of expert FFNs (Mixtral-style renormalised weights). Returns the output
     and the Switch-Transformer load-balancing loss: E * sum_e(fraction_e * mean_prob_e)."""
 
-    def __init__(self, *, in_width: int, experts: int, top_k: int = 2, hidden: int | None = None,
-                 mult: float = 4.0, act: str = "gelu", router_bias: bool = False,
-                 capacity_factor: float | None = None):
+    def __init__(self, *, in_width: int, experts: int, top_k: int, hidden: int | None,
+                 mult: float, act: str, router_bias: bool, capacity_factor: float | None):
         super().__init__()
         self.top_k = top_k
         hidden = hidden or int(in_width * mult)
@@ -145,11 +105,19 @@ class MoEFFN(nn.Module):
         return out.reshape(shape), aux
 
 
+def runs(segments, n):
+    """(modality index, length) pairs of a sequence of n tokens, its one None length (the
+    modality whose length the spec leaves free) filled in."""
+    known = sum(length for _, length in segments if length is not None)
+    return [(index, n - known if length is None else length) for index, length in segments]
+
+
 class _Routed(nn.Module):
     """Per-modality copies of a sub-layer; each token goes through its modality's copy.
 
     `segments` is the layout of the sequence: (modality index, length) pairs in order, as the
-    compiler derives it from the concat that built the sequence.
+    compiler derives it from the concat that built the sequence; one length may be None, the
+    rest of the sequence.
     """
 
     def __init__(self, modalities, frozen_modalities, make):
@@ -161,7 +129,7 @@ class _Routed(nn.Module):
 
     def route(self, x, segments, fn):
         outs, start = [], 0
-        for index, length in segments:
+        for index, length in runs(segments, x.shape[1]):
             piece = x[:, start:start + length]
             outs.append(fn(self.per[self.modalities[index]], piece))
             start += length
@@ -169,8 +137,8 @@ class _Routed(nn.Module):
 
 
 class ModalityFFN(_Routed):
-    def __init__(self, *, in_width: int, modalities, frozen_modalities=(),
-                 hidden: int | None = None, mult: float = 4.0, act: str = "swiglu"):
+    def __init__(self, *, in_width: int, modalities, frozen_modalities, hidden: int | None,
+                 mult: float, act: str):
         super().__init__(modalities, frozen_modalities, lambda: nn.ModuleDict({
             "norm": make_norm("rms", in_width),
             "ffn": FeedForward(in_width, hidden or int(in_width * mult), act, bias=False)}))
@@ -183,8 +151,8 @@ class ModalityAttention(nn.Module):
     """Shared self-attention over the joint sequence; Q/K/V/O projections and the pre-norm
     are per modality (LlamaFusion)."""
 
-    def __init__(self, *, in_width: int, heads: int, modalities, frozen_modalities=(),
-                 kv_heads: int | None = None, causal: bool = True, pos: str = "rope"):
+    def __init__(self, *, in_width: int, heads: int, modalities, frozen_modalities,
+                 kv_heads: int | None, causal: bool, pos: str):
         super().__init__()
         self.modalities = list(modalities)
         self.per = nn.ModuleDict({m: nn.ModuleDict({
@@ -198,9 +166,8 @@ class ModalityAttention(nn.Module):
         self.causal, self.pos = causal, pos
 
     def forward(self, x, segments, mask=None):
-        from mmgraph.components.nn.layers import apply_rope, rope_tables
-
         b, n, _ = x.shape
+        segments = runs(segments, n)
         qs, ks, vs, start = [], [], [], 0
         for index, length in segments:
             layer = self.per[self.modalities[index]]
@@ -220,8 +187,6 @@ class ModalityAttention(nn.Module):
             k = k.repeat_interleave(self.heads // self.kv_heads, 1)
             v = v.repeat_interleave(self.heads // self.kv_heads, 1)
         if q.dtype != torch.float32 and torch.onnx.is_in_onnx_export():
-            from mmgraph.components.nn.layers import softmax_fp32_attention
-
             out = softmax_fp32_attention(q, k, v, causal=self.causal)
         else:
             out = F.scaled_dot_product_attention(q, k, v, is_causal=self.causal)
@@ -231,37 +196,3 @@ class ModalityAttention(nn.Module):
             pieces.append(self.per[self.modalities[index]]["attn"].o(out[:, start:start + length]))
             start += length
         return torch.cat(pieces, 1)
-
-
-class TransformerLayer(nn.Module):
-    def __init__(self, *, in_width: int, heads: int, ctx_width: int | None = None,
-                 kv_heads: int | None = None, mlp: int | None = None, act: str = "gelu",
-                 norm: str = "layer", causal: bool = False, cross: bool = False,
-                 pos: str = "none", post_norm: bool = False, bias: bool = True,
-                 dropout: float = 0.0):
-        super().__init__()
-        self.block = Block(in_width, heads, mlp=mlp, act=act, norm=norm, causal=causal,
-                           cross=cross, kv_width=ctx_width, kv_heads=kv_heads, pos=pos,
-                           post_norm=post_norm, bias=bias, dropout=dropout)
-
-    def forward(self, x, ctx=None, mask=None):
-        return self.block(x, ctx=ctx, mask=mask)
-
-
-class Transformer(nn.Module):
-    def __init__(self, *, in_width: int, depth: int, heads: int, ctx_width: int | None = None,
-                 kv_heads: int | None = None, mlp: int | None = None, act: str = "gelu",
-                 norm: str = "layer", causal: bool = False, cross: bool = False,
-                 pos: str = "none", post_norm: bool = False, bias: bool = True,
-                 dropout: float = 0.0, final_norm: bool = True, width: int | None = None):
-        super().__init__()
-        self.layers = nn.ModuleList([
-            Block(in_width, heads, mlp=mlp, act=act, norm=norm, causal=causal, cross=cross,
-                  kv_width=ctx_width, kv_heads=kv_heads, pos=pos, post_norm=post_norm,
-                  bias=bias, dropout=dropout) for _ in range(depth)])
-        self.norm = make_norm(norm, in_width) if final_norm else None
-
-    def forward(self, x, ctx=None, mask=None):
-        for layer in self.layers:
-            x = layer(x, ctx=ctx, mask=mask)
-        return self.norm(x) if self.norm is not None else x

@@ -1,4 +1,5 @@
-"""Transformer building blocks shared by every component: norms, attention, FFN, blocks.
+"""Transformer layers as torch modules: the building blocks every component shares (norms,
+attention, FFN, blocks) and the faces of the layer components (mmgraph/components/layers.py).
 
 Plain modules in the style of nanoGPT: one concept each, `forward` reads top to bottom.
 Linear layers are named `q`, `k`, `v`, `o` (attention) and `fc1`/`fc2` or `gate`/`up`/`down`
@@ -13,10 +14,12 @@ from torch import nn
 
 
 class RMSNorm(nn.Module):
-    def __init__(self, width: int, eps: float = 1e-6):
+    """`rms_norm`, and the norm of every block with norm="rms"."""
+
+    def __init__(self, *, in_width: int, eps: float):
         super().__init__()
         self.eps = eps
-        self.weight = nn.Parameter(torch.ones(width))
+        self.weight = nn.Parameter(torch.ones(in_width))
 
     def forward(self, x):
         dtype = x.dtype  # normalise in fp32 whatever the activations' precision
@@ -27,7 +30,7 @@ class RMSNorm(nn.Module):
 
 def make_norm(kind: str, width: int, eps: float | None = None) -> nn.Module:
     if kind == "rms":
-        return RMSNorm(width, eps or 1e-6)
+        return RMSNorm(in_width=width, eps=eps or 1e-6)
     return nn.LayerNorm(width, eps=eps or 1e-5)
 
 
@@ -201,6 +204,78 @@ class Block(nn.Module):
         return x + self.ffn(self.norm2(x))
 
 
+# ---------------------------------------------------------------- the layer components
+
+class LayerNorm(nn.LayerNorm):
+    def __init__(self, *, in_width: int, eps: float, bias: bool):
+        super().__init__(in_width, eps=eps, bias=bias)
+
+
+class TanhGate(nn.Module):
+    """x * tanh(alpha): alpha starts at 0, so a gated branch starts switched off."""
+
+    def __init__(self, *, init: float):
+        super().__init__()
+        self.alpha = nn.Parameter(torch.tensor(float(init)))
+
+    def forward(self, x):
+        return x * torch.tanh(self.alpha)
+
+
+class SelfAttention(nn.Module):
+    def __init__(self, *, in_width: int, heads: int, kv_heads: int | None, causal: bool,
+                 bias: bool, pos: str, dropout: float):
+        super().__init__()
+        self.attn = Attention(in_width, heads, kv_heads=kv_heads, bias=bias, causal=causal,
+                              pos=pos, dropout=dropout)
+
+    def forward(self, x, mask=None):
+        return self.attn(x, mask=mask)
+
+
+class FFN(nn.Module):
+    def __init__(self, *, in_width: int, mult: float, hidden: int | None, act: str, bias: bool,
+                 dropout: float):
+        super().__init__()
+        self.ffn = FeedForward(in_width, hidden or int(in_width * mult), act, bias, dropout)
+
+    def forward(self, x):
+        return self.ffn(x)
+
+
+class TransformerLayer(nn.Module):
+    def __init__(self, *, in_width: int, ctx_width: int | None = None, heads: int,
+                 kv_heads: int | None, mlp: int | None, act: str, norm: str, causal: bool,
+                 cross: bool, pos: str, post_norm: bool, bias: bool, dropout: float):
+        super().__init__()
+        self.block = Block(in_width, heads, mlp=mlp, act=act, norm=norm, causal=causal,
+                           cross=cross, kv_width=ctx_width, kv_heads=kv_heads, pos=pos,
+                           post_norm=post_norm, bias=bias, dropout=dropout)
+
+    def forward(self, x, ctx=None, mask=None):
+        return self.block(x, ctx=ctx, mask=mask)
+
+
+class Transformer(nn.Module):
+    def __init__(self, *, in_width: int, ctx_width: int | None = None, depth: int, heads: int,
+                 kv_heads: int | None, mlp: int | None, act: str, norm: str, causal: bool,
+                 cross: bool, pos: str, post_norm: bool, bias: bool, dropout: float,
+                 final_norm: bool):
+        super().__init__()
+        self.layers = nn.ModuleList([
+            Block(in_width, heads, mlp=mlp, act=act, norm=norm, causal=causal, cross=cross,
+                  kv_width=ctx_width, kv_heads=kv_heads, pos=pos, post_norm=post_norm,
+                  bias=bias, dropout=dropout) for _ in range(depth)])
+        self.norm = make_norm(norm, in_width) if final_norm else None
+
+    def forward(self, x, ctx=None, mask=None):
+        for layer in self.layers:
+            x = layer(x, ctx=ctx, mask=mask)
+        return self.norm(x) if self.norm is not None else x
+
+
+# ---------------------------------------------------------------- initialisation and positions
+
 def init_linear_like_bert(module: nn.Module, std: float = 0.02) -> None:
     """Normal(0, 0.02) weights and zero biases, as BERT/GPT/ViT initialise."""
     for m in module.modules():
@@ -227,7 +302,3 @@ def sincos_2d(grid_h: int, grid_w: int, width: int) -> torch.Tensor:
         emb = F.pad(emb, (0, width - emb.shape[1]))
     return emb
 
-
-__all__ = ["Attention", "Block", "FeedForward", "QuickGELU", "RMSNorm", "alibi_bias",
-           "apply_rope", "init_linear_like_bert", "make_act", "make_norm", "rope_tables",
-           "sincos_2d"]

@@ -1,4 +1,5 @@
-"""Losses with weights: the contrastive loss learns its temperature."""
+"""Losses as torch faces (of mmgraph/components/losses.py): functions, and a module for the
+contrastive loss, which learns its temperature."""
 
 from __future__ import annotations
 
@@ -8,6 +9,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from mmgraph.components.nn.fusion import MoEFFN
+
 
 class Contrastive(nn.Module):
     """Symmetric InfoNCE (CLIP). `logit_scale` = log(1 / temperature), learnable or fixed.
@@ -16,8 +19,7 @@ class Contrastive(nn.Module):
     negatives, MoCo/ALBEF style.
     """
 
-    def __init__(self, *, in_width: int, temperature: float = 0.07, learnable: bool = True,
-                 queue: int = 0):
+    def __init__(self, *, in_width: int, temperature: float, learnable: bool, queue: int):
         super().__init__()
         scale = torch.tensor(math.log(1.0 / temperature))
         if learnable:
@@ -53,3 +55,82 @@ class Contrastive(nn.Module):
         self.queue_a[idx] = a.to(self.queue_a.dtype)
         self.queue_b[idx] = b.to(self.queue_b.dtype)
         self.queue_ptr.fill_((ptr + n) % self.queue)
+
+
+def itm(pos, neg):
+    """Matching: positives are class 1, negatives class 0."""
+    logits = torch.cat([pos, neg], dim=0)
+    labels = torch.cat([torch.ones(len(pos)), torch.zeros(len(neg))]).long().to(pos.device)
+    return F.cross_entropy(logits.float(), labels)
+
+
+def next_token(logits, tokens, mask=None, *, skip: int, ignore_index: int):
+    """Logits at position skip + i - 1 predict token i (i >= 1)."""
+    pred = logits[:, skip:-1] if tokens.shape[1] > 1 else logits[:, skip:skip]
+    target = tokens[:, 1:]
+    if mask is not None:
+        target = target.masked_fill(~mask[:, 1:].bool(), ignore_index)
+    return F.cross_entropy(pred.reshape(-1, pred.shape[-1]).float(), target.reshape(-1),
+                           ignore_index=ignore_index)
+
+
+def mlm(logits, tokens, mask):
+    target = tokens.masked_fill(~mask.bool(), -100)
+    return F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), target.reshape(-1),
+                           ignore_index=-100)
+
+
+def _patch_mask(mask, size_hw, patch):
+    """A per-patch mask [B, N] to a per-pixel mask [B, 1, H, W]."""
+    h, w = size_hw
+    grid = mask.view(mask.shape[0], h // patch, w // patch).to(torch.float32)
+    return grid.repeat_interleave(patch, 1).repeat_interleave(patch, 2)[:, None]
+
+
+def masked_reconstruction(pred, target, mask=None, *, metric: str, norm_pix: bool, patch: int):
+    if metric == "ce":
+        per = F.cross_entropy(pred.float(), target[:, 0].long(), reduction="none")[:, None]
+    else:
+        target = target.to(pred.dtype)
+        if norm_pix:
+            mean = target.mean(dim=(-2, -1), keepdim=True)
+            std = target.std(dim=(-2, -1), keepdim=True)
+            target = (target - mean) / (std + 1e-6)
+        per = (pred - target).pow(2) if metric == "mse" else (pred - target).abs()
+        per = per.float().mean(1, keepdim=True)
+    if mask is None or pred.dim() != 4:
+        return per.mean()
+    m = _patch_mask(mask, pred.shape[-2:], patch)
+    return (per * m).sum() / m.sum().clamp(min=1)
+
+
+def cross_entropy(logits, labels, *, label_smoothing: float, ignore_index: int):
+    return F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), labels.reshape(-1),
+                           label_smoothing=label_smoothing, ignore_index=ignore_index)
+
+
+def kl_distill(student, teacher, *, temperature: float):
+    t = temperature
+    return F.kl_div(F.log_softmax(student.float() / t, -1), F.softmax(teacher.float() / t, -1),
+                    reduction="batchmean") * t * t
+
+
+def feature_distill(student, teacher, *, metric: str):
+    teacher = teacher.detach()
+    if metric == "cosine":
+        return (1 - F.cosine_similarity(student.float(), teacher.float(), dim=-1)).mean()
+    if metric == "mse":
+        return F.mse_loss(student.float(), teacher.float())
+    return F.smooth_l1_loss(student.float(), teacher.float())
+
+
+def mse(pred, target):
+    return F.mse_loss(pred.float(), target.float())
+
+
+def moe_aux(x, *, layers):
+    """The sum of the load-balancing losses that the MoE layers inside `layers` computed in
+    this forward pass (the compiler passes the layers upstream of x)."""
+    losses = [m.aux for layer in layers for m in layer.modules()
+              if isinstance(m, MoEFFN) and m.aux is not None]
+    return torch.stack([a.float() for a in losses]).sum() if losses else x.sum() * 0

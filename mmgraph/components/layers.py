@@ -1,0 +1,206 @@
+"""Transformer layers: norms, a gate, self-attention, feed-forward, whole Transformer blocks."""
+
+from __future__ import annotations
+
+from pydantic import Field
+
+from mmgraph.components.common import (
+    ATTENTION,
+    FEEDFORWARD,
+    Act,
+    Norm,
+    Pos,
+    PosInt,
+    Prob,
+    check_heads,
+    ctx_width,
+    in_width,
+    tags_of,
+)
+from mmgraph.components.registry import Component, Params, Port, register
+
+
+def _expect_seq_or_vec(ctx, port, t):
+    ctx.expect_kind(port, t, "Seq", "Vec")
+
+
+@register
+class LayerNorm(Component):
+    name = "layer_norm"
+    category = "layer"
+    summary = "LayerNorm over the width"
+    inputs = (Port("x"),)
+    torch = "mmgraph.components.nn.layers:LayerNorm"
+
+    class Params(Params):
+        eps: float = 1e-5
+        bias: bool = True
+
+    def infer(self, p, x, ctx):
+        _expect_seq_or_vec(ctx, "x", x["x"])
+        return x["x"]
+
+    def torch_args(self, p, x, ctx):
+        return {"in_width": in_width(ctx, x), **p.model_dump()}
+
+
+@register
+class RMSNorm(Component):
+    name = "rms_norm"
+    category = "layer"
+    summary = "RMSNorm over the width"
+    inputs = (Port("x"),)
+    torch = "mmgraph.components.nn.layers:RMSNorm"
+
+    class Params(Params):
+        eps: float = 1e-6
+
+    def infer(self, p, x, ctx):
+        _expect_seq_or_vec(ctx, "x", x["x"])
+        return x["x"]
+
+    def torch_args(self, p, x, ctx):
+        return {"in_width": in_width(ctx, x), **p.model_dump()}
+
+
+@register
+class TanhGate(Component):
+    name = "tanh_gate"
+    category = "layer"
+    summary = "Multiply by tanh(alpha), alpha learnable and 0 at init (Flamingo's gates)"
+    inputs = (Port("x"),)
+    torch = "mmgraph.components.nn.layers:TanhGate"
+
+    class Params(Params):
+        init: float = 0.0
+
+    def infer(self, p, x, ctx):
+        return x["x"]
+
+
+@register
+class SelfAttention(Component):
+    name = "self_attention"
+    category = "layer"
+    lora_targets = ("q", "k", "v", "o")
+    summary = "Multi-head self-attention, causal or bidirectional, optional grouped KV heads"
+    inputs = (Port("x"), Port("mask", optional=True))
+    torch = "mmgraph.components.nn.layers:SelfAttention"
+
+    class Params(Params):
+        heads: PosInt
+        kv_heads: PosInt | None = None
+        causal: bool = False
+        bias: bool = True
+        pos: Pos = "none"
+        dropout: Prob = 0.0
+
+    def infer(self, p, x, ctx):
+        t = x["x"]
+        ctx.expect_kind("x", t, "Seq")
+        if t.width.is_Integer:
+            check_heads(ctx, int(t.width), p.heads)
+        if "mask" in x:
+            ctx.expect_kind("mask", x["mask"], "Mask")
+        return t
+
+    def torch_args(self, p, x, ctx):
+        return {"in_width": in_width(ctx, x), **p.model_dump()}
+
+
+@register
+class FFN(Component):
+    name = "ffn"
+    category = "layer"
+    lora_targets = FEEDFORWARD
+    summary = "Position-wise feed-forward network (GELU, ReLU or gated SwiGLU/GeGLU)"
+    inputs = (Port("x"),)
+    torch = "mmgraph.components.nn.layers:FFN"
+
+    class Params(Params):
+        mult: float = Field(4.0, gt=0)
+        hidden: PosInt | None = None
+        act: Act = "gelu"
+        bias: bool = True
+        dropout: Prob = 0.0
+
+    def infer(self, p, x, ctx):
+        _expect_seq_or_vec(ctx, "x", x["x"])
+        return x["x"]
+
+    def torch_args(self, p, x, ctx):
+        return {"in_width": in_width(ctx, x), **p.model_dump()}
+
+
+@register
+class TransformerLayer(Component):
+    name = "transformer_layer"
+    category = "layer"
+    lora_targets = ATTENTION
+    summary = ("One Transformer block: self-attention (+ optional cross-attention to ctx) and "
+               "FFN, pre- or post-norm")
+    inputs = (Port("x"), Port("ctx", optional=True), Port("mask", optional=True))
+    torch = "mmgraph.components.nn.layers:TransformerLayer"
+
+    class Params(Params):
+        heads: PosInt
+        kv_heads: PosInt | None = None
+        mlp: PosInt | None = None
+        act: Act = "gelu"
+        norm: Norm = "layer"
+        causal: bool = False
+        cross: bool = False
+        pos: Pos = "none"
+        post_norm: bool = False
+        bias: bool = True
+        dropout: Prob = 0.0
+
+    def infer(self, p, x, ctx):
+        return _transformer_rule(self, p, x, ctx)
+
+    def torch_args(self, p, x, ctx):
+        return {"in_width": in_width(ctx, x), **ctx_width(ctx, x), **p.model_dump()}
+
+
+@register
+class Transformer(Component):
+    name = "transformer"
+    category = "layer"
+    lora_targets = ATTENTION
+    summary = "A stack of `depth` Transformer blocks with a final norm (a shared encoder)"
+    inputs = (Port("x"), Port("ctx", optional=True), Port("mask", optional=True))
+    torch = "mmgraph.components.nn.layers:Transformer"
+
+    class Params(TransformerLayer.Params):
+        depth: PosInt
+        final_norm: bool = True
+        width: PosInt | None = None  # checked against the input when given
+
+    def infer(self, p, x, ctx):
+        if p.width is not None:
+            ctx.expect_dim("x", x["x"], -1, p.width, "width")
+        return _transformer_rule(self, p, x, ctx)
+
+    def torch_args(self, p, x, ctx):
+        return {"in_width": in_width(ctx, x), **ctx_width(ctx, x),
+                **p.model_dump(exclude={"width"})}
+
+
+def _transformer_rule(comp, p, x, ctx):
+    t = x["x"]
+    ctx.expect_kind("x", t, "Seq")
+    if t.width.is_Integer:
+        check_heads(ctx, int(t.width), p.heads)
+    if p.cross and "ctx" not in x:
+        ctx.fail(f"{ctx.name} has cross=true but is called without ctx", "x", code="E205",
+                 hint="pass the sequence to attend to: name(x, ctx=features)")
+    if "ctx" in x:
+        if not p.cross:
+            ctx.fail(f"{ctx.name} is given ctx but has cross=false", "ctx", code="E205",
+                     hint="set cross=true to add cross-attention")
+        ctx.expect_kind("ctx", x["ctx"], "Seq")
+        ctx.expect_same("x", t.dim("B"), "ctx", x["ctx"].dim("B"), "batch")
+        t = t.with_(tags=tags_of(t, x["ctx"]))
+    if "mask" in x:
+        ctx.expect_kind("mask", x["mask"], "Mask")
+    return t
