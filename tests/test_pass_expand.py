@@ -55,7 +55,7 @@ def test_repeat_of_a_component_threads_only_its_first_input():
         }
     """)
     first, second = g.nodes["dec.0"], g.nodes["dec.1"]
-    assert g.meta["values"]["y"].node == "dec.1"  # y names the repeat's last output
+    assert g.values["y"].node == "dec.1"  # y names the repeat's last output
     assert dict(first.inputs)["ctx"].node == "ctx"
     assert dict(second.inputs)["x"].node == "dec.0"
     assert dict(second.inputs)["ctx"].node == "ctx"

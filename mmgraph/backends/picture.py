@@ -91,8 +91,8 @@ def boxes(g: Graph, expand: bool = False) -> tuple[list[Box], list[tuple[str, st
 
 def _top_role(g: Graph, gid: str) -> str:
     """The role a block or repeat was declared with (`decoder lm: repeat(...)`)."""
-    if gid in g.meta.get("roles", {}):
-        return g.meta["roles"][gid]
+    if gid in g.decls:
+        return g.decls[gid].role
     return g.instances[gid].role if gid in g.instances else "layer"
 
 

@@ -77,7 +77,7 @@ def dim_ranges(g: Graph) -> dict[str, dict[str, int]]:
 
 
 def value_ref(g: Graph, name: str) -> Ref:
-    return {**g.meta.get("values", {}), **g.outputs}[name]
+    return {**g.values, **g.outputs}[name]
 
 
 def value_type(g: Graph, name: str) -> T.TensorType:

@@ -4,14 +4,21 @@ A `Graph` is one model with blocks and repeats already expanded. It keeps two ta
 
 - `instances`: every module the model owns (declared with a role, or anonymous for an inline
   call such as `layer_norm(x)`), with its component, validated parameters and modifiers;
-- `nodes`: the values, in spec order. A node is an `input`, a `call` of an instance, or
-  elementwise/slicing arithmetic. Each node has typed output ports (`out`, plus extras such
-  as a MoE layer's `aux`), so an edge is a `Ref` to one port of one node.
+- `nodes`: the values, in dependency order. A node is an `input`, a `call` of an instance, a
+  block input's `bind`, or elementwise/slicing arithmetic. Each node has typed output ports
+  (`out`, plus extras such as a MoE layer's `aux`), so an edge is a `Ref` to one port of one
+  node.
+
+and the structure the expansion flattened, which backends build modules from: `decls` (the
+declared layers), `calls` (each block or repeat call with the copies it expanded to),
+`values` (the model's names for values), and the `train` and `export` plans.
 
 networkx holds the topology (toposort, cycles, reachability); the stable text form from
 `dump()` is both the debugging view and what golden tests compare:
 
-    %img : Vec<image>[B, 512] = call img_proj(%vision)        # clip.mmg:17
+    decoder lm = repeat(xattn_group, times=8)                          # flamingo.mmg:46
+    %img : Vec<image>[B, 512] = call img_proj(%vision)                 # clip.mmg:17
+    repeat lm = xattn_group(x=%embed, media=%media) x8, threading x -> %lm.7.lm_layers.3
 """
 
 from __future__ import annotations
@@ -77,7 +84,8 @@ class Instance:
     shared: str | None = None  # name of the instance whose weights this one ties to
     anonymous: bool = False
     block: str | None = None  # the block definition this instance came from, if any
-    meta: dict = field(default_factory=dict)
+    frozen_by: str | None = None  # the declaration whose `frozen` froze it (itself, or a block)
+    param_spans: dict[str, Span] = field(default_factory=dict)  # each given parameter's value
 
     @property
     def trainable(self) -> bool:
@@ -93,13 +101,13 @@ class Instance:
 @dataclass
 class Node:
     name: str
-    op: str  # input | call | add | sub | mul | div | slice | select
+    op: str  # input | call | bind | add | sub | mul | div | slice | select
     inputs: list[tuple[str, Ref]]  # (port name of the callee, value) in call order
     span: Span
     target: str | None = None  # the instance for `call`, the input name for `input`
     attrs: dict = field(default_factory=dict)
     types: dict[str, TensorType] = field(default_factory=dict)  # output port -> type
-    meta: dict = field(default_factory=dict)
+    meta: dict = field(default_factory=dict)  # expand's notes for infer (spans, bindings)
 
     @property
     def type(self) -> TensorType | None:
@@ -135,6 +143,42 @@ class BlockCall:
     outputs: list[Ref]
     span: Span
     expansions: list[Expansion] = field(default_factory=list)
+
+    def text(self) -> str:
+        """`repeat lm = xattn_group(x=%embed) x8, threading x -> %lm.7.out`"""
+        args = ", ".join(f"{port}={ref}" for port, ref in self.inputs)
+        kind = "repeat" if self.times else "block"
+        head = f"{kind} {self.decl} = {self.block or self.component}({args})"
+        if self.times:
+            head += f" x{self.times}"
+            if self.threaded:
+                head += ", threading " + ", ".join(p for p, _ in self.inputs[:self.threaded])
+        return f"{head} -> {', '.join(map(str, self.outputs))}"
+
+
+@dataclass
+class Declaration:
+    """A declared layer (`decoder lm: repeat(block(...), times=8)`): one component, a block,
+    or a repeat of either. Backends build each as one module attribute."""
+
+    name: str  # full dotted name: `lm.0.lm_layers` inside the block copy `lm.0`
+    role: str
+    span: Span
+    component: str | None = None  # the component, for a component or a repeat of one
+    block: str | None = None  # the block's name, for a block or a repeat of one
+    block_span: Span | None = None  # where that block is defined
+    times: int = 0  # > 0 for a repeat
+    frozen: bool = False
+    frozen_by: str | None = None  # the declaration whose `frozen` froze it (itself, or a block)
+    shared: str | None = None  # the layer its own `shared(x)` ties its weights to
+
+    def text(self) -> str:
+        """`decoder lm = repeat(xattn_group, times=8) frozen`"""
+        what = self.block or self.component
+        rhs = f"repeat({what}, times={self.times})" if self.times else f"{what}(...)"
+        mods = (" frozen" if self.frozen else "") + \
+            (f" shared({self.shared})" if self.shared else "")
+        return f"{self.role} {self.name} = {rhs}{mods}"
 
 
 @dataclass
@@ -201,7 +245,10 @@ class Graph:
         self.losses: dict[str, LossTerm] = {}
         self.train: TrainPlan | None = None
         self.export: ExportPlan | None = None
-        self.meta: dict = {}
+        # the model's own block and repeat calls; those made inside a copy hang off it
+        self.calls: list[BlockCall] = []
+        self.decls: dict[str, Declaration] = {}  # every declared layer, by full name
+        self.values: dict[str, Ref] = {}  # the model's named values (inputs, assignments)
 
     # ------------------------------------------------------------ building
     def add_node(self, node: Node) -> Node:
@@ -233,10 +280,6 @@ class Graph:
         """Nodes in dependency order, ties broken by spec order (stable dumps)."""
         order = {name: i for i, name in enumerate(self.nodes)}
         return list(nx.lexicographical_topological_sort(self.nx_graph(), key=order.__getitem__))
-
-    def reorder(self) -> None:
-        """Put `nodes` in topological order; backends then just walk the dict."""
-        self.nodes = {name: self.nodes[name] for name in self.toposort()}
 
     def ancestors(self, name: str) -> set[str]:
         return nx.ancestors(self.nx_graph(), name)
@@ -272,9 +315,21 @@ class Graph:
         for name, ref in self.outputs.items():
             if ref.node not in self.nodes:
                 problems.append(f"output {name}: {ref} is not a node")
+        for name, ref in self.values.items():
+            if ref.node not in self.nodes:
+                problems.append(f"value {name}: {ref} is not a node")
         for inst in self.instances.values():
             if inst.shared and inst.shared not in self.instances:
                 problems.append(f"{inst.name}: shared with unknown instance {inst.shared!r}")
+        for decl in self.decls.values():
+            if decl.shared and decl.shared not in self.decls:
+                problems.append(f"{decl.name}: shared with unknown layer {decl.shared!r}")
+        for call in self.block_calls():
+            refs = [r for _, r in call.inputs] + call.outputs
+            missing = [str(r) for r in refs if r.node not in self.nodes] + \
+                [f"%{n}" for e in call.expansions for n in e.nodes if n not in self.nodes]
+            if missing:
+                problems.append(f"call {call.decl}: {missing[0]} is not a node")
         cycle = self.find_cycle()
         if cycle:
             problems.append(f"cycle: {' -> '.join(cycle)}")
@@ -286,6 +341,9 @@ class Graph:
         out = [f"model {self.name}"]
         for k, v in self.consts.items():
             out.append(f"  const {k} = {_fmt(v)}")
+        for decl in self.decls.values():  # components show as their instances below
+            if decl.block or decl.times:
+                out.append(f"  {decl.text()}" + (_where(decl.span) if spans else ""))
         for inst in self.instances.values():
             if inst.anonymous and inst.role == "op":
                 continue
@@ -299,7 +357,10 @@ class Graph:
                 mods.append(f"shared({inst.shared})")
             mod = (" " + " ".join(mods)) if mods else ""
             out.append(f"  {inst.role} {inst.name} = {inst.component}({inst.params_text()}){mod}")
+        starts = self.call_starts()
         for node in self.nodes.values():
+            for call in starts.get(node.name, ()):
+                out.append(f"  {call.text()}" + (_where(call.span) if spans else ""))
             out.append("  " + self.node_line(node, spans=spans))
         for name, ref in self.outputs.items():
             out.append(f"  output {name} = {ref}")
@@ -339,8 +400,31 @@ class Graph:
         else:
             attrs = "".join(f", {k}={_fmt(v)}" for k, v in node.attrs.items())
             rhs = f"{node.op}({args}{attrs})"
-        where = f"  # {node.span.path.rsplit('/', 1)[-1]}:{node.span.line}" if spans else ""
-        return f"{head} = {rhs}{where}"
+        return f"{head} = {rhs}{_where(node.span) if spans else ''}"
+
+    def call_starts(self) -> dict[str, list[BlockCall]]:
+        """Each block or repeat call under the first of its nodes, outer calls first: where
+        the dump prints the call's line."""
+        starts: dict[str, list[BlockCall]] = {}
+        position = {name: i for i, name in enumerate(self.nodes)}
+        for call in self.block_calls():
+            inside = [n for e in call.expansions for n in e.nodes if n in position]
+            if inside:
+                starts.setdefault(min(inside, key=position.__getitem__), []).append(call)
+        return starts
+
+    def block_calls(self) -> Iterator[BlockCall]:
+        """Every block and repeat call, those inside a copy after the call that made it."""
+        def walk(calls: list[BlockCall]) -> Iterator[BlockCall]:
+            for call in calls:
+                yield call
+                for e in call.expansions:
+                    yield from walk(e.calls)
+        return walk(self.calls)
+
+
+def _where(span: Span) -> str:
+    return f"  # {span.path.rsplit('/', 1)[-1]}:{span.line}"
 
 
 def _fmt(v: Any) -> str:

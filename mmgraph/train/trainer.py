@@ -80,8 +80,7 @@ def set_trainable(model: nn.Module, g: Graph, trainable: list[str]) -> int:
     for pname, p in model.named_parameters():
         inst = owner_of(pname, names)
         on = inst in wanted
-        if on and g.instances[inst].frozen and g.instances[inst].lora is not None and \
-                inst not in g.meta.get("unfrozen", ()):
+        if on and g.instances[inst].frozen and g.instances[inst].lora is not None:
             on = pname.rsplit(".", 1)[-1] in ("lora_a", "lora_b")
         p.requires_grad_(on)
         count += p.numel() if on else 0

@@ -119,10 +119,9 @@ def compute(cls: type, g: Graph, dims: dict[str, int] | None = None) -> Stats:
         if inst is not None:
             role, component = inst.role, inst.component
         else:
-            decl = g.meta["decls"].get(top)
-            role = g.meta.get("roles", {}).get(top, "layer")
-            what = decl.block.name.name if decl and decl.block else \
-                decl.component.name if decl and decl.component else "block"
+            decl = g.decls.get(top)
+            role = decl.role if decl else "layer"
+            what = (decl and (decl.block or decl.component)) or "block"
             component = f"{what} x{decl.times}" if decl and decl.times else what
         last = [n for n in g.nodes.values() if n.op == "call" and
                 (n.target == top or n.target.startswith(top + "."))]

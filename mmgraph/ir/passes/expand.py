@@ -23,7 +23,17 @@ from mmgraph.components.common import PosInt, Prob
 from mmgraph.components.registry import Component, Params
 from mmgraph.ir import types as T
 from mmgraph.ir.consts import CONST_FUNCTIONS, evaluate, evaluate_dim
-from mmgraph.ir.graph import BlockCall, Expansion, Graph, Instance, Lora, LossTerm, Node, Ref
+from mmgraph.ir.graph import (
+    BlockCall,
+    Declaration,
+    Expansion,
+    Graph,
+    Instance,
+    Lora,
+    LossTerm,
+    Node,
+    Ref,
+)
 from mmgraph.ir.passes.base import Compilation
 from mmgraph.ir.passes.constants import evaluate_all
 from mmgraph.ir.passes.resolve import classify_assigns, walk
@@ -54,6 +64,16 @@ class Decl:
     shared: str | None = None
     shared_target: ast.Ident | None = None  # `shared(x)` as written, resolved after the body
     param_spans: dict[str, Span] = field(default_factory=dict)
+
+    def declaration(self) -> Declaration:
+        """What the IR keeps of it: no AST, and `shared` only where it says `shared(x)`."""
+        return Declaration(
+            self.name, self.role, self.span,
+            component=self.component.name if self.component else None,
+            block=self.block.name.name if self.block else None,
+            block_span=self.block.span if self.block else None, times=self.times,
+            frozen=self.frozen, frozen_by=self.frozen_by,
+            shared=self.shared if self.shared_target is not None else None)
 
 
 @dataclass
@@ -122,9 +142,8 @@ class Lowerer:
         self.sink = c.sink
         self.g = Graph(c.model.name.name, c.model.span)
         self.binding_groups = 0
-        self.calls: list[BlockCall] = []  # where a block/repeat call made now is recorded
-        self.g.meta["calls"] = self.calls
-        self.g.meta["decls"] = {}
+        self.calls: list[BlockCall] = self.g.calls  # where a call made now is recorded
+        self.decls: dict[str, Decl] = {}  # every declared layer, nested ones too
 
     # ---------------------------------------------------------------- bodies
     def lower_model(self) -> Graph:
@@ -139,17 +158,14 @@ class Lowerer:
                     self.sink.add(exc)
                     scope.failed.add(stmt.name.name)
         self.lower_body(body, scope)
-        self.g.meta["values"] = {k: v[0] for k, v in scope.values.items()}
-        self.g.meta["roles"] = {k: d.role for k, d in scope.decls.items()}
-        self.g.meta["frozen_decls"] = {k for k, d in scope.decls.items() if d.frozen}
+        self.g.values = {k: v[0] for k, v in scope.values.items()}
         for stmt in body:
             if isinstance(stmt, ast.Output):
                 for item in stmt.items:
                     self.lower_output(item, scope)
             elif isinstance(stmt, ast.Loss):
                 self.lower_loss(stmt, scope)
-        self.g.meta["train_ast"] = next((s for s in body if isinstance(s, ast.Train)), None)
-        self.g.meta["export_ast"] = next((s for s in body if isinstance(s, ast.Export)), None)
+        self.g.decls = {name: decl.declaration() for name, decl in self.decls.items()}
         return self.g
 
     def lower_body(self, body, scope: Scope) -> None:
@@ -266,7 +282,7 @@ class Lowerer:
                 shared = None if i is None or not decl.shared else f"{decl.shared}.{i}"
                 self.make_instance(decl, name, stmt.span, anonymous=False, shared=shared)
         scope.decls[stmt.name.name] = decl
-        self.g.meta["decls"][decl.name] = decl
+        self.decls[decl.name] = decl
 
     def apply_modifiers(self, decl: Decl, mods, scope: Scope) -> None:
         seen = set()
@@ -372,9 +388,8 @@ class Lowerer:
         inst = Instance(name, role, comp.name, params if params is not None else decl.params,
                         span, frozen=decl.frozen, lora=lora,
                         shared=shared if shared is not None else decl.shared,
-                        anonymous=anonymous,
-                        meta={"param_spans": dict(param_spans or decl.param_spans),
-                              "frozen_by": decl.frozen_by})
+                        anonymous=anonymous, frozen_by=decl.frozen_by,
+                        param_spans=dict(param_spans or decl.param_spans))
         return self.g.add_instance(inst)
 
     # ---------------------------------------------------------------- values
@@ -766,10 +781,10 @@ class Lowerer:
         return outs
 
 
-def check_block_lora_targets(c: Compilation) -> None:
+def check_block_lora_targets(c: Compilation, decls: dict[str, Decl]) -> None:
     """A block's `lora(targets=[...])` names linear layers of the components inside it."""
     g = c.graph
-    for decl in g.meta["decls"].values():
+    for decl in decls.values():
         if decl.block is None or not decl.lora_targets:
             continue
         inside = [registry.get(i.component) for n, i in g.instances.items()
@@ -782,5 +797,6 @@ def check_block_lora_targets(c: Compilation) -> None:
 
 
 def run(c: Compilation) -> None:
-    c.graph = Lowerer(c).lower_model()
-    check_block_lora_targets(c)
+    lowerer = Lowerer(c)
+    c.graph = lowerer.lower_model()
+    check_block_lora_targets(c, lowerer.decls)

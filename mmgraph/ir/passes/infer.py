@@ -2,7 +2,8 @@
 
 Each `call` runs its component's type rule; arithmetic, slicing and block-input binding have
 their rules here. A failed node reports once; the values depending on it are skipped rather
-than reported again, so one mistake gives one diagnostic.
+than reported again, so one mistake gives one diagnostic. Afterwards the graph's nodes are in
+that dependency order, which later passes and backends walk as is.
 """
 
 from __future__ import annotations
@@ -21,9 +22,10 @@ from mmgraph.suggest import did_you_mean
 
 def run(c: Compilation) -> None:
     g = c.graph
-    failed: set[str] = set()
+    failed = c.failed
     bindings: dict[int, dict[sympy.Symbol, sympy.Expr]] = {}
-    for name in g.toposort():
+    order = g.toposort()
+    for name in order:
         node = g.nodes[name]
         if node.op == "input":
             continue
@@ -44,7 +46,7 @@ def run(c: Compilation) -> None:
     for term in g.losses.values():
         if term.value.node not in failed and term.value.port not in g.nodes[term.value.node].types:
             c.sink.add(_no_port(g, term.value, term.span))
-    g.meta["failed"] = failed
+    g.nodes = {name: g.nodes[name] for name in order}
 
 
 def check_sizes(g: Graph, node: Node, args: dict[str, T.TensorType]) -> None:
@@ -77,7 +79,7 @@ def check_sizes(g: Graph, node: Node, args: dict[str, T.TensorType]) -> None:
         return
     (a, field_a), (b, field_b) = sorted(sizes, key=lambda s: s[0], reverse=True)[:2]
     if a * b > T.MAX_WEIGHTS:
-        span = inst.meta.get("param_spans", {}).get(field_a or field_b, inst.span)
+        span = inst.param_spans.get(field_a or field_b, inst.span)
         raise error("E203", f"'{inst.name}' ({inst.component}) is too large: its sizes {a:,} "
                             f"and {b:,} make a weight matrix of {a * b:.2e} numbers, more "
                             "than 2**40", span,
@@ -137,7 +139,7 @@ def infer_call(g: Graph, node: Node, args) -> dict[str, T.TensorType]:
         out = comp.infer(inst.params, x, ctx)
     except TypeRuleError as exc:
         if exc.param is not None:  # a bad parameter: point at it where the layer is declared
-            span = inst.meta.get("param_spans", {}).get(exc.param, inst.span)
+            span = inst.param_spans.get(exc.param, inst.span)
             raise SpecError([Diagnostic(exc.code, exc.message, span, hint=exc.hint)]) from None
         threaded = node.meta.get("threaded", {}).get(exc.port)
         if threaded is not None:

@@ -150,7 +150,7 @@ def check_parts(c: Compilation, node: ast.Export) -> list[ExportPart]:
 
 def _value_names(c: Compilation) -> dict[str, Ref]:
     """Names a part may mention: the model's inputs, named values and outputs."""
-    return {**c.graph.meta.get("values", {}), **c.graph.outputs}
+    return {**c.graph.values, **c.graph.outputs}
 
 
 def _resolve(values: dict[str, Ref], ident: ast.Ident, what: str) -> Ref:
@@ -161,7 +161,7 @@ def _resolve(values: dict[str, Ref], ident: ast.Ident, what: str) -> Ref:
 
 
 def run(c: Compilation) -> None:
-    node: ast.Export | None = c.graph.meta.get("export_ast")
+    node = next((s for s in c.model.body if isinstance(s, ast.Export)), None)
     if node is None:
         return
     try:

@@ -91,7 +91,7 @@ def resolve_trainable(g: Graph, names: tuple[str, ...], value: ast.Expr,
             # layers declared frozen inside it stay frozen.
             under = [i for i in layers if i.name == name or i.name.startswith(name + ".")]
             covered = [i.name for i in under
-                       if trains_by_default(i) or i.meta.get("frozen_by") == name]
+                       if trains_by_default(i) or i.frozen_by == name]
             if not under and name in g.instances:
                 problems.append(Diagnostic(
                     "E503", f"trainable lists '{name}', which has no weights to train",
@@ -114,7 +114,7 @@ def resolve_trainable(g: Graph, names: tuple[str, ...], value: ast.Expr,
 
 def run(c: Compilation) -> None:
     g = c.graph
-    node: ast.Train | None = g.meta.get("train_ast")
+    node = next((s for s in c.model.body if isinstance(s, ast.Train)), None)
     if node is None:
         return
     try:

@@ -1,8 +1,8 @@
-"""Pass `verify`: whole-graph invariants after typing.
+"""Pass `verify`: whole-graph rules after typing; it reads the graph and changes nothing.
 
-The graph lints clean; every loss is a Scalar; layers tied with `shared(...)` have the same
-component and parameters; each component's own `verify` hook runs (e.g. `moe_aux` needs a
-MoE layer upstream). Unused inputs, values and layers are reported as warnings.
+Every loss is a Scalar; layers tied with `shared(...)` have the same component and
+parameters; each component's own `verify` hook runs (e.g. `moe_aux` needs a MoE layer
+upstream). Unused inputs, values and layers are reported as warnings.
 """
 
 from __future__ import annotations
@@ -15,11 +15,6 @@ from mmgraph.lang.diagnostics import Diagnostic, Note
 
 def run(c: Compilation) -> None:
     g = c.graph
-    for problem in g.lint():
-        c.sink.add(Diagnostic("E901", f"internal error: IR lint failed: {problem}", g.span,
-                              hint="this is a bug in mmgraph; please report it"))
-    g.reorder()
-    failed = g.meta.get("failed", set())
 
     for term in g.losses.values():
         t = g.type_of(term.value)
@@ -49,7 +44,7 @@ def run(c: Compilation) -> None:
                     hint="tied layers need the same component and parameters"))
 
     for node in g.nodes.values():
-        if node.op == "call" and node.name not in failed:
+        if node.op == "call" and node.name not in c.failed:
             comp = registry.get(g.instances[node.target].component)
             for d in comp.verify(node, g):
                 c.sink.add(d)
@@ -57,19 +52,12 @@ def run(c: Compilation) -> None:
     _warn_unused(c)
 
 
-def _all_calls(calls):
-    for call in calls:
-        yield call
-        for e in call.expansions:
-            yield from _all_calls(e.calls)
-
-
 def _warn_unused(c: Compilation) -> None:
     g = c.graph
     used = {r.node for n in g.nodes.values() for r in n.refs()}
     used |= {r.node for r in g.outputs.values()}
     used |= {t.value.node for t in g.losses.values()}
-    named = {r.node for r in g.meta.get("values", {}).values()}
+    named = {r.node for r in g.values.values()}
     for node in g.nodes.values():
         if node.name in used:
             continue
@@ -89,8 +77,8 @@ def _warn_unused(c: Compilation) -> None:
                 c.sink.add(Diagnostic("E405", f"input '{key[1]}' of block '{key[0]}' is never "
                                               "used", node.span, severity="warning",
                                       hint="remove it from the block, or use it"))
-    made = {call.decl for call in _all_calls(g.meta.get("calls", []))}
-    for name, decl in g.meta.get("decls", {}).items():
+    made = {call.decl for call in g.block_calls()}
+    for name, decl in g.decls.items():
         if (decl.block is not None or decl.times) and name not in made and "." not in name:
             c.sink.add(Diagnostic("E405", f"layer '{name}' is declared but never called",
                                   decl.span, severity="warning",
