@@ -10,13 +10,21 @@ from mmgraph.components import nn as mm
 class Clip(mm.GeneratedModel):
     """model clip (clip.mmg:23)"""
     spec = "specs/clip.mmg"
-    inputs = {"image": "Image<image>[B, 3, 224, 224]", "text": "Tokens<text>[B, 77]"}
+    inputs = {
+        "image": mm.DeclaredInput(
+            "Image<image>[B, 3, 224, 224]",
+            ("B", 3, 224, 224),
+            "f32",
+            "clip.mmg:24",
+        ),
+        "text": mm.DeclaredInput("Tokens<text>[B, 77]", ("B", 77), "i64", "clip.mmg:25"),
+    }
     outputs = {"img": "Vec<image>[B, 512]", "txt": "Vec<text>[B, 512]"}
     loss_weights = {"itc": 1.0}
 
     def __init__(self):
         super().__init__()
-        self.vision = mm.ViT(
+        self.vision = mm.encoders.ViT(
             in_channels=3,
             grid=(7, 7),
             width=768,
@@ -24,44 +32,51 @@ class Clip(mm.GeneratedModel):
             heads=12,
             mlp=3072,
             act="quick_gelu",
+            norm="layer",
+            dropout=0.0,
             patch=32,
+            cls_token=True,
+            pos="learned",
             pre_norm=True,
+            post_norm=True,
             patch_bias=False,
+            select_layer=-1,
             pool="cls",
+            drop_cls=False,
+            taps=(),
         )
-        self.texter = mm.TextTransformer(
+        self.texter = mm.encoders.TextTransformer(
             width=512,
             depth=12,
             heads=8,
             mlp=2048,
             act="quick_gelu",
+            norm="layer",
+            dropout=0.0,
             vocab=49408,
+            max_len=77,
             causal=True,
             pool="eot",
+            type_vocab=0,
+            post_norm_blocks=False,
         )
-        self.img_proj = mm.Linear(in_width=768, out=512, bias=False)
-        self.txt_proj = mm.Linear(in_width=512, out=512, bias=False)
-        self.itc = mm.Contrastive(in_width=512)
+        self.img_proj = mm.connectors.Linear(in_width=768, out=512, bias=False)
+        self.txt_proj = mm.connectors.Linear(in_width=512, out=512, bias=False)
+        self.itc = mm.losses.Contrastive(in_width=512, temperature=0.07, learnable=True, queue=0)
 
-    def forward(self, image, text):
-        """The model's outputs by name."""
+    def forward(self, image, text, *, return_losses=False):
+        """Outputs by name; with return_losses, also each loss and their weighted 'total'."""
+        self.check_inputs({"image": image, "text": text}, return_losses)
         vision = self.vision(image)  # Vec<image>[B, 768]  clip.mmg:35
         img_proj = self.img_proj(vision)  # Vec<image>[B, 512]  clip.mmg:35
         img = mm.ops.l2norm(img_proj)  # Vec<image>[B, 512]  clip.mmg:35
         texter = self.texter(text)  # Vec<text>[B, 512]  clip.mmg:36
         txt_proj = self.txt_proj(texter)  # Vec<text>[B, 512]  clip.mmg:36
         txt = mm.ops.l2norm(txt_proj)  # Vec<text>[B, 512]  clip.mmg:36
-        return {"img": img, "txt": txt}
-
-    def losses(self, image, text):
-        """Each declared loss, unweighted, and their weighted 'total'."""
-        vision = self.vision(image)  # Vec<image>[B, 768]  clip.mmg:35
-        img_proj = self.img_proj(vision)  # Vec<image>[B, 512]  clip.mmg:35
-        img = mm.ops.l2norm(img_proj)  # Vec<image>[B, 512]  clip.mmg:35
-        texter = self.texter(text)  # Vec<text>[B, 512]  clip.mmg:36
-        txt_proj = self.txt_proj(texter)  # Vec<text>[B, 512]  clip.mmg:36
-        txt = mm.ops.l2norm(txt_proj)  # Vec<text>[B, 512]  clip.mmg:36
+        outputs = {"img": img, "txt": txt}
+        if not return_losses:
+            return outputs
         itc = self.itc(img, b=txt)  # Scalar[]  clip.mmg:39
         losses = {"itc": itc}
         losses["total"] = sum(self.loss_weights[name] * value for name, value in losses.items())
-        return losses
+        return outputs, losses

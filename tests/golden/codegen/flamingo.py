@@ -12,9 +12,22 @@ class XattnGroup(nn.Module):
 
     def __init__(self):
         super().__init__()
-        self.xattn = mm.GatedCrossAttention(in_width=4096, ctx_width=1024, heads=8)
+        self.xattn = mm.fusion.GatedCrossAttention(in_width=4096, ctx_width=1024, heads=8, dim_head=64, ff_mult=4)
         self.lm_layers = nn.ModuleList([
-            mm.TransformerLayer(in_width=4096, heads=32, causal=True, pos="alibi", bias=False)
+            mm.layers.TransformerLayer(
+                in_width=4096,
+                heads=32,
+                kv_heads=None,
+                mlp=None,
+                act="gelu",
+                norm="layer",
+                causal=True,
+                cross=False,
+                pos="alibi",
+                post_norm=False,
+                bias=False,
+                dropout=0.0,
+            )
             for _ in range(4)
         ])
         mm.freeze(self.lm_layers)
@@ -30,36 +43,61 @@ class XattnGroup(nn.Module):
 class Flamingo(mm.GeneratedModel):
     """model flamingo (flamingo.mmg:37)"""
     spec = "specs/flamingo.mmg"
-    inputs = {"image": "Image<image>[B, 3, 224, 224]", "text": "Tokens<text>[B, T]"}
+    inputs = {
+        "image": mm.DeclaredInput(
+            "Image<image>[B, 3, 224, 224]",
+            ("B", 3, 224, 224),
+            "f32",
+            "flamingo.mmg:38",
+        ),
+        "text": mm.DeclaredInput("Tokens<text>[B, T]", ("B", "T"), "i64", "flamingo.mmg:39"),
+    }
     outputs = {"logits": "Logits<image,text>[B, T, 50432]"}
     loss_weights = {"lm_loss": 1.0}
 
     def __init__(self):
         super().__init__()
-        self.vision = mm.ViT(
+        self.vision = mm.encoders.ViT(
             in_channels=3,
             grid=(16, 16),
             width=1024,
             depth=24,
             heads=16,
+            mlp=None,
             act="quick_gelu",
+            norm="layer",
+            dropout=0.0,
             patch=14,
+            cls_token=True,
+            pos="learned",
             pre_norm=True,
+            post_norm=True,
             patch_bias=False,
+            select_layer=-1,
+            pool="none",
             drop_cls=True,
+            taps=(),
         )
         mm.freeze(self.vision)
-        self.resampler = mm.PerceiverResampler(in_width=1024, width=1024)
-        self.embed = mm.TokenEmbedding(vocab=50432, width=4096)
+        self.resampler = mm.connectors.PerceiverResampler(
+            in_width=1024,
+            latents=64,
+            depth=6,
+            heads=8,
+            dim_head=64,
+            ff_mult=4,
+        )
+        self.embed = mm.encoders.TokenEmbedding(vocab=50432, width=4096, pos="none", max_len=2048)
         mm.freeze(self.embed)
-        self.final_norm = mm.LayerNorm(in_width=4096)
+        self.final_norm = mm.layers.LayerNorm(in_width=4096, eps=1e-05, bias=True)
         mm.freeze(self.final_norm)
-        self.lm_head = mm.LMHead(in_width=4096, vocab=50432)
+        self.lm_head = mm.heads.LMHead(in_width=4096, vocab=50432, bias=False, transform=False)
         mm.freeze(self.lm_head)
         self.lm = nn.ModuleList([XattnGroup() for _ in range(8)])
 
-    def forward(self, image, text):
-        """The model's outputs by name."""
+    def forward(self, image, text, *, return_losses=False):
+        """Outputs by name; with return_losses, also each loss and their weighted 'total'."""
+        self.check_inputs({"image": image, "text": text}, return_losses)
         vision = self.vision(image)  # Seq<image>[B, 256, 1024]  flamingo.mmg:52
         media = self.resampler(vision)  # Seq<image>[B, 64, 1024]  flamingo.mmg:52
         embed = self.embed(text)  # Seq<text>[B, T, 4096]  flamingo.mmg:53
@@ -68,19 +106,10 @@ class Flamingo(mm.GeneratedModel):
             h = layer(h, media)
         final_norm = self.final_norm(h)  # Seq<image,text>[B, T, 4096]  flamingo.mmg:54
         logits = self.lm_head(final_norm)  # Logits<image,text>[B, T, 50432]  flamingo.mmg:54
-        return {"logits": logits}
-
-    def losses(self, image, text):
-        """Each declared loss, unweighted, and their weighted 'total'."""
-        vision = self.vision(image)  # Seq<image>[B, 256, 1024]  flamingo.mmg:52
-        media = self.resampler(vision)  # Seq<image>[B, 64, 1024]  flamingo.mmg:52
-        embed = self.embed(text)  # Seq<text>[B, T, 4096]  flamingo.mmg:53
-        h = embed
-        for layer in self.lm:  # flamingo.mmg:53
-            h = layer(h, media)
-        final_norm = self.final_norm(h)  # Seq<image,text>[B, T, 4096]  flamingo.mmg:54
-        logits = self.lm_head(final_norm)  # Logits<image,text>[B, T, 50432]  flamingo.mmg:54
-        lm_loss = mm.ops.next_token(logits, tokens=text)  # Scalar[]  flamingo.mmg:57
+        outputs = {"logits": logits}
+        if not return_losses:
+            return outputs
+        lm_loss = mm.losses.next_token(logits, tokens=text, skip=0, ignore_index=-100)  # Scalar[]  flamingo.mmg:57
         losses = {"lm_loss": lm_loss}
         losses["total"] = sum(self.loss_weights[name] * value for name, value in losses.items())
-        return losses
+        return outputs, losses

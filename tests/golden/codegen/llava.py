@@ -10,42 +10,70 @@ from mmgraph.components import nn as mm
 class Llava(mm.GeneratedModel):
     """model llava (llava.mmg:25)"""
     spec = "specs/llava.mmg"
-    inputs = {"image": "Image<image>[B, 3, 336, 336]", "prompt": "Tokens<text>[B, T]"}
+    inputs = {
+        "image": mm.DeclaredInput(
+            "Image<image>[B, 3, 336, 336]",
+            ("B", 3, 336, 336),
+            "f32",
+            "llava.mmg:26",
+        ),
+        "prompt": mm.DeclaredInput("Tokens<text>[B, T]", ("B", "T"), "i64", "llava.mmg:27"),
+    }
     outputs = {"logits": "Logits<image,text>[B, 576 + T, 32064]"}
     loss_weights = {"lm_loss": 1.0}
 
     def __init__(self):
         super().__init__()
-        self.vision = mm.ViT(
+        self.vision = mm.encoders.ViT(
             in_channels=3,
             grid=(24, 24),
             width=1024,
             depth=24,
             heads=16,
+            mlp=None,
             act="quick_gelu",
+            norm="layer",
+            dropout=0.0,
             patch=14,
+            cls_token=True,
+            pos="learned",
             pre_norm=True,
+            post_norm=True,
             patch_bias=False,
             select_layer=-2,
+            pool="none",
             drop_cls=True,
+            taps=(),
         )
         mm.freeze(self.vision)
-        self.proj = mm.MLP(in_width=1024, out=4096, hidden=4096)
-        self.lm = mm.CausalLM(vocab=32064, width=4096, depth=32, heads=32, ffn=11008)
+        self.proj = mm.connectors.MLP(in_width=1024, out=4096, hidden=4096, layers=2, act="gelu", bias=True)
+        self.lm = mm.decoders.CausalLM(
+            vocab=32064,
+            width=4096,
+            depth=32,
+            heads=32,
+            kv_heads=None,
+            ffn=11008,
+            norm="rms",
+            pos="rope",
+            act="swiglu",
+            bias=False,
+            tied=False,
+            max_len=4096,
+            pos_offset=0,
+            rope_theta=10000.0,
+        )
 
-    def forward(self, image, prompt):
-        """The model's outputs by name."""
+    def forward(self, image, prompt, *, return_losses=False):
+        """Outputs by name; with return_losses, also each loss and their weighted 'total'."""
+        self.check_inputs({"image": image, "prompt": prompt}, return_losses)
         vision = self.vision(image)  # Seq<image>[B, 576, 1024]  llava.mmg:36
         v = self.proj(vision)  # Seq<image>[B, 576, 4096]  llava.mmg:36
         logits, logits_hidden = self.lm(tokens=prompt, prefix=v)  # Logits<image,text>[B, 576 + T, 32064]  llava.mmg:37
-        return {"logits": logits}
-
-    def losses(self, image, prompt):
-        """Each declared loss, unweighted, and their weighted 'total'."""
-        vision = self.vision(image)  # Seq<image>[B, 576, 1024]  llava.mmg:36
-        v = self.proj(vision)  # Seq<image>[B, 576, 4096]  llava.mmg:36
-        logits, logits_hidden = self.lm(tokens=prompt, prefix=v)  # Logits<image,text>[B, 576 + T, 32064]  llava.mmg:37
-        lm_loss = mm.ops.next_token(logits, tokens=prompt, skip=576)  # Scalar[]  llava.mmg:40
+        outputs = {"logits": logits}
+        if not return_losses:
+            return outputs
+        lm_loss = mm.losses.next_token(logits, tokens=prompt, skip=576, ignore_index=-100)  # Scalar[]  llava.mmg:40
         losses = {"lm_loss": lm_loss}
         losses["total"] = sum(self.loss_weights[name] * value for name, value in losses.items())
-        return losses
+        return outputs, losses
