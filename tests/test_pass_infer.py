@@ -1,5 +1,11 @@
 """Pass `infer`: shapes through components, arithmetic, slicing and block inputs."""
 
+import json
+
+import pytest
+
+from mmgraph.cli import main
+
 from helpers import errors, graph
 
 
@@ -131,3 +137,39 @@ def test_extra_output_ports():
     """)
     assert str(g.nodes["h"].types["aux"]) == "Scalar[]"
     assert g.losses["balance"].weight == 0.01
+
+
+
+# Sizes a torch face is built with (an input's width, channels, image size, point features)
+# must be numbers: `check` refuses a symbolic one at the argument, as `compile` used to.
+# (declarations, the call in `output CALL as y`, column of the argument, message)
+SIZED_BY_INPUT = {
+    "input width": ("input x: Seq[B, N, D]\n  layer f: linear(out=8)", "f(x)", 12,
+                    "f needs a fixed input width to size its weights, but it is D"),
+    "context width": ("input x: Seq[B, N, 64]\n  input c: Seq[B, M, E]\n"
+                      "  layer f: cross_attention(heads=4)", "f(x, c)", 15,
+                      "f needs a fixed context width to size its weights, but it is E"),
+    "channel count": ("input x: Image[B, C, 224, 224]\n"
+                      "  layer f: vit(patch=16, width=64, depth=1, heads=4)", "f(x)", 12,
+                      "f needs a fixed channel count to size its weights, but it is C"),
+    "image height": ("input x: Image[B, 3, H, 224]\n"
+                     "  layer f: vit(patch=16, width=64, depth=1, heads=4)", "f(x)", 12,
+                     "f needs a fixed image height to size its weights, but it is H"),
+    "image width": ("input x: Video[B, 8, 3, 224, W]\n"
+                    "  layer f: video_encoder(patch=16, width=64, depth=1, heads=4)", "f(x)",
+                    12, "f needs a fixed image width to size its weights, but it is W"),
+    "point features": ("input x: Points[B, N, F]\n"
+                       "  layer f: point_tokenizer(groups=8, width=64)", "f(x)", 12,
+                       "f needs a fixed point feature count to size its weights, but it is F"),
+}
+
+
+@pytest.mark.parametrize("case", SIZED_BY_INPUT)
+def test_check_refuses_a_symbolic_size_the_weights_are_made_with(case, tmp_path, capsys):
+    decls, call, col, message = SIZED_BY_INPUT[case]
+    spec = tmp_path / "m.mmg"
+    spec.write_text(f"model m {{\n  {decls}\n  output {call} as y\n}}\n")
+    assert main(["check", "--json", str(spec)]) == 1
+    (d,) = json.loads(capsys.readouterr().out)["diagnostics"]
+    line = decls.count("\n") + 3
+    assert (d["code"], d["line"], d["col"], d["message"]) == ("E304", line, col, message)

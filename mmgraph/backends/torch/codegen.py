@@ -27,7 +27,6 @@ from mmgraph.components import registry
 from mmgraph.ir import types as T
 from mmgraph.ir.graph import BlockCall, Graph, Instance, Node, Ref
 from mmgraph.ir.reserved import CODEGEN_NAMES
-from mmgraph.lang.diagnostics import error
 
 # names the generated code itself uses (`sum` in losses, `float("inf")` literals); keywords
 # are escape.py_name's own business
@@ -118,12 +117,9 @@ def input_types(g: Graph, node: Node, comp: registry.Component) -> dict:
 
 def face_args(inst: Instance, x: dict) -> list[tuple[str, str]]:
     """The face's keyword arguments (`torch_args`) as literals: every parameter, and the
-    sizes its weights need from the input types."""
-    ctx = registry.RuleContext(inst.name, {})
-    try:
-        args = registry.get(inst.component).torch_args(inst.params, x, ctx)
-    except registry.TypeRuleError as exc:
-        raise error(exc.code, exc.message, inst.span, hint=exc.hint) from None
+    sizes its weights need from the input types (which `infer` checked are numbers)."""
+    args = registry.get(inst.component).torch_args(inst.params, x,
+                                                   registry.RuleContext(inst.name, {}))
     return [(k, literal(v)) for k, v in args.items()]
 
 

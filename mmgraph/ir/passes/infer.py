@@ -137,6 +137,9 @@ def infer_call(g: Graph, node: Node, args) -> dict[str, T.TensorType]:
     ctx = RuleContext(inst.name, sources)
     try:
         out = comp.infer(inst.params, x, ctx)
+        # the sizes its torch face is built with must be numbers (an input's width...):
+        # refused here rather than by `compile`
+        comp.torch_args(inst.params, x, ctx)
     except TypeRuleError as exc:
         if exc.param is not None:  # a bad parameter: point at it where the layer is declared
             span = inst.param_spans.get(exc.param, inst.span)
