@@ -28,7 +28,9 @@ SPEC = ROOT / "examples" / "clip_digits.mmg"
 def hand_written(steps: int, batch_size: int) -> float:
     """The loop a researcher writes by hand: batches, losses, backward, AdamW step."""
     from mmgraph.build import load_class
-    from mmgraph.train.data import SpecDataset, batches, open_source
+    from mmgraph.train.batching import batches
+    from mmgraph.train.sources import open_source
+    from mmgraph.train.spec_dataset import SpecDataset
     from mmgraph.train.tokenize import make_tokenizer
 
     cls, g = load_class(SPEC)

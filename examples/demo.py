@@ -24,9 +24,10 @@ from mmgraph.build import write  # noqa: E402
 from mmgraph.export import targets  # noqa: E402
 from mmgraph.export.bench import bench  # noqa: E402
 from mmgraph.export.onnx_parts import export  # noqa: E402
-from mmgraph.train.data import SpecDataset, open_source  # noqa: E402
 from mmgraph.train.evaluate import evaluate, headline  # noqa: E402
 from mmgraph.train.run import load_trained, train  # noqa: E402
+from mmgraph.train.sources import open_source  # noqa: E402
+from mmgraph.train.spec_dataset import SpecDataset  # noqa: E402
 from mmgraph.train.tokenize import make_tokenizer  # noqa: E402
 
 SPEC = ROOT / "examples" / "clip_digits.mmg"

@@ -341,9 +341,10 @@ def cmd_train(args) -> int:
 
 
 def cmd_eval(args) -> int:
-    from mmgraph.train.data import SpecDataset, open_source
     from mmgraph.train.evaluate import evaluate, headline
     from mmgraph.train.run import load_trained, write_json
+    from mmgraph.train.sources import open_source
+    from mmgraph.train.spec_dataset import SpecDataset
     from mmgraph.train.tokenize import make_tokenizer
 
     _plugins(args.plugin)

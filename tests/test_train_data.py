@@ -10,20 +10,18 @@ import torch
 from PIL import Image
 
 from mmgraph.compiler import check_text
-from mmgraph.train.data import (
+from mmgraph.train.batching import batches, collate, len_batches
+from mmgraph.train.sources import (
     DIGIT_NAMES,
     DataError,
     DigitsSource,
     ImageFolderSource,
     JsonlSource,
     ListSource,
-    SpecDataset,
-    batches,
-    collate,
     digits_class_prompts,
-    len_batches,
     open_source,
 )
+from mmgraph.train.spec_dataset import SpecDataset
 from mmgraph.train.tokenize import ByteTokenizer, HFTokenizer, make_tokenizer
 
 SPEC = """

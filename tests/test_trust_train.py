@@ -26,9 +26,10 @@ from mmgraph.cli import main
 from mmgraph.errors import UserError
 from mmgraph.train import checkpoint as ckpt
 from mmgraph.train.checkpoint import Position
-from mmgraph.train.data import DataError, ListSource, SpecDataset, open_source
 from mmgraph.train.run import check_device, train
 from mmgraph.train.runfolder import RunFolderError, claim
+from mmgraph.train.sources import DataError, ListSource, open_source
+from mmgraph.train.spec_dataset import SpecDataset
 from mmgraph.train.tokenize import ByteTokenizer
 from mmgraph.train.trainer import StagePlan, Trainer
 

@@ -47,7 +47,7 @@ def _class_prompts(source) -> list[str] | None:
     if hasattr(source, "class_prompts"):
         return list(source.class_prompts())
     if getattr(source, "name", None) == "digits":
-        from mmgraph.train.data import digits_class_prompts
+        from mmgraph.train.sources import digits_class_prompts
         return digits_class_prompts()
     if getattr(source, "classes", None):
         return [f"a photo of a {c.replace('_', ' ')}" for c in source.classes]
@@ -66,7 +66,7 @@ def _recall(sim: torch.Tensor, k: int, same: torch.Tensor | None = None) -> floa
 
 def ordered_batches(dataset, batch_size: int):
     """The dataset in its own order (evaluation needs labels to line up)."""
-    from mmgraph.train.data import collate
+    from mmgraph.train.batching import collate
 
     for start in range(0, len(dataset), batch_size):
         yield collate([dataset[i] for i in range(start, min(start + batch_size,

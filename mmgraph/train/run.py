@@ -101,7 +101,9 @@ def train(spec: str | Path, *, data: str = "digits", out: str | Path | None = No
     the settings, the device, the data (every example against the spec) and the batch size
     against the data. The folder is then claimed for this run (see runfolder.claim).
     """
-    from mmgraph.train.data import SpecDataset, batches, open_source
+    from mmgraph.train.batching import batches
+    from mmgraph.train.sources import open_source
+    from mmgraph.train.spec_dataset import SpecDataset
     from mmgraph.train.tokenize import make_tokenizer
 
     if max_steps is not None and max_steps < 1:

@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Protocol
 
-from mmgraph.train.data import DataError
+from mmgraph.train.sources import DataError
 
 
 class Tokenizer(Protocol):

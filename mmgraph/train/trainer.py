@@ -27,8 +27,8 @@ from mmgraph.errors import UsageError
 from mmgraph.ir.graph import Graph, Stage
 from mmgraph.train import checkpoint as ckpt
 from mmgraph.train.checkpoint import Position
-from mmgraph.train.data import DataError
 from mmgraph.train.progress import Progress
+from mmgraph.train.sources import DataError
 
 DEFAULT_STAGE = "train"  # the one stage of a spec whose train block declares none
 
