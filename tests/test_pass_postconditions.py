@@ -59,6 +59,15 @@ def test_a_pass_that_leaves_a_dangling_edge_is_an_internal_error_naming_it(monke
     assert result.failed_pass == "dangle" and "bug in mmgraph" in d.hint
 
 
+def test_a_pass_that_makes_a_cycle_is_an_internal_error_naming_it(monkeypatch):
+    def loop(c):
+        c.graph.nodes["body.0.x"].inputs[0] = ("x", Ref("z"))
+
+    _, d = internal_error(monkeypatch, with_pass_after("expand", "loop", loop))
+    assert d.message.startswith("internal error in pass 'loop': it left the IR broken: cycle: "
+                                "body.0.x -> body.0.up -> body.1.x")
+
+
 def test_lint_covers_the_structure_backends_read(monkeypatch):
     def drop_a_copy(c):
         del c.graph.nodes["body.1.up"]
