@@ -14,7 +14,7 @@ from pydantic import ValidationError
 from mmgraph.backends.torch import weights
 from mmgraph.build import load_class
 from mmgraph.errors import UsageError, UserError
-from mmgraph.ir.passes.trainability import TrainSettings
+from mmgraph.ir.settings import TrainSettings
 from mmgraph.suggest import did_you_mean
 from mmgraph.train.plots import loss_png
 from mmgraph.train.runfolder import claim

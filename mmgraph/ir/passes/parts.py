@@ -8,26 +8,15 @@ list is an error, and so is a listed input its outputs do not depend on.
 
 from __future__ import annotations
 
-from typing import Literal
-
-from pydantic import Field
-
 from mmgraph.ir import schema
 from mmgraph.ir.consts import evaluate
 from mmgraph.ir.graph import DimRange, ExportPart, ExportPlan, Graph, Ref
 from mmgraph.ir.passes.base import Compilation
-from mmgraph.ir.schema import Codes, Settings, validate
+from mmgraph.ir.schema import Codes, validate
+from mmgraph.ir.settings import ExportSettings
 from mmgraph.lang import ast
 from mmgraph.lang.diagnostics import Diagnostic, Note, SpecError, error
 from mmgraph.suggest import closest, did_you_mean
-
-
-class ExportSettings(Settings):
-    precision: Literal["fp32", "fp16", "bf16", "int8"] = "fp32"
-    opset: int = Field(18, ge=13, le=23)
-    target: str | None = None
-    workspace_mb: int = Field(1024, gt=0)
-    batch: Literal["dynamic", "static"] = "dynamic"
 
 
 def free_dims(g: Graph) -> dict[str, ast.Input | None]:

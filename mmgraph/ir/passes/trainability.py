@@ -9,53 +9,17 @@ instances, which the trainer uses as is.
 
 from __future__ import annotations
 
-from typing import Literal
-
-from pydantic import Field
-
 from mmgraph.components import registry
 from mmgraph.ir import schema
 from mmgraph.ir.graph import Graph, Instance, Stage, TrainPlan
 from mmgraph.ir.passes.base import Compilation
-from mmgraph.ir.schema import Codes, Settings, validate
+from mmgraph.ir.schema import Codes, validate
+from mmgraph.ir.settings import StageSettings, TrainSettings
 from mmgraph.lang import ast
 from mmgraph.lang.diagnostics import Diagnostic, Note, SpecError, error
 from mmgraph.suggest import did_you_mean
 
 ROLES = ("encoder", "connector", "fusion", "decoder", "head", "layer")
-
-
-class StageSettings(Settings):
-    trainable: tuple[str, ...] | None = None
-    epochs: int | None = Field(None, gt=0)
-    steps: int | None = Field(None, gt=0)
-    lr: float | None = Field(None, gt=0)
-    warmup: int | None = Field(None, ge=0)
-    schedule: Literal["constant", "cosine", "linear"] | None = None
-    batch_size: int | None = Field(None, gt=0)
-    weight_decay: float | None = Field(None, ge=0)
-    losses: tuple[str, ...] | None = None  # which of the model's losses this stage uses
-
-
-class TrainSettings(Settings):
-    optimizer: Literal["adamw", "adam", "sgd"] = "adamw"
-    lr: float = Field(1e-4, gt=0)
-    weight_decay: float = Field(0.0, ge=0)
-    betas: tuple[float, float] = (0.9, 0.999)
-    momentum: float = Field(0.9, ge=0, lt=1)
-    schedule: Literal["constant", "cosine", "linear"] = "cosine"
-    warmup: int = Field(0, ge=0)
-    epochs: int | None = Field(None, gt=0)
-    steps: int | None = Field(None, gt=0)
-    batch_size: int = Field(32, gt=0)
-    grad_accum: int = Field(1, gt=0)
-    clip: float | None = Field(None, gt=0)
-    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
-    seed: int = 0
-    eval_every: int | None = Field(None, gt=0)
-    ckpt_every: int | None = Field(None, gt=0)
-    keep: int = Field(3, gt=0)
-    ema: float | None = Field(None, gt=0, lt=1)
 
 
 TRAIN = Codes("E501", "E501", "E501", "E501")
