@@ -14,8 +14,10 @@ def test_compile_writes_module_and_ir(tmp_path, capsys):
                  "--set", "width=64", "--set", "depth=2"])
     assert code == 0
     py, ir = tmp_path / "llava.py", tmp_path / "llava.ir.txt"
-    assert "class Llava(mm.GeneratedModel):" in py.read_text()
-    assert "mm.CausalLM(vocab=32064, width=64, depth=2" in py.read_text()
+    source = py.read_text()
+    assert "class Llava(mm.GeneratedModel):" in source
+    assert "self.lm = mm.decoders.CausalLM(" in source
+    assert "vocab=32064,\n            width=64,\n            depth=2," in source
     assert ir.read_text().startswith("model llava\n")
     assert f"wrote {py}" in capsys.readouterr().out
 

@@ -250,7 +250,8 @@ def test_co_attention_without_ffn_runs_in_torch():
     from mmgraph.components.nn.fusion import CoAttention
 
     torch.manual_seed(0)
-    full, bare = CoAttention(in_width=16, heads=2), CoAttention(in_width=16, heads=2, ffn=False)
+    full = CoAttention(in_width=16, heads=2, ffn=True)
+    bare = CoAttention(in_width=16, heads=2, ffn=False)
     a, b = torch.randn(2, 5, 16), torch.randn(2, 3, 16)
     out, other = bare(a, b)
     assert out.shape == a.shape and other.shape == b.shape
