@@ -24,6 +24,11 @@ class UsageError(UserError):
     exit_code = 2
 
 
+class InputError(UserError, ValueError):
+    """A tensor given to a model, an export part or a session that its declared input does
+    not accept; the message names the input, what was expected and what came."""
+
+
 _OS_HINTS = {
     errno.ENOENT: "no such file or folder",
     errno.EACCES: "permission denied: check the file's and folder's permissions",

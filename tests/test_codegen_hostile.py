@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import ast
 import contextlib
+import inspect
 import json
 import keyword
 import os
@@ -33,6 +34,7 @@ from mmgraph.backends.torch.codegen import RESERVED, generate
 from mmgraph.backends.torch.load import module_from_source
 from mmgraph.cli import main
 from mmgraph.compiler import check_text
+from mmgraph.errors import InputError
 from mmgraph.ir.reserved import why_reserved
 
 from conftest import ROOT
@@ -161,8 +163,12 @@ def test_hostile_spec_generates_the_same_module_and_runs_nothing(tmp_path_factor
         [out] = model(tokens).values()
         assert out.shape == (2, 2, 4)
         assert set(model.losses(tokens)) == {names["loss"], "total"}
-        with pytest.raises(AttributeError) as exc:  # not a tensor: fails in the first line
+        with pytest.raises(InputError, match="not a tensor"):  # refused at the boundary
             model("not a tensor")
+        first_layer = next(model.children())  # the layer of spec line 7
+        first_layer.register_forward_pre_hook(lambda *_: 1 / 0)
+        with pytest.raises(ZeroDivisionError) as exc:
+            model(tokens)
         where = f"{escape.one_line(Path(path).name).strip()}:7"
         assert any(f"value of {where} (generated code: " in n for n in exc.value.__notes__)
         assert not Path("PWNED").exists()
@@ -396,7 +402,9 @@ def test_forward_that_uses_one_stream_of_a_two_output_repeat(tmp_path):
     spec.write_text(TWO_STREAMS.replace("  q = pool(r, mode=\"mean\")\n", "")
                     .replace("output p, q", "output p").replace("    part right: y -> q\n", ""))
     model = mmgraph.load(spec).eval()
-    assert model.forward_inputs() == ["x"]
+    required = [p.name for p in inspect.signature(model.forward).parameters.values()
+                if p.default is p.empty]
+    assert required == ["x"]  # y feeds only the stream no output needs
     x = torch.randint(0, 10, (2, 4))
     ex = model.ex(x)
     expected = model.pool(model.stack[1].la(model.stack[0].la(ex)))

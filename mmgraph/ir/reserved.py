@@ -22,8 +22,8 @@ _load_state_dict_pre_hooks _maybe_warn_non_full_backward_hook _modules _named_me
 _non_persistent_buffers_set _parameters _register_load_state_dict_pre_hook
 _register_state_dict_hook _replicate_for_data_parallel _save_to_state_dict _slow_forward
 _state_dict_hooks _state_dict_pre_hooks _version _wrapped_call_impl add_module apply bfloat16
-buffers call_super_init children compile cpu cuda double dump_patches eval extra_repr float
-forward forward_inputs get_buffer get_extra_state get_parameter get_submodule half inputs ipu
+buffers call_super_init check_inputs children compile cpu cuda double dump_patches eval
+extra_repr float forward get_buffer get_extra_state get_parameter get_submodule half inputs ipu
 load_state_dict loss_weights losses modules mtia named_buffers named_children named_modules
 named_parameters outputs parameters register_backward_hook register_buffer
 register_forward_hook register_forward_pre_hook register_full_backward_hook
@@ -35,8 +35,8 @@ graph
 """.split())
 
 # Names the generated source itself uses (see backends/torch/codegen.py RESERVED).
-CODEGEN_NAMES = frozenset({"self", "torch", "nn", "mm", "layer", "outputs", "super", "sum",
-                           "float"})
+CODEGEN_NAMES = frozenset({"self", "torch", "nn", "mm", "layer", "outputs", "losses",
+                           "return_losses", "super", "sum", "float"})
 
 
 def why_reserved(name: str) -> str | None:

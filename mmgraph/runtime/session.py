@@ -16,13 +16,9 @@ from typing import Any
 
 import numpy as np
 
-from mmgraph.errors import UserError
+from mmgraph.errors import InputError
 from mmgraph.runtime.manifest import REEXPORT, ManifestError, TensorInfo, open_folder
 from mmgraph.suggest import did_you_mean
-
-
-class InputError(UserError, ValueError):
-    """A bad input to a session, worded for people."""
 
 
 @dataclass(frozen=True)

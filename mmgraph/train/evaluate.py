@@ -35,10 +35,10 @@ def _side(g: Graph, ref: Ref) -> str:
 
 
 @torch.no_grad()
-def _embed(model, batches, key: str, want: list[str]) -> torch.Tensor:
+def _embed(model, batches, key: str) -> torch.Tensor:
     outs = []
     for batch in batches:
-        out = model(**{k: batch[k] for k in want})
+        out = model(**batch)
         outs.append(out[key].float())
     return torch.cat(outs)
 
@@ -76,7 +76,6 @@ def ordered_batches(dataset, batch_size: int):
 def evaluate(model, g: Graph, source, dataset, tokenizer, batch_size: int = 128) -> dict:
     data = list(ordered_batches(dataset, batch_size))
     results: dict = {"examples": len(dataset)}
-    want = model.forward_inputs()
 
     for term, node in _loss_calls(g, "contrastive"):
         a, b = (ref for _, ref in node.inputs)
@@ -84,8 +83,8 @@ def evaluate(model, g: Graph, source, dataset, tokenizer, batch_size: int = 128)
         if None in names.values() or set(names) != {"image", "text"}:
             continue
         img_key, txt_key = names["image"], names["text"]
-        image_emb = _embed(model, data, img_key, want)
-        text_emb = _embed(model, data, txt_key, want)
+        image_emb = _embed(model, data, img_key)
+        text_emb = _embed(model, data, txt_key)
         sim = image_emb @ text_emb.t()
         captions = [str(dataset.raw(i).get("text", i)) for i in range(len(dataset))]
         index = {c: n for n, c in enumerate(dict.fromkeys(captions))}
@@ -97,7 +96,8 @@ def evaluate(model, g: Graph, source, dataset, tokenizer, batch_size: int = 128)
                    "text_to_image_r5": _recall(sim.t(), 5, same)}
         prompts = _class_prompts(source)
         labels = _labels(dataset)
-        text_input = next((n for n in want if g.nodes[n].type.kind == "Tokens"), None)
+        text_input = next((n for n in g.inputs if g.nodes[n].type.kind == "Tokens" and
+                           not model.inputs[n].loss_only), None)
         if prompts and labels is not None and text_input is not None:
             length = data[0][text_input].shape[1]
             prompt_ids = torch.tensor([tokenizer.encode(p, length) for p in prompts])
@@ -105,7 +105,7 @@ def evaluate(model, g: Graph, source, dataset, tokenizer, batch_size: int = 128)
                      for k, v in data[0].items()}
             dummy[text_input] = prompt_ids.to(dummy[text_input].dtype)
             with torch.no_grad():
-                prompt_emb = model(**{k: dummy[k] for k in want})[txt_key].float()
+                prompt_emb = model(**dummy)[txt_key].float()
             pred = (image_emb @ prompt_emb.t()).argmax(dim=1)
             metrics["zero_shot_accuracy"] = float((pred == labels).float().mean())
             metrics["classes"] = len(prompts)
@@ -119,7 +119,7 @@ def evaluate(model, g: Graph, source, dataset, tokenizer, batch_size: int = 128)
         correct = total = 0
         with torch.no_grad():
             for batch in data:
-                pred = model(**{k: batch[k] for k in want})[key].argmax(-1)
+                pred = model(**batch)[key].argmax(-1)
                 target = batch[labels_ref.node]
                 correct += int((pred == target).sum())
                 total += target.numel()

@@ -230,9 +230,7 @@ class Trainer:
             torch.manual_seed(s["seed"])
         resumed_at = pos.step if resume_from is not None else None
         amp = autocast_dtype(s["precision"], self.device)
-        step_module = LossModule(self.model)
-        if self.world:
-            step_module = self.world.wrap(step_module)
+        step_module = self.world.wrap(self.model) if self.world else self.model
         step_module.train()
         progress = Progress(plan.name, plan.steps, quiet=self.quiet)
         progress.start(pos.step)
@@ -250,7 +248,7 @@ class Trainer:
                     batch = self.world.shard(batch)
                 batch = {k: v.to(self.device) for k, v in batch.items()}
                 with torch.autocast(self.device.type, dtype=amp, enabled=amp is not None):
-                    losses = step_module(**batch)
+                    _, losses = step_module(**batch, return_losses=True)
                 (losses["total"] / accum).backward()
                 for k, v in losses.items():
                     logged[k] = logged.get(k, 0.0) + float(v.detach()) / accum
@@ -362,17 +360,6 @@ def _naming(exc: OSError, path: Path) -> OSError:
     if exc.filename is None:
         exc.filename = str(path)
     return exc
-
-
-class LossModule(nn.Module):
-    """The model's `losses(...)` as a `forward`, so DistributedDataParallel can wrap it."""
-
-    def __init__(self, model: nn.Module):
-        super().__init__()
-        self.model = model
-
-    def forward(self, **batch):
-        return self.model.losses(**batch)
 
 
 class World:

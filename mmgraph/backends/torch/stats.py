@@ -83,12 +83,10 @@ def compute(cls: type, g: Graph, dims: dict[str, int] | None = None) -> Stats:
     trainable = sum(p.numel() for p in params if p.requires_grad)
     param_bytes = sum(p.numel() * p.element_size() for p in params)
 
-    forward_args = set(m.forward_inputs())
     counter = FlopCounterMode(display=False)
     with counter:  # (no no_grad: the module tracker wants autograd on; meta costs nothing)
         if g.outputs:
-            m(**example_inputs(g, use, device="meta",
-                               names=[n for n in g.inputs if n in forward_args]))
+            m(**example_inputs(g, use, device="meta"))
         else:  # a model with losses only: count the pass that computes them
             m.losses(**example_inputs(g, use, device="meta"))
     flops = counter.get_total_flops()

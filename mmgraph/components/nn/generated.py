@@ -1,9 +1,15 @@
-"""The base class of generated models: maps a runtime error back to the spec line.
+"""The base classes of generated modules: the model checks its inputs at the boundary and
+maps a runtime error back to the spec line.
 
-Every line of a generated `forward`/`losses` ends with `# <type>  <spec file>:<line>`. When
-an exception escapes the model, the innermost frame that ran generated code tells which
-line it was, and the exception gets a note naming the spec's file, line and source text.
-The exception itself (type, message, traceback) is left as it was. The mark is read from the
+`forward` first checks each given tensor against its declared input (`DeclaredInput`): rank,
+fixed dims exact, a dim name the same size in every input, dtype kind. A mismatch is an
+`InputError` naming the input, its spec line, the type expected and what came, before any
+layer sees the tensor. Integer compares only, so the check costs nothing next to a layer.
+
+Every computing line of a generated `forward` ends with `# <type>  <spec file>:<line>`. When an
+exception escapes the model, the innermost frame that ran generated code tells which line it
+was, and the exception gets a note naming the spec's file, line and source text. The
+exception itself (type, message, traceback) is left as it was. The mark is read from the
 line's real comment (Python's tokenizer finds it, so a `#` inside a string is no mark); the
 code generator keeps both its parts single lines without runs of spaces.
 """
@@ -19,12 +25,71 @@ import traceback
 import torch
 from torch import nn
 
+from mmgraph.errors import InputError
+
 _WHERE = re.compile(r".*\.mmg:\d+")
+_FLOAT = frozenset({torch.float16, torch.bfloat16, torch.float32, torch.float64})
+_INTEGER = frozenset({torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64})
+# the dtypes a declared dtype accepts: its kind, at any precision
+_ACCEPTS = {"bool": (frozenset({torch.bool}), "a bool tensor")}
+_ACCEPTS.update({d: (_FLOAT, "a floating-point tensor") for d in ("f16", "bf16", "f32", "f64")})
+_ACCEPTS.update({d: (_INTEGER, "an integer tensor") for d in ("u8", "i8", "i16", "i32", "i64")})
+
+
+class DeclaredInput:
+    """One input as the spec declares it, in the form the boundary check reads fast.
+
+    `dims` holds an int for a fixed size, a dim's name (`"B"`) for a size every input must
+    agree on, or an expression (`"576 + T"`), which is left to the layers: evaluating it
+    would cost more than the check is worth.
+    """
+
+    __slots__ = ("type", "dims", "dtype", "where", "loss_only", "fixed", "named", "dtypes",
+                 "kind_text")
+
+    def __init__(self, type: str, dims: tuple, dtype: str, where: str, loss_only: bool = False):
+        self.type, self.dims, self.dtype, self.where = type, dims, dtype, where
+        self.loss_only = loss_only  # only the losses read it: forward may go without
+        self.fixed = tuple((axis, d) for axis, d in enumerate(dims) if isinstance(d, int))
+        self.named = tuple((axis, d) for axis, d in enumerate(dims)
+                           if isinstance(d, str) and d.isidentifier())
+        self.dtypes, self.kind_text = _ACCEPTS[dtype]
+
+    def check(self, name: str, value, sizes: dict[str, tuple[int, str]]) -> None:
+        """Raise `InputError` unless `value` fits; `sizes` holds each dim name's size so far
+        and the input it came from."""
+        if not isinstance(value, torch.Tensor):
+            raise self.error(name, f"got {type(value).__name__}, not a tensor")
+        shape = value.shape
+        if len(shape) != len(self.dims):
+            raise self.error(name, f"got shape {list(shape)}: rank {len(shape)}, "
+                                   f"not {len(self.dims)}")
+        for axis, want in self.fixed:
+            if shape[axis] != want:
+                raise self.error(name, f"got shape {list(shape)}: axis {axis} must be {want}")
+        for axis, dim in self.named:
+            got = shape[axis]
+            seen = sizes.get(dim)
+            if seen is None:
+                sizes[dim] = (got, name)
+            elif seen[0] != got:
+                where = "earlier in this input" if seen[1] == name else f"in input '{seen[1]}'"
+                raise self.error(name, f"got shape {list(shape)}: {dim} is {got} here but "
+                                       f"{seen[0]} {where}")
+        if value.dtype not in self.dtypes:
+            raise self.error(name, f"got dtype {str(value.dtype).removeprefix('torch.')}: "
+                                   f"needs {self.kind_text} ({self.dtype})")
+
+    def error(self, name: str, got: str) -> InputError:
+        return InputError(f"input '{name}' ({self.where}) expects {self.type}, {got}")
 
 
 class GeneratedModel(nn.Module):
+    """One generated model. `forward(**inputs)` returns the outputs by name; with
+    `return_losses=True`, `(outputs, losses)` from the same pass."""
+
     spec: str = ""
-    inputs: dict[str, str] = {}
+    inputs: dict[str, DeclaredInput] = {}
     outputs: dict[str, str] = {}
     loss_weights: dict[str, float] = {}
 
@@ -37,14 +102,26 @@ class GeneratedModel(nn.Module):
             _note_spec_line(exc, type(self).__module__)
             raise
 
-    @classmethod
-    def forward_inputs(cls) -> list[str]:
-        """The inputs `forward` takes (a loss's targets are only `losses`' inputs)."""
-        code = cls.forward.__code__
-        return list(code.co_varnames[1:code.co_argcount])
+    def losses(self, *args, **inputs) -> dict[str, torch.Tensor]:
+        """Each declared loss, unweighted, and their weighted "total": the second half of
+        `self(..., return_losses=True)`, so errors are noted with their spec line."""
+        if not self.loss_weights:
+            raise NotImplementedError(f"{type(self).__name__} declares no loss")
+        return self(*args, **inputs, return_losses=True)[1]
 
-    def losses(self, **inputs):  # generated models with losses override this
-        raise NotImplementedError(f"{type(self).__name__} declares no loss")
+    def check_inputs(self, given: dict, return_losses: bool = False) -> None:
+        """Each given tensor against its declared input, before any layer sees it. A trace
+        (ONNX export) records no Python check: the exported runtime checks its own inputs."""
+        if torch.jit.is_tracing():
+            return
+        sizes: dict[str, tuple[int, str]] = {}
+        for name, value in given.items():
+            declared = self.inputs[name]
+            if value is not None:
+                declared.check(name, value, sizes)
+            elif return_losses or not declared.loss_only:
+                need = "the losses need" if declared.loss_only else "forward needs"
+                raise InputError(f"{need} input '{name}' ({declared.where}): {declared.type}")
 
 
 def _note_spec_line(exc: BaseException, module: str) -> None:
@@ -82,9 +159,10 @@ def _spec_mark(text: str) -> tuple[str, str] | None:
     return where, text[:comment.start[1]].rstrip()
 
 
-class ExportPart(nn.Module):
+class GeneratedPart(nn.Module):
     """Base of generated export parts: the model's top-level layers, borrowed (not copied),
-    so a part computes with exactly the weights the model has."""
+    so a part computes with exactly the weights the model has. A part checks no inputs: it
+    runs to be traced into ONNX, and the exported runtime checks what it is given."""
 
     def __init__(self, model: nn.Module):
         super().__init__()
