@@ -19,7 +19,7 @@ import torch
 from mmgraph.build import load_class
 from mmgraph.errors import UsageError, UserError
 from mmgraph.export import targets
-from mmgraph.export.onnx_parts import PartPlan, export, part_module, plan_parts, random_inputs
+from mmgraph.export.onnx_parts import export, part_module, plan_parts, random_inputs
 from mmgraph.runtime.manifest import REEXPORT, ExportFolder, ManifestError, open_folder
 from mmgraph.runtime.session import OnnxSession, TensorRTSession, TensorSpec
 
@@ -88,7 +88,7 @@ def _bench(folder: ExportFolder, source: Path, dims: dict[str, int] | None, runs
         if part.name not in plans:
             raise ManifestError(f"{folder.manifest_path}: part '{part.name}' is not in {spec} "
                                 "any more; " + REEXPORT)
-        plan: PartPlan = plans[part.name]
+        plan = plans[part.name]
         module = part_module(model, g, str(spec), plan)
         x = random_inputs(g, plan.inputs, use)
         arrays = {k: v.numpy() for k, v in x.items()}

@@ -20,7 +20,6 @@ import tempfile
 import time
 import warnings
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -35,7 +34,7 @@ from mmgraph.build import load_class
 from mmgraph.errors import UserError, describe_os_error
 from mmgraph.export.targets import Target
 from mmgraph.ir import types as T
-from mmgraph.ir.graph import Graph, Ref
+from mmgraph.ir.graph import ExportPart, Graph, Ref
 from mmgraph.runtime import manifest as manifest_file
 
 ONNX_DTYPES = {"f32": "float32", "f16": "float16", "bf16": "bfloat16", "f64": "float64",
@@ -48,22 +47,14 @@ class ExportError(UserError):
     """An export that cannot be trusted: the message names the part and the output."""
 
 
-@dataclass
-class PartPlan:
-    name: str
-    inputs: list[str]
-    outputs: list[str]
-    nodes: list[str]
-
-
-def plan_parts(g: Graph) -> list[PartPlan]:
+def plan_parts(g: Graph) -> list[ExportPart]:
     """The spec's parts, or one part from every input to every output when it names none."""
     if g.export is not None and g.export.parts:
-        return [PartPlan(p.name, p.inputs, p.outputs, p.nodes) for p in g.export.parts]
+        return list(g.export.parts)
     needed = g.upstream({r.node for r in g.outputs.values()})
     inputs = [n for n in g.inputs if n in needed]
     nodes = [n for n in g.nodes if n in needed and n not in inputs]
-    return [PartPlan(g.name, inputs, list(g.outputs), nodes)]
+    return [ExportPart(g.name, inputs, list(g.outputs), nodes, g.span)]
 
 
 def dim_ranges(g: Graph) -> dict[str, dict[str, int]]:
@@ -144,7 +135,7 @@ def dynamic_axes(g: Graph, names: list[str]) -> dict[str, dict[int, str]]:
     return axes
 
 
-def part_module(model, g: Graph, spec: str, plan: PartPlan) -> torch.nn.Module:
+def part_module(model, g: Graph, spec: str, plan: ExportPart) -> torch.nn.Module:
     gen = generate_part(g, spec, plan.name, plan.inputs, plan.outputs, plan.nodes)
     module = module_from_source(gen, f"<mmgraph {spec} part {plan.name}>")
     return getattr(module, gen.class_name)(model).eval()
@@ -169,7 +160,7 @@ def onnx_session(path: Path, providers=("CPUExecutionProvider",)):
     return ort.InferenceSession(str(path), options, providers=chosen)
 
 
-def write_onnx(module, g: Graph, plan: PartPlan, x: dict, path: Path,
+def write_onnx(module, g: Graph, plan: ExportPart, x: dict, path: Path,
                opset: int) -> tuple[int, int]:
     """Export, check (full checker, strict shape inference), simplify; node counts."""
     import onnx
@@ -209,7 +200,7 @@ def simplify(path: Path) -> tuple[int, int]:
     return before, len(onnx.load(str(path)).graph.node)
 
 
-def parity(module, g: Graph, plan: PartPlan, path: Path, ranges: dict, tolerance: float,
+def parity(module, g: Graph, plan: ExportPart, path: Path, ranges: dict, tolerance: float,
            providers, points=("min", "opt", "max"), check: bool = True) -> dict:
     session = onnx_session(path, providers)
     report: dict = {}
