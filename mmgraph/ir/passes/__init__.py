@@ -2,8 +2,14 @@
 after each, the graph lints clean and its `ensures` hold (see `base.run_passes`)."""
 
 from mmgraph.ir.passes import constants, expand, infer, parts, resolve, trainability, verify
-from mmgraph.ir.passes.base import (Compilation, NamedPass, PassFailed, every_node_typed,
-                                    in_dependency_order, run_passes)
+from mmgraph.ir.passes.base import (
+                                    Compilation,
+                                    NamedPass,
+                                    PassFailed,
+                                    every_node_typed,
+                                    in_dependency_order,
+                                    run_passes,
+)
 
 PASSES: list[NamedPass] = [
     NamedPass("resolve", resolve.run, "names, duplicates, cycles between values"),
