@@ -44,6 +44,8 @@ def test_the_layer_contract_holds():
      "mmgraph.runtime.session -> mmgraph.build"),
     ("suggest.py", "from mmgraph.lang import diagnostics",
      "mmgraph.suggest -> mmgraph.lang.diagnostics"),
+    ("train/trainer.py", "from mmgraph.ir.passes import trainability",
+     "mmgraph.train.trainer -> mmgraph.ir.passes.trainability"),
 ], ids=lambda v: v if " -> " in v else "")
 def test_an_upward_import_breaks_the_contract(tmp_path, module, line, broken):
     shutil.copytree(ROOT / "mmgraph", tmp_path / "mmgraph",

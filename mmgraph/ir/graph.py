@@ -244,6 +244,8 @@ class Graph:
         self.output_spans: dict[str, Span] = {}
         self.losses: dict[str, LossTerm] = {}
         self.train: TrainPlan | None = None
+        # the layers with weights that train when no stage names its own (set by trainability)
+        self.trainable_by_default: list[str] = []
         self.export: ExportPlan | None = None
         # the model's own block and repeat calls; those made inside a copy hang off it
         self.calls: list[BlockCall] = []

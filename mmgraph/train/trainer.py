@@ -149,7 +149,8 @@ class Trainer:
         """The stages to run (all, or the one named), refusing a batch larger than the data:
         an epoch without a full batch would leave the loop with nothing to step on."""
         out = []
-        stages = self.stages or [Stage(DEFAULT_STAGE, {}, self.default_trainable(), None)]
+        stages = self.stages or [Stage(DEFAULT_STAGE, {}, list(self.g.trainable_by_default),
+                                       None)]
         if only_stage is not None:
             stages = [st for st in stages if st.name == only_stage]
         for st in stages:
@@ -171,11 +172,6 @@ class Trainer:
                 steps = min(steps, self.max_steps)
             out.append(StagePlan(st.name, st.trainable, s, steps, per_epoch))
         return out
-
-    def default_trainable(self) -> list[str]:
-        from mmgraph.ir.passes.trainability import trains_by_default, weighted
-
-        return [i.name for i in weighted(self.g) if trains_by_default(i)]
 
     # ------------------------------------------------------------ running
     def run(self, resume: bool = False, only_stage: str | None = None) -> RunResult:

@@ -78,6 +78,7 @@ def resolve_trainable(g: Graph, names: tuple[str, ...], value: ast.Expr,
 
 def run(c: Compilation) -> None:
     g = c.graph
+    g.trainable_by_default = [i.name for i in weighted(g) if trains_by_default(i)]
     node = next((s for s in c.model.body if isinstance(s, ast.Train)), None)
     if node is None:
         return
@@ -99,7 +100,7 @@ def run(c: Compilation) -> None:
         try:
             ss, given = validate(StageSettings, schema.settings(st.settings), c.consts,
                                  f"stage '{st.name.name}'", STAGE, st.span, symbols=True)
-            trainable = [i.name for i in weighted(g) if trains_by_default(i)]
+            trainable = list(g.trainable_by_default)
             if ss.trainable is not None:
                 trainable = resolve_trainable(g, ss.trainable, given["trainable"][1], role_of)
             value = given["losses"][1] if "losses" in given else None
