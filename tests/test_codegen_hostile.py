@@ -35,7 +35,7 @@ from mmgraph.backends.torch.load import module_from_source
 from mmgraph.cli import main
 from mmgraph.compiler import check_text
 from mmgraph.errors import InputError
-from mmgraph.ir.reserved import why_reserved
+from mmgraph.ir.reserved import why_reserved, why_reserved_input
 
 from conftest import ROOT
 
@@ -85,19 +85,22 @@ def spec_text(lib: str, names: dict[str, str]) -> str:
             '}\n')
 
 
-# layers become module attributes, so `check` refuses the reserved ones (E102, tested below)
+# layers become module attributes and inputs forward's parameters, so `check` refuses the
+# names those cannot carry (E102, tested below)
 LAYER_NAMES = [n for n in NAMES if why_reserved(n) is None]
+INPUT_NAMES = [n for n in NAMES if why_reserved_input(n) is None]
 
 
 @st.composite
 def role_names(draw) -> list[str]:
-    """Distinct names for ROLES; the two layer roles drawn from names a layer may have."""
+    """Distinct names for ROLES: the layers' and the input's from names they may have."""
     layer, block = draw(st.lists(st.sampled_from(LAYER_NAMES), min_size=2, max_size=2,
                                  unique=True))
-    rest = [n for n in NAMES if n not in (layer, block)]
-    others = draw(st.lists(st.sampled_from(rest), min_size=len(ROLES) - 2,
-                           max_size=len(ROLES) - 2, unique=True))
-    return others[:2] + [layer, block] + others[2:]
+    given = draw(st.sampled_from([n for n in INPUT_NAMES if n not in (layer, block)]))
+    rest = [n for n in NAMES if n not in (layer, block, given)]
+    others = draw(st.lists(st.sampled_from(rest), min_size=len(ROLES) - 3,
+                           max_size=len(ROLES) - 3, unique=True))
+    return others[:1] + [given, layer, block] + others[1:]
 
 
 LIB = "block blk() {\n  input a: Seq[B, T, D]\n  layer l: linear(out=4)\n  output l(a)\n}\n"
@@ -186,6 +189,18 @@ def test_layer_named_like_a_module_attribute_is_a_diagnostic(tmp_path, layer):
     assert f"layer '{layer}'" in d.message and d.hint == "rename the layer"
     with pytest.raises(mmgraph.SpecError):
         mmgraph.load(spec)
+
+
+@pytest.mark.parametrize("name", ["self", "return_losses", "torch", "class_", "lambda"])
+def test_input_named_like_a_forward_parameter_is_a_diagnostic(tmp_path, name):
+    """An input is a parameter of the generated forward and the key a batch passes it by, so
+    a name the generated code would rename is refused where it is declared."""
+    spec = tmp_path / "m.mmg"
+    spec.write_text(f"model m {{\n  input {name}: Tensor[B, 8]\n  layer p: linear(out=4)\n"
+                    f"  y = p({name})\n  output y\n}}\n")
+    errors = [d for d in mmgraph.check_file(spec).errors if d.code == "E102"]
+    assert [(d.span.line, d.span.col) for d in errors] == [(2, 9)]
+    assert f"input '{name}'" in errors[0].message and errors[0].hint == "rename the input"
 
 
 def test_reserved_names_cover_the_installed_torch():

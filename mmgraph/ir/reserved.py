@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import keyword
 
+from mmgraph.escape import py_name
+
 # nn.Module's attributes (torch 2.4 to 2.13) and GeneratedModel's own, `graph` set by load().
 MODULE_ATTRIBUTES = frozenset("""
 T_destination _apply _backward_hooks _backward_pre_hooks _buffers _call_impl
@@ -41,12 +43,23 @@ CODEGEN_NAMES = frozenset({"self", "torch", "nn", "mm", "layer", "outputs", "los
 
 def why_reserved(name: str) -> str | None:
     """Why `name` cannot name a layer, or None when it can."""
-    if keyword.iskeyword(name) or keyword.issoftkeyword(name):
+    if keyword.iskeyword(name):
         return f"'{name}' is a Python keyword"
     if name.startswith("__"):
         return "Python keeps names that start with '__' private to one class"
     if name in MODULE_ATTRIBUTES:
         return f"torch modules already have '{name}'"
+    return why_reserved_input(name)
+
+
+def why_reserved_input(name: str) -> str | None:
+    """Why `name` cannot name an input (a parameter of the generated `forward`, and the key
+    a batch is passed by), or None when it can."""
+    if keyword.iskeyword(name):
+        return f"'{name}' is a Python keyword"
     if name in CODEGEN_NAMES:
         return f"the generated code uses '{name}' itself"
+    renamed = py_name(name, CODEGEN_NAMES)
+    if renamed != name:
+        return f"the generated code would have to call it '{renamed}'"
     return None

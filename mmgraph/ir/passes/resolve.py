@@ -16,7 +16,7 @@ from mmgraph.ir import types as T
 from mmgraph.ir.consts import BUILTIN_CONSTS, CONST_FUNCTIONS
 from mmgraph.ir.graph import cycle_edges
 from mmgraph.ir.passes.base import Compilation
-from mmgraph.ir.reserved import why_reserved
+from mmgraph.ir.reserved import why_reserved, why_reserved_input
 from mmgraph.lang import ast
 from mmgraph.lang.diagnostics import Diagnostic, DiagnosticSink, Note
 from mmgraph.suggest import closest, did_you_mean
@@ -118,6 +118,12 @@ class BodyChecker:
         for stmt in body:
             if isinstance(stmt, ast.Input):
                 self.define(stmt.name, "input")
+                why = why_reserved_input(stmt.name.name)
+                if why and not self.is_block:  # a block's inputs are arguments, not parameters
+                    self.sink.add(Diagnostic(
+                        "E102", f"input '{stmt.name.name}' cannot be a parameter of the "
+                                f"generated forward: {why}", stmt.name.span,
+                        hint="rename the input"))
                 self.check_type(stmt.type)
                 self.free_dims |= {e.id for d in stmt.type.dims for e in walk(d)
                                    if isinstance(e, ast.Name)}
