@@ -70,6 +70,18 @@ class Lora:
     dropout: float = 0.0
 
 
+@dataclass(frozen=True)
+class Pretrained:
+    """Weights for one declaration from a local Hugging Face folder: `pretrained(PATH,
+    part="vision_model")`. `family` names the data table that maps the checkpoint's config keys
+    and tensor names onto the component's (clip_vision, clip_text, llama, vit, bert, ...)."""
+
+    path: str  # the folder, absolute (relative paths are resolved against the spec's folder)
+    part: str | None  # the checkpoint's submodule prefix; None: the whole checkpoint
+    family: str
+    span: Span
+
+
 @dataclass
 class Instance:
     """A module of the model: a component with bound parameters, or a weightless op."""
@@ -86,6 +98,7 @@ class Instance:
     block: str | None = None  # the block definition this instance came from, if any
     frozen_by: str | None = None  # the declaration whose `frozen` froze it (itself, or a block)
     param_spans: dict[str, Span] = field(default_factory=dict)  # each given parameter's value
+    pretrained: Pretrained | None = None  # weights from a local Hugging Face folder
 
     @property
     def trainable(self) -> bool:
