@@ -131,7 +131,7 @@ class Output:
 
 @dataclass(frozen=True)
 class Modifier:
-    kind: str  # frozen | lora | shared
+    kind: str  # frozen | lora | shared | pretrained
     args: tuple[Expr, ...]
     kwargs: tuple[KwArg, ...]
     target: Ident | None

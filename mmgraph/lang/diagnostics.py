@@ -48,6 +48,8 @@ CODES: dict[str, str] = {
     "E206": "bad modifier",
     "E207": "bad repeat",
     "E208": "recursive block",
+    "E209": "pretrained checkpoint disagrees",
+    "E210": "bad pretrained checkpoint",
     # E3xx: types and shapes
     "E301": "shape mismatch",
     "E302": "wrong kind of value",

@@ -308,7 +308,8 @@ def _token_span(source: Source, tok: Token) -> Span:
 def _keyword(tok) -> bool:
     """A token of a keyword terminal (`encoder`, `input`, ...), as opposed to a name."""
     return isinstance(tok, Token) and str(tok) in _STATEMENT_KEYWORDS | {"frozen", "lora",
-                                                                        "shared", "repeat"} \
+                                                                        "shared", "pretrained",
+                                                                        "repeat"} \
         and tok.type != "NAME"
 
 
@@ -518,6 +519,10 @@ class _ToAst(Transformer):
 
     def mod_shared(self, meta, name):
         return ast.Modifier("shared", (), (), self._ident(name), self._span(meta))
+
+    def mod_pretrained(self, meta, args):
+        pos, kw = args if args else ((), ())
+        return ast.Modifier("pretrained", pos, kw, None, self._span(meta))
 
     def assign(self, meta, targets, value):
         return ast.Assign(targets, value, self._span(meta))

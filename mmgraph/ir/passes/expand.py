@@ -32,8 +32,10 @@ from mmgraph.ir.graph import (
     Lora,
     LossTerm,
     Node,
+    Pretrained,
     Ref,
 )
+from mmgraph.ir.passes import pretrained as checkpoint
 from mmgraph.ir.passes.base import Compilation
 from mmgraph.ir.passes.constants import evaluate_all
 from mmgraph.ir.passes.resolve import classify_assigns, walk
@@ -64,6 +66,8 @@ class Decl:
     shared: str | None = None
     shared_target: ast.Ident | None = None  # `shared(x)` as written, resolved after the body
     param_spans: dict[str, Span] = field(default_factory=dict)
+    pretrained_mod: ast.Modifier | None = None  # `pretrained(...)` as written
+    pretrained: Pretrained | None = None  # the checkpoint, once its config.json was read
 
     def declaration(self) -> Declaration:
         """What the IR keeps of it: no AST, and `shared` only where it says `shared(x)`."""
@@ -262,6 +266,11 @@ class Lowerer:
                     shared=f"{scope.shared}.{stmt.name.name}" if scope.shared else None)
         self.apply_modifiers(decl, stmt.modifiers, scope)
         name = call.func.name
+        if decl.pretrained_mod is not None and (times or name in self.c.program.blocks):
+            raise error("E206", "pretrained weights load into one component, not a "
+                                f"{'repeat' if times else 'block'}", decl.pretrained_mod.span,
+                        hint="put pretrained(...) on a declaration of a component such as "
+                             "vit(...) or causal_lm(...)")
         if name in self.c.program.blocks:
             block = self.c.program.blocks[name]
             decl.block = block
@@ -269,9 +278,20 @@ class Lowerer:
         else:
             comp = registry.get(name)
             decl.component = comp
-            decl.params, given = validate(comp.Params, kwargs(call.kwargs), scope.consts, name,
+            items = kwargs(call.kwargs)
+            written = {ident.name for ident, _ in items}
+            bound = self.pretrained(decl, comp, scope) if decl.pretrained_mod else None
+            if bound:  # parameters left out come from the checkpoint's config.json
+                items += checkpoint.fills(bound, written, set(comp.Params.model_fields))
+            decl.params, given = validate(comp.Params, items, scope.consts, name,
                                           PARAMS, call.span, sizes=True)
-            decl.param_spans = {k: v[1].span for k, v in given.items()}
+            decl.param_spans = {k: v[1].span for k, v in given.items() if k in written}
+            if bound:
+                problems = checkpoint.disagreements(bound, decl.params, decl.param_spans,
+                                                    decl.name)
+                if problems:
+                    raise SpecError(problems)
+                decl.pretrained = bound.pretrained
             if decl.lora and decl.lora_span and not lora_fits(comp, decl.lora):
                 raise lora_error(comp, decl.lora, decl.lora_span)
             bad_target = unknown_lora_target(name, comp.lora_targets, decl.lora_targets)
@@ -300,6 +320,18 @@ class Lowerer:
                 decl.lora_span = m.span
             elif m.kind == "shared":
                 decl.shared_target = m.target
+            elif m.kind == "pretrained":
+                decl.pretrained_mod = m
+
+    def pretrained(self, decl: Decl, comp: Component, scope: Scope) -> checkpoint.Bound:
+        m = decl.pretrained_mod
+        if not comp.has_weights:
+            raise error("E206", f"{comp.name} has no weights to load", m.span,
+                        hint="pretrained(...) goes on a layer with weights")
+        if decl.shared_target is not None:
+            raise error("E206", "a layer that shares another's weights cannot load its own",
+                        m.span, hint="put pretrained(...) on the layer it shares with")
+        return checkpoint.bind(m, comp.name, scope.consts, self.c.overrides)
 
     def tie(self, local: str, decl: Decl, scope: Scope) -> None:
         """Resolve `shared(x)`: x may be declared anywhere in the same body."""
@@ -389,7 +421,8 @@ class Lowerer:
                         span, frozen=decl.frozen, lora=lora,
                         shared=shared if shared is not None else decl.shared,
                         anonymous=anonymous, frozen_by=decl.frozen_by,
-                        param_spans=dict(param_spans or decl.param_spans))
+                        param_spans=dict(param_spans or decl.param_spans),
+                        pretrained=decl.pretrained if not anonymous else None)
         return self.g.add_instance(inst)
 
     # ---------------------------------------------------------------- values
