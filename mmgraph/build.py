@@ -10,6 +10,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from mmgraph.backends.torch.load import model_class, write_source
+from mmgraph.backends.torch.pretrained import load_pretrained
 from mmgraph.compiler import build_graph
 from mmgraph.ir.graph import Graph
 
@@ -22,13 +23,25 @@ def load_class(spec: str | Path, model: str | None = None, *,
     return model_class(g, spec), g
 
 
-def load(spec: str | Path, model: str | None = None, *, lib_dirs: Iterable[str | Path] = (),
-         **overrides):
-    """The spec's model, instantiated: the same source `mmgraph compile` writes."""
-    cls, g = load_class(spec, model, lib_dirs=lib_dirs, **overrides)
+def instantiate(cls: type, g: Graph, *, pretrained: bool = True):
+    """A new model of a generated class, with the graph it came from and, unless asked not
+    to, the weights of its `pretrained(...)` declarations (read from their local folders;
+    any missing, unexpected or mis-shaped tensor is named in a PretrainedError). Every
+    place that makes a model to use (load, train, export) makes it here; one about to take
+    a checkpoint's weights passes pretrained=False."""
     instance = cls()
     instance.graph = g  # the checked IR it came from, for trainers and exporters
+    if pretrained:
+        load_pretrained(instance, g)
     return instance
+
+
+def load(spec: str | Path, model: str | None = None, *, lib_dirs: Iterable[str | Path] = (),
+         pretrained: bool = True, **overrides):
+    """The spec's model, instantiated: the same source `mmgraph compile` writes, with the
+    weights of its pretrained declarations unless pretrained=False."""
+    cls, g = load_class(spec, model, lib_dirs=lib_dirs, **overrides)
+    return instantiate(cls, g, pretrained=pretrained)
 
 
 def write(spec: str | Path, out_dir: str | Path, overrides: dict | None = None,

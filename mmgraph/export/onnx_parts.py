@@ -30,7 +30,7 @@ from mmgraph.backends.torch.codegen import generate_part
 from mmgraph.backends.torch.half import Half
 from mmgraph.backends.torch.inputs import TORCH_DTYPES, concrete_shape
 from mmgraph.backends.torch.load import module_from_source
-from mmgraph.build import load_class
+from mmgraph.build import instantiate, load_class
 from mmgraph.errors import UserError, describe_os_error
 from mmgraph.export.targets import Target
 from mmgraph.ir import types as T
@@ -269,8 +269,8 @@ def export(spec: str | Path, out: str | Path, target: Target, *, overrides: dict
     prepare_output(out)
     cls, g = load_class(spec, model_name, lib_dirs=lib_dirs, **(overrides or {}))
     torch.manual_seed(0)
-    model = cls()
-    model.graph = g
+    # pretrained parts' weights unless a checkpoint of the spec gives every weight
+    model = instantiate(cls, g, pretrained=checkpoint is None)
     spec_hash = weights = None
     if checkpoint is not None:
         from mmgraph.backends.torch import weights as ckpt

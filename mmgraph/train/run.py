@@ -12,7 +12,7 @@ import torch
 from pydantic import ValidationError
 
 from mmgraph.backends.torch import weights
-from mmgraph.build import load_class
+from mmgraph.build import instantiate, load_class
 from mmgraph.errors import UsageError, UserError
 from mmgraph.ir.settings import TrainSettings
 from mmgraph.suggest import did_you_mean
@@ -133,8 +133,9 @@ def train(spec: str | Path, *, data: str = "digits", out: str | Path | None = No
         return batches(dataset, batch_size, seed, epoch, start)
 
     torch.manual_seed(settings["seed"])
-    model = cls().to(torch_device)
-    model.graph = g
+    # pretrained parts start a fresh run; a resumed one takes every weight from its checkpoint
+    continuing = resume and weights.latest(out / "checkpoints") is not None
+    model = instantiate(cls, g, pretrained=not continuing).to(torch_device)
     trainer = Trainer(model, g, out, settings=settings, stages=stages,
                       batches=make_batches, n_examples=len(dataset), max_steps=max_steps,
                       quiet=quiet, device=torch_device, world=world,
@@ -172,8 +173,7 @@ def load_trained(spec: str | Path, checkpoint: str | Path, overrides: dict | Non
                  model_name: str | None = None, lib_dirs=()):
     """The spec's model with a checkpoint's weights (refused when they do not match)."""
     cls, g = load_class(spec, model_name, lib_dirs=lib_dirs, **(overrides or {}))
-    model = cls()
-    model.graph = g
+    model = instantiate(cls, g, pretrained=False)  # every weight comes from the checkpoint
     path = weights.find(checkpoint)
     weights.load_weights(path, model, g)
     return model.eval(), g, path
