@@ -1,0 +1,323 @@
+"""`pretrained(PATH, part="...")`: `mmgraph check` reads the folder's config.json (and no torch),
+fills the parameters a spec leaves out, and reports each disagreement at the parameter.
+
+The folders are tiny configs saved with transformers' `save_pretrained` (config only: check
+reads nothing else)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from mmgraph.cli import main
+from mmgraph.compiler import check_file
+
+transformers = pytest.importorskip("transformers", reason="transformers is not installed")
+
+
+@pytest.fixture(scope="module")
+def ckpts(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("ckpts")
+    transformers.CLIPConfig(
+        text_config=dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                         intermediate_size=64, vocab_size=100, max_position_embeddings=16),
+        vision_config=dict(hidden_size=48, num_hidden_layers=2, num_attention_heads=4,
+                           intermediate_size=96, image_size=32, patch_size=8),
+        projection_dim=16).save_pretrained(root / "clip")
+    transformers.CLIPVisionConfig(hidden_size=64, num_hidden_layers=3, num_attention_heads=4,
+                                  intermediate_size=128, image_size=32,
+                                  patch_size=16).save_pretrained(root / "clip_vision_big")
+    transformers.LlamaConfig(vocab_size=120, hidden_size=32, num_hidden_layers=2,
+                             num_attention_heads=4, num_key_value_heads=2, intermediate_size=80,
+                             max_position_embeddings=64).save_pretrained(root / "llama")
+    transformers.ViTConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                           intermediate_size=64, image_size=32,
+                           patch_size=8).save_pretrained(root / "vit")
+    transformers.BertConfig(vocab_size=90, hidden_size=32, num_hidden_layers=2,
+                            num_attention_heads=4, intermediate_size=64,
+                            max_position_embeddings=40).save_pretrained(root / "bert")
+    return root
+
+
+CLIP_SPEC = """\
+ckpt = "{ckpt}"
+model m {{
+  input image: Image[B, 3, 32, 32]
+  input text: Tokens[B, 16]
+  encoder vision: vit(pool="cls"{vision}) pretrained(ckpt, part="vision_model") frozen
+  encoder texter: text_transformer(pool="eot") pretrained(ckpt, part="text_model")
+  connector ip: linear() pretrained(ckpt, part="visual_projection")
+  connector tp: linear() pretrained(ckpt, part="text_projection")
+  a = ip(vision(image))
+  b = tp(texter(text))
+  output a, b
+}}
+"""
+
+
+def spec(folder: Path, text: str, name: str = "m.mmg") -> Path:
+    path = folder / name
+    path.write_text(textwrap.dedent(text))
+    return path
+
+
+def clip_spec(folder: Path, ckpt: str = "clip", vision: str = "") -> Path:
+    return spec(folder, CLIP_SPEC.format(ckpt=ckpt, vision=vision))
+
+
+def errors(result):
+    return [(d.code, d.span.line, d.span.col, d.message) for d in result.errors]
+
+
+def test_clip_parts_check_and_fill_from_config(ckpts):
+    result = check_file(clip_spec(ckpts))
+    assert result.ok, errors(result)
+    g = result.graphs["m"]
+    vision, texter, ip = g.instances["vision"], g.instances["texter"], g.instances["ip"]
+    assert (vision.params.width, vision.params.depth, vision.params.heads, vision.params.mlp,
+            vision.params.patch, vision.params.act) == (48, 2, 4, 96, 8, "quick_gelu")
+    assert vision.params.pre_norm is True and vision.params.patch_bias is False
+    assert (texter.params.vocab, texter.params.width, texter.params.max_len,
+            texter.params.causal) == (100, 32, 16, True)
+    assert ip.params.out == 16 and ip.params.bias is False
+    assert vision.pretrained.path == str(ckpts / "clip")
+    assert vision.pretrained.part == "vision_model"
+    assert vision.pretrained.family == "clip_vision"
+    assert texter.pretrained.family == "clip_text"
+    assert ip.pretrained.family == "clip_projection"
+    assert g.instances["tp"].pretrained.part == "text_projection"
+    assert vision.frozen and "width" not in vision.param_spans  # filled, not written
+    assert str(g.nodes["vision"].types["out"]) == "Vec<image>[B, 48]"
+
+
+def test_a_disagreement_is_reported_at_the_parameter(ckpts):
+    result = check_file(clip_spec(ckpts, vision=", width=64, depth=2"))
+    assert errors(result) == [(
+        "E209", 5, 41, "vision: width = 64 in the spec, but the checkpoint has "
+                       "vision_config.hidden_size = 48 (clip/config.json)")]
+    assert "leave width out" in result.errors[0].hint
+
+
+def test_a_parameter_the_architecture_fixes(ckpts):
+    result = check_file(clip_spec(ckpts, vision=", pre_norm=false"))
+    [(code, line, col, message)] = errors(result)
+    assert (code, line, col) == ("E209", 5, 44)
+    assert message == ("vision: pre_norm = false in the spec, but a clip_vision checkpoint "
+                       "needs pre_norm = true")
+
+
+def test_every_disagreement_is_reported(ckpts):
+    result = check_file(clip_spec(ckpts, vision=', width=64, heads=4, act="gelu"'))
+    got = errors(result)
+    assert [(c, line, col) for c, line, col, _ in got] == [("E209", 5, 41), ("E209", 5, 58)]
+    assert "vision_config.hidden_act" in got[1][3] and '"quick_gelu"' in got[1][3]
+
+
+def test_set_repoints_the_constant(ckpts, tmp_path, capsys):
+    path = clip_spec(tmp_path, ckpt="nowhere")  # relative to the spec: missing there
+    assert check_file(path).errors[0].code == "E210"
+    result = check_file(path, overrides={"ckpt": str(ckpts / "clip")})
+    assert result.ok, errors(result)
+    # and to another checkpoint: its sizes are filled
+    big = spec(tmp_path, """\
+        ckpt = "nowhere"
+        model m {
+          input image: Image[B, 3, 32, 32]
+          encoder vision: vit(pool="cls") pretrained(ckpt)
+          output vision(image) as v
+        }
+        """, "big.mmg")
+    result = check_file(big, overrides={"ckpt": str(ckpts / "clip_vision_big")})
+    assert result.ok, errors(result)
+    p = result.graphs["m"].instances["vision"].params
+    assert (p.width, p.depth, p.patch) == (64, 3, 16)
+    code = main(["check", str(big), "--set", f'ckpt="{ckpts / "clip_vision_big"}"',
+                 "--verbose"])
+    out = capsys.readouterr().out
+    assert code == 0, out
+    assert "vit(width=64, depth=3, heads=4, mlp=128, act=\"quick_gelu\", patch=16" in out
+
+
+def test_a_relative_path_is_relative_to_the_spec(ckpts, monkeypatch, tmp_path):
+    monkeypatch.chdir(tmp_path)  # not the spec's folder
+    assert check_file(clip_spec(ckpts)).ok
+
+
+def test_llama_gqa_fills_and_disagrees(ckpts):
+    text = """\
+        model lm {
+          input tokens: Tokens[B, 8]
+          decoder llm: causal_lm(%s) pretrained("llama")
+          output llm(tokens=tokens) as logits
+        }
+        """
+    result = check_file(spec(ckpts, text % ""))
+    assert result.ok, errors(result)
+    inst = result.graphs["lm"].instances["llm"]
+    p = inst.params
+    assert (p.vocab, p.width, p.depth, p.heads, p.kv_heads, p.ffn, p.max_len, p.tied, p.act,
+            p.rope_theta) == (120, 32, 2, 4, 2, 80, 64, False, "swiglu", 10000.0)
+    assert inst.pretrained.family == "llama" and inst.pretrained.part is None
+    result = check_file(spec(ckpts, text % "kv_heads=4, tied=true"))
+    got = errors(result)
+    assert [(c, line, col) for c, line, col, _ in got] == [("E209", 3, 35), ("E209", 3, 43)]
+    assert got[0][3] == ("llm: kv_heads = 4 in the spec, but the checkpoint has "
+                         "num_key_value_heads = 2 (llama/config.json)")
+    assert "tie_word_embeddings = false" in got[1][3]
+
+
+def test_vit_and_bert(ckpts):
+    text = """\
+        model m {
+          input image: Image[B, 3, 32, 32]
+          input text: Tokens[B, 12]
+          encoder v: vit(pool="cls") pretrained("vit")
+          encoder t: text_transformer(pool="cls") pretrained("bert")
+          output v(image) as img, t(text) as txt
+        }
+        """
+    result = check_file(spec(ckpts, text))
+    assert result.ok, errors(result)
+    g = result.graphs["m"]
+    v, t = g.instances["v"].params, g.instances["t"].params
+    assert (v.width, v.patch, v.pre_norm, v.act) == (32, 8, False, "gelu")
+    assert (t.vocab, t.width, t.max_len, t.type_vocab, t.post_norm_blocks, t.causal) == \
+        (90, 32, 40, 2, True, False)
+    assert g.instances["v"].pretrained.family == "vit"
+    assert g.instances["t"].pretrained.family == "bert"
+
+
+def one_error(folder: Path, modifier: str, component: str = 'vit(pool="cls")'):
+    path = spec(folder, f"""\
+        model m {{
+          input image: Image[B, 3, 32, 32]
+          encoder v: {component} {modifier}
+          output v(image) as out
+        }}
+        """, "one.mmg")
+    result = check_file(path)
+    [d] = result.errors
+    return d
+
+
+def test_a_missing_folder(ckpts, tmp_path):
+    d = one_error(tmp_path, 'pretrained("no/such")')
+    assert (d.code, d.span.line, d.span.col) == ("E210", 3, 41)
+    assert d.message == f"no checkpoint folder {tmp_path / 'no' / 'such'}"
+    assert "save_pretrained" in d.hint and "--set" in d.hint
+
+
+def test_a_folder_without_config(tmp_path):
+    (tmp_path / "empty").mkdir()
+    d = one_error(tmp_path, 'pretrained("empty")')
+    assert (d.code, d.span.line, d.span.col) == ("E210", 3, 41)
+    assert d.message.startswith("the checkpoint folder has no config.json")
+
+
+@pytest.mark.parametrize("content,message", [
+    (b"{not json", "is not valid JSON (line 1, column 2)"),
+    (b"\xff\xfe{}", "is not UTF-8 text (byte 0)"),
+    (b"[1, 2]", "holds no JSON object"),
+])
+def test_a_bad_config(tmp_path, content, message):
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "config.json").write_bytes(content)
+    d = one_error(tmp_path, 'pretrained("bad")')
+    assert (d.code, d.span.line, d.span.col) == ("E210", 3, 41)
+    assert d.message.endswith(message)
+
+
+def test_a_config_that_is_not_a_file(tmp_path):
+    (tmp_path / "odd" / "config.json").mkdir(parents=True)
+    d = one_error(tmp_path, 'pretrained("odd")')
+    assert d.code == "E210" and d.message.endswith("is not a regular file")
+
+
+def test_an_oversized_config(tmp_path, monkeypatch):
+    from mmgraph.ir.passes import pretrained
+    monkeypatch.setattr(pretrained, "MAX_CONFIG_BYTES", 10)
+    (tmp_path / "big").mkdir()
+    (tmp_path / "big" / "config.json").write_text('{"model_type": "vit"}')
+    d = one_error(tmp_path, 'pretrained("big")')
+    assert d.code == "E210" and "more than a config.json holds" in d.message
+
+
+def test_an_unknown_model_type(tmp_path):
+    (tmp_path / "odd").mkdir()
+    (tmp_path / "odd" / "config.json").write_text('{"model_type": "gpt_neo"}')
+    d = one_error(tmp_path, 'pretrained("odd")')
+    assert (d.code, d.span.line, d.span.col) == ("E210", 3, 41)
+    assert d.message == ('the checkpoint\'s config.json has model_type "gpt_neo", which no '
+                         'mapping table reads')
+    assert "clip" in d.hint and "llama" in d.hint
+
+
+def test_an_unknown_part(ckpts):
+    d = one_error(ckpts, 'pretrained("clip", part="audio_model")')
+    assert (d.code, d.span.line, d.span.col) == ("E210", 3, 54)
+    assert d.message == 'a clip checkpoint has no part "audio_model"'
+    assert "vision_model" in d.hint and "text_projection" in d.hint
+
+
+def test_a_composite_checkpoint_needs_a_part(ckpts):
+    d = one_error(ckpts, 'pretrained("clip")')
+    assert (d.code, d.span.line, d.span.col) == ("E210", 3, 30)
+    assert "holds several parts" in d.message and 'part="..."' in d.hint
+
+
+def test_a_part_of_another_component(ckpts):
+    d = one_error(ckpts, 'pretrained("clip", part="text_model")')
+    assert (d.code, d.span.col) == ("E210", 54)
+    assert d.message == ("the text_model of a clip checkpoint is a text_transformer "
+                         "(clip_text), not a vit")
+
+
+def test_an_activation_without_counterpart(tmp_path):
+    transformers.ViTConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=4,
+                           intermediate_size=64, hidden_act="gelu_new",
+                           patch_size=8).save_pretrained(tmp_path / "vit_new")
+    d = one_error(tmp_path, 'pretrained("vit_new")')
+    assert d.code == "E210"
+    assert d.message == ('the checkpoint\'s hidden_act is "gelu_new", which vit\'s act has no '
+                         'counterpart for')
+
+
+@pytest.mark.parametrize("modifier,code,message", [
+    ('pretrained()', "E206", "pretrained takes one folder"),
+    ('pretrained("clip", "x")', "E206", "pretrained takes one folder"),
+    ('pretrained("clip", parts="x")', "E206", "pretrained has no setting 'parts'"),
+    ('pretrained(3)', "E206", "pretrained needs a folder as a string"),
+    ('pretrained("clip", part="vision_model") pretrained("clip", part="vision_model")', "E206",
+     "'pretrained' is given twice"),
+])
+def test_bad_modifiers(ckpts, modifier, code, message):
+    d = one_error(ckpts, modifier)
+    assert d.code == code and d.message.startswith(message), d.message
+
+
+def test_shared_layers_do_not_load(ckpts):
+    path = spec(ckpts, """\
+        model m {
+          input image: Image[B, 3, 32, 32]
+          encoder a: vit(pool="cls") pretrained("clip", part="vision_model")
+          encoder b: vit(pool="cls") shared(a) pretrained("clip", part="vision_model")
+          output a(image) as x, b(image) as y
+        }
+        """, "shared.mmg")
+    [d] = check_file(path).errors
+    assert (d.code, d.span.line) == ("E206", 4)
+
+
+def test_check_reads_configs_without_torch(ckpts):
+    path = clip_spec(ckpts)
+    code = ("import sys\n"
+            "from mmgraph.cli import main\n"
+            f"assert main(['check', {str(path)!r}]) == 0\n"
+            "assert 'torch' not in sys.modules, 'mmgraph check imported torch'\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0, proc.stderr
