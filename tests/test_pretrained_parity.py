@@ -131,11 +131,12 @@ model v {
 
 # ---------------------------------------------------------------- Llama (GQA)
 
-def _llama(tied: bool):
+def _llama(tied: bool, eps: float = 1e-6):
     torch.manual_seed(0)
     config = transformers.LlamaConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
                                       num_key_value_heads=2, intermediate_size=48, vocab_size=64,
-                                      max_position_embeddings=64, tie_word_embeddings=tied)
+                                      max_position_embeddings=64, tie_word_embeddings=tied,
+                                      rms_norm_eps=eps)
     return transformers.LlamaForCausalLM(config).eval()
 
 
@@ -143,17 +144,21 @@ LLAMA_SPEC = """
 model lm_only {
   input text: Tokens[B, 10]
   decoder lm: causal_lm(vocab=64, width=32, depth=2, heads=4, kv_heads=2, ffn=48, tied=TIED,
-                        max_len=64)
+                        max_len=64EPS)
   output lm(tokens=text) as logits
 }
 """
 
 
-@pytest.mark.parametrize("hf_tied,spec_tied", [(False, False), (True, True), (True, False)])
-def test_llama_gqa_logits_match_transformers(tmp_path, hf_tied, spec_tied):
-    hf = _llama(hf_tied)
+@pytest.mark.parametrize("hf_tied,spec_tied,eps", [
+    (False, False, None), (True, True, None), (True, False, None),
+    (False, False, 1e-5),  # Llama-2 and Vicuna's rms_norm_eps
+])
+def test_llama_gqa_logits_match_transformers(tmp_path, hf_tied, spec_tied, eps):
+    hf = _llama(hf_tied, eps or 1e-6)
     folder = _save(hf, tmp_path / "llama")
-    spec = _spec(tmp_path, LLAMA_SPEC.replace("TIED", "true" if spec_tied else "false"))
+    spec = _spec(tmp_path, LLAMA_SPEC.replace("TIED", "true" if spec_tied else "false")
+                 .replace("EPS", f", norm_eps={eps}" if eps else ""))
     model, _ = _model(spec, {"lm": (folder, None, "llama")})
     tokens = torch.randint(0, 64, (2, 10))
     with torch.no_grad():
@@ -166,16 +171,15 @@ def test_llama_gqa_logits_match_transformers(tmp_path, hf_tied, spec_tied):
 
 def test_vit_last_hidden_state_matches_transformers(tmp_path):
     torch.manual_seed(0)
-    # mmgraph's vit normalises with LayerNorm's eps 1e-5 (ViT's config says 1e-12)
     config = transformers.ViTConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-                                    intermediate_size=48, image_size=16, patch_size=4,
-                                    layer_norm_eps=1e-5)
+                                    intermediate_size=48, image_size=16, patch_size=4)
+    assert config.layer_norm_eps == 1e-12  # ViT's, where mmgraph's vit defaults to 1e-5
     hf = transformers.ViTModel(config).eval()
     folder = _save(hf, tmp_path / "vit")
     spec = _spec(tmp_path, """
 model v {
   input image: Image[B, 3, 16, 16]
-  encoder vision: vit(patch=4, width=32, depth=2, heads=4, mlp=48)
+  encoder vision: vit(patch=4, width=32, depth=2, heads=4, mlp=48, norm_eps=1e-12)
   output vision(image) as out
 }
 """)

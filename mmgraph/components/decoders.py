@@ -11,6 +11,7 @@ from mmgraph.components.common import (
     Act,
     NonNegInt,
     Norm,
+    PosFloat,
     PosInt,
     check_heads,
     ctx_width,
@@ -48,6 +49,7 @@ class CausalLM(Component):
         max_len: PosInt = 4096
         pos_offset: NonNegInt = 0  # OPT keeps 2 extra learned positions
         rope_theta: float = 10000.0
+        norm_eps: PosFloat | None = None  # the norms' epsilon; 1e-6 (rms), 1e-5 (layer) if None
 
         @model_validator(mode="after")
         def _kv(self):

@@ -11,6 +11,7 @@ from mmgraph.components.common import (
     Act,
     NonNegInt,
     Norm,
+    PosFloat,
     PosInt,
     Prob,
     check_heads,
@@ -55,6 +56,7 @@ class ViT(Component):
         pool: Literal["none", "cls", "mean"] = "none"
         drop_cls: bool = False  # drop the class token from a sequence output
         taps: tuple[int, ...] = ()  # extra outputs `layerK`: the output of block K (1-based)
+        norm_eps: PosFloat | None = None  # the norms' epsilon; 1e-5 (layer), 1e-6 (rms) if None
 
         @model_validator(mode="after")
         def _consistent(self):

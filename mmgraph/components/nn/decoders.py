@@ -18,7 +18,7 @@ class CausalLM(nn.Module):
 
     def __init__(self, *, vocab: int, width: int, depth: int, heads: int, kv_heads: int | None,
                  ffn: int | None, norm: str, pos: str, act: str, bias: bool, tied: bool,
-                 max_len: int, pos_offset: int, rope_theta: float):
+                 max_len: int, pos_offset: int, rope_theta: float, norm_eps: float | None):
         super().__init__()
         self.pos_offset = pos_offset
         self.embed = nn.Embedding(vocab, width)
@@ -26,8 +26,8 @@ class CausalLM(nn.Module):
         self.layers = nn.ModuleList([
             Block(width, heads, mlp=ffn or 4 * width, act=act, norm=norm, causal=True,
                   kv_heads=kv_heads, pos="rope" if pos == "rope" else "none", bias=bias,
-                  rope_theta=rope_theta) for _ in range(depth)])
-        self.norm = make_norm(norm, width)
+                  rope_theta=rope_theta, eps=norm_eps) for _ in range(depth)])
+        self.norm = make_norm(norm, width, norm_eps)
         self.head = None if tied else nn.Linear(width, vocab, bias=False)
         init_linear_like_bert(self)
 

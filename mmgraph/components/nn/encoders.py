@@ -35,7 +35,8 @@ class ViT(nn.Module):
     def __init__(self, *, in_channels: int, grid: tuple[int, int], width: int, depth: int,
                  heads: int, mlp: int | None, act: str, norm: str, dropout: float, patch: int,
                  cls_token: bool, pos: str, pre_norm: bool, post_norm: bool, patch_bias: bool,
-                 select_layer: int, pool: str, drop_cls: bool, taps: tuple[int, ...]):
+                 select_layer: int, pool: str, drop_cls: bool, taps: tuple[int, ...],
+                 norm_eps: float | None):
         super().__init__()
         self.pool, self.drop_cls, self.taps = pool, drop_cls, tuple(taps)
         self.stop = depth + 1 + select_layer if select_layer < 0 else select_layer
@@ -49,10 +50,10 @@ class ViT(nn.Module):
             if cls_token:
                 table = torch.cat([torch.zeros(1, width), table])
             self.register_buffer("pos", table, persistent=False)
-        self.norm_pre = make_norm(norm, width) if pre_norm else None
+        self.norm_pre = make_norm(norm, width, norm_eps) if pre_norm else None
         self.blocks = Blocks(depth, width=width, heads=heads, mlp=mlp, act=act, norm=norm,
-                             dropout=dropout)
-        self.norm_post = make_norm(norm, width) if post_norm else None
+                             dropout=dropout, eps=norm_eps)
+        self.norm_post = make_norm(norm, width, norm_eps) if post_norm else None
         init_linear_like_bert(self)
 
     def forward(self, image):
@@ -170,7 +171,7 @@ class VideoEncoder(nn.Module):
                           heads=heads, mlp=mlp, act=act, norm=norm, dropout=dropout, patch=patch,
                           cls_token=True, pos="learned", pre_norm=False, post_norm=True,
                           patch_bias=True, select_layer=-1, pool=frame_pool, drop_cls=True,
-                          taps=())
+                          taps=(), norm_eps=None)
         self.temporal = nn.Parameter(torch.zeros(max_frames, width))
 
     def forward(self, video):

@@ -44,6 +44,7 @@ class Clip(mm.GeneratedModel):
             pool="cls",
             drop_cls=False,
             taps=(),
+            norm_eps=None,
         )
         self.texter = mm.encoders.TextTransformer(
             width=512,

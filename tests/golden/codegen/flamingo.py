@@ -77,6 +77,7 @@ class Flamingo(mm.GeneratedModel):
             pool="none",
             drop_cls=True,
             taps=(),
+            norm_eps=None,
         )
         mm.freeze(self.vision)
         self.resampler = mm.connectors.PerceiverResampler(

@@ -44,6 +44,7 @@ class Llava(mm.GeneratedModel):
             pool="none",
             drop_cls=True,
             taps=(),
+            norm_eps=None,
         )
         mm.freeze(self.vision)
         self.proj = mm.connectors.MLP(in_width=1024, out=4096, hidden=4096, layers=2, act="gelu", bias=True)
@@ -62,6 +63,7 @@ class Llava(mm.GeneratedModel):
             max_len=4096,
             pos_offset=0,
             rope_theta=10000.0,
+            norm_eps=None,
         )
 
     def forward(self, image, prompt, *, return_losses=False):
