@@ -450,3 +450,27 @@ model tiny_clip {
         txt = hf.get_text_features(input_ids=text)
     assert _diff(ours["img"], getattr(img, "pooler_output", img)) <= TOL
     assert _diff(ours["txt"], getattr(txt, "pooler_output", txt)) <= TOL
+
+
+def test_opt_logits_match_transformers(tmp_path):
+    torch.manual_seed(0)
+    config = transformers.OPTConfig(hidden_size=32, num_hidden_layers=2, ffn_dim=48,
+                                    num_attention_heads=4, vocab_size=64,
+                                    max_position_embeddings=32, word_embed_proj_dim=32)
+    hf = transformers.OPTForCausalLM(config).eval()
+    folder = _save(hf, tmp_path / "opt")
+    spec = _spec(tmp_path, """
+model opt {
+  input text: Tokens[B, 10]
+  decoder lm: causal_lm(vocab=64, width=32, depth=2, heads=4, ffn=48, norm="layer",
+                        pos="learned", act="relu", bias=true, tied=true, max_len=32,
+                        pos_offset=2)
+  output lm(tokens=text) as logits
+}
+""")
+    model, _ = _model(spec, {"lm": (folder, None, "opt")})
+    tokens = torch.randint(3, 64, (2, 10))
+    with torch.no_grad():
+        ours = model(text=tokens)["logits"]
+        theirs = hf(input_ids=tokens).logits
+    assert _diff(ours, theirs) <= TOL
