@@ -321,3 +321,43 @@ def test_check_reads_configs_without_torch(ckpts):
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           timeout=120)
     assert proc.returncode == 0, proc.stderr
+
+
+LM_SPEC = """\
+    model lm {
+      input tokens: Tokens[B, 8]
+      decoder llm: causal_lm() pretrained("%s")
+      output llm(tokens=tokens) as logits
+    }
+    """
+
+
+def test_opt_fills_its_fixed_architecture(tmp_path):
+    transformers.OPTConfig(vocab_size=100, hidden_size=32, num_hidden_layers=2, ffn_dim=64,
+                           num_attention_heads=4, max_position_embeddings=64,
+                           word_embed_proj_dim=32).save_pretrained(tmp_path / "opt")
+    result = check_file(spec(tmp_path, LM_SPEC % "opt"))
+    assert result.ok, errors(result)
+    inst = result.graphs["lm"].instances["llm"]
+    p = inst.params
+    assert (p.vocab, p.width, p.depth, p.heads, p.ffn, p.max_len) == (100, 32, 2, 4, 64, 64)
+    assert (p.norm, p.pos, p.act, p.bias, p.tied, p.pos_offset) == \
+        ("layer", "learned", "relu", True, True, 2)
+    assert inst.pretrained.family == "opt"
+
+
+def test_what_the_component_cannot_express(tmp_path):
+    transformers.OPTConfig(vocab_size=100, hidden_size=32, num_hidden_layers=2, ffn_dim=64,
+                           num_attention_heads=4, max_position_embeddings=64,
+                           word_embed_proj_dim=16).save_pretrained(tmp_path / "opt350")
+    [d] = check_file(spec(tmp_path, LM_SPEC % "opt350")).errors
+    assert (d.code, d.span.line, d.span.col) == ("E210", 3, 39)
+    assert d.message == ("the checkpoint's word_embed_proj_dim is 16, but causal_lm needs "
+                         "hidden_size = 32")
+    transformers.LlamaConfig(vocab_size=50, hidden_size=32, num_hidden_layers=1,
+                             num_attention_heads=4, num_key_value_heads=2, intermediate_size=64,
+                             head_dim=16).save_pretrained(tmp_path / "wide_heads")
+    [d] = check_file(spec(tmp_path, LM_SPEC % "wide_heads")).errors
+    assert d.code == "E210"
+    assert d.message == ("the checkpoint's head_dim is 16, but causal_lm needs "
+                         "hidden_size / num_attention_heads = 8.0")

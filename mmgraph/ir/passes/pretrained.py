@@ -42,6 +42,7 @@ class Family:
     match: tuple[dict, ...]
     params: dict[str, Any]
     fixed: dict[str, Any]
+    requires: dict[str, Any]
 
 
 @cache
@@ -53,7 +54,8 @@ def families() -> dict[str, Family]:
         if "component" not in data:  # a table with tensor names only
             continue
         out[path.stem] = Family(path.stem, data["component"], tuple(data.get("match", ())),
-                                dict(data.get("params", {})), dict(data.get("fixed", {})))
+                                dict(data.get("params", {})), dict(data.get("fixed", {})),
+                                dict(data.get("requires", {})))
     return out
 
 
@@ -201,11 +203,40 @@ def _lookup(config: dict, key: str) -> Any:
     return value
 
 
+def unsupported(family: Family, config: dict, prefix: str, span: Span) -> list[Diagnostic]:
+    """An E210 for each `[config.requires]` entry the checkpoint breaks: what the component
+    cannot express (`do_layer_norm_before = false`, a head size other than width / heads).
+    A key the config leaves out is taken to hold."""
+    out = []
+    for key, rule in family.requires.items():
+        value = _lookup(config, key)
+        if value is _MISSING or value is None:
+            continue
+        if isinstance(rule, dict) and "same_as" in rule:
+            expected, what = _lookup(config, rule["same_as"]), f"{prefix}{rule['same_as']}"
+        elif isinstance(rule, dict) and "ratio" in rule:
+            a, b = (_lookup(config, k) for k in rule["ratio"])
+            ok = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in (a, b))
+            expected = a / b if ok and b else _MISSING
+            what = f"{prefix}{rule['ratio'][0]} / {prefix}{rule['ratio'][1]}"
+        else:
+            expected, what = rule, None
+        if expected is _MISSING or _same(value, expected):
+            continue
+        shown = f"{what} = {shorten(show(expected))}" if what else shorten(show(expected))
+        out.append(Diagnostic(
+            "E210", f"the checkpoint's {prefix}{key} is {shorten(show(value))}, but "
+                    f"{family.component} needs {shown}", span,
+            hint=f"mmgraph's {family.component} cannot express this checkpoint; a wrapped "
+                 "transformers model can"))
+    return out
+
+
 def values(family: Family, config: dict, prefix: str, span: Span
            ) -> dict[str, tuple[Any, str]]:
     """Each parameter the config sets, with the config key it comes from."""
     out = {}
-    problems = []
+    problems = unsupported(family, config, prefix, span)
     for param, rule in family.params.items():
         rule = rule if isinstance(rule, dict) else {"key": rule}
         keys = rule["key"] if isinstance(rule["key"], list) else [rule["key"]]
