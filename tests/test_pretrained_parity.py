@@ -474,3 +474,45 @@ model opt {
         ours = model(text=tokens)["logits"]
         theirs = hf(input_ids=tokens).logits
     assert _diff(ours, theirs) <= TOL
+
+
+# ---------------------------------------------------------------- a composed LLaVA
+
+LLAVA_SPEC = """
+model tiny_llava {
+  input image: Image[B, 3, 16, 16]
+  input text: Tokens[B, 8]
+  encoder vision: vit(patch=4, width=32, depth=2, heads=4, mlp=48, act="quick_gelu",
+                      pre_norm=true, patch_bias=false, select_layer=-2, drop_cls=true)
+  connector proj: mlp(out=32, layers=2, act="gelu")
+  decoder lm: causal_lm(vocab=80, width=32, depth=2, heads=4, kv_heads=2, ffn=48, max_len=64)
+  output lm(prefix=proj(vision(image)), tokens=text) as logits
+}
+"""
+
+
+def test_llava_composed_from_its_parts_matches_transformers(tmp_path):
+    """Vision tower (penultimate layer, class token dropped), projector and GQA language model
+    of one LlavaForConditionalGeneration folder, each part through its own table."""
+    T = transformers
+    torch.manual_seed(0)
+    vision = T.CLIPVisionConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                                intermediate_size=48, image_size=16, patch_size=4)
+    text = T.LlamaConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                         num_key_value_heads=2, intermediate_size=48, vocab_size=80,
+                         max_position_embeddings=64)
+    hf = T.LlavaForConditionalGeneration(T.LlavaConfig(
+        vision_config=vision, text_config=text, image_token_index=79)).eval()
+    folder = _save(hf, tmp_path / "llava")
+    model, _ = _model(_spec(tmp_path, LLAVA_SPEC), {
+        "vision": (folder, "vision_tower", "clip_vision"),
+        "proj": (folder, "multi_modal_projector", "llava_projector"),
+        "lm": (folder, "language_model", "llama")})
+    image = torch.randn(2, 3, 16, 16)
+    prompt = torch.randint(0, 79, (2, 8))
+    ids = torch.cat([torch.full((2, 16), 79), prompt], dim=1)  # one token per patch first
+    with torch.no_grad():
+        ours = model(image=image, text=prompt)["logits"]
+        theirs = hf(input_ids=ids, pixel_values=image).logits
+    assert ours.shape == theirs.shape
+    assert _diff(ours, theirs) <= TOL
