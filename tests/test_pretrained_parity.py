@@ -516,3 +516,28 @@ def test_llava_composed_from_its_parts_matches_transformers(tmp_path):
         theirs = hf(input_ids=ids, pixel_values=image).logits
     assert ours.shape == theirs.shape
     assert _diff(ours, theirs) <= TOL
+
+
+def test_whisper_encoder_matches_transformers(tmp_path):
+    torch.manual_seed(0)
+    config = transformers.WhisperConfig(
+        d_model=32, encoder_layers=2, decoder_layers=1, encoder_attention_heads=4,
+        decoder_attention_heads=4, encoder_ffn_dim=48, decoder_ffn_dim=48, num_mel_bins=8,
+        max_source_positions=16, vocab_size=64, max_target_positions=16, pad_token_id=1,
+        bos_token_id=1, eos_token_id=2, decoder_start_token_id=1)
+    hf = transformers.WhisperModel(config).eval()
+    folder = _save(hf, tmp_path / "whisper")
+    spec = _spec(tmp_path, """
+model w {
+  input mel: Mel[B, 8, 32]
+  encoder enc: audio_encoder(width=32, depth=2, heads=4, mlp=48, mels=8, max_frames=32)
+  output enc(mel) as out
+}
+""")
+    model, _ = _model(spec, {"enc": (folder, "encoder", "whisper_encoder")})
+    assert not model.enc.blocks.layers[1].attn.k.bias.any()
+    mel = torch.randn(2, 8, 32)
+    with torch.no_grad():
+        ours = model(mel=mel)["out"]
+        theirs = hf.encoder(input_features=mel).last_hidden_state
+    assert _diff(ours, theirs) <= TOL

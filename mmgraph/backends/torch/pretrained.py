@@ -12,6 +12,7 @@ the checkpoint's, with `{i}` for a layer index:
     "blocks.layers.{i}.attn.q.weight" = "encoder.layers.{i}.self_attn.q_proj.weight"
     "cls" = { from = "embeddings.cls_token", reshape = true }
     "head.weight" = { from = "lm_head.weight", tied = "model.embed_tokens.weight" }
+    "blocks.layers.{i}.attn.k.bias" = { zeros = true }   # Whisper's keys have no bias
 
 Only safetensors are read (`model.safetensors` or a sharded `model.safetensors.index.json`):
 nothing is unpickled. Every missing, unexpected or mis-shaped tensor is named; the tensors
@@ -45,7 +46,7 @@ class PretrainedError(UserError):
 @dataclass(frozen=True)
 class Rule:
     ours: str  # our parameter name inside the declaration, may hold {i}
-    theirs: str  # the checkpoint's name below the root, may hold {i}
+    theirs: str | None  # the checkpoint's name below the root, may hold {i}; None: zeros
     reshape: bool = False  # same elements, another shape (ViT's [1, 1, D] class token)
     tied: str | None = None  # where the tensor is when the checkpoint ties it away
 
@@ -73,6 +74,8 @@ def table(family: str) -> Table:
     for ours, spec in data["names"].items():
         if isinstance(spec, str):
             rules.append(Rule(ours, spec))
+        elif spec.get("zeros"):
+            rules.append(Rule(ours, None))
         else:
             rules.append(Rule(ours, spec["from"], bool(spec.get("reshape", False)),
                               spec.get("tied")))
@@ -163,7 +166,7 @@ def _prefix(ckpt: Checkpoint, t: Table, pre: Pretrained) -> str:
     which one of its tensors is found."""
     base = f"{pre.part}." if pre.part else ""
     names = set(ckpt.names())
-    anchors = [r.theirs.replace("{i}", "0") for r in t.rules]
+    anchors = [r.theirs.replace("{i}", "0") for r in t.rules if r.theirs]
     for root in t.roots:
         if any(base + root + a in names for a in anchors):
             return base + root
@@ -184,13 +187,18 @@ def load_part(module: torch.nn.Module, layer: str, pre: Pretrained,
     report = Report(layer, str(pre.path), prefix)
     ours = module.state_dict(keep_vars=True)
     theirs = {n[len(prefix):]: n for n in ckpt.names() if n.startswith(prefix)}
-    compiled = [(r, _regex(r.ours), _regex(r.theirs)) for r in t.rules]
+    compiled = [(r, _regex(r.ours), _regex(r.theirs)) for r in t.rules if r.theirs]
+    zeros = [_regex(r.ours) for r in t.rules if not r.theirs]
 
     plan: dict[str, tuple[str, Rule]] = {}  # our name -> (their full name, rule)
+    zeroed: list[str] = []  # ours that the architecture has and the checkpoint lacks: zeros
     missing, unmapped, misshaped = [], [], []
     for name in ours:
         if name.rsplit(".", 1)[-1] in ADAPTERS:
             continue  # lora(...)'s own weights start as the modifier makes them
+        if any(rx.match(name) for rx in zeros):
+            zeroed.append(name)
+            continue
         for rule, rx, _ in compiled:
             m = rx.match(name)
             if m:
@@ -246,6 +254,8 @@ def load_part(module: torch.nn.Module, layer: str, pre: Pretrained,
             target = ours[name]
             target.copy_(ckpt.get(full).reshape(target.shape))  # copy_ casts dtype and device
             report.loaded += 1
+        for name in zeroed:
+            ours[name].zero_()
     if report.ignored:
         warnings.warn(f"{where}: not used by mmgraph: {_list(report.ignored)}", stacklevel=2)
     return report
