@@ -361,3 +361,75 @@ def test_what_the_component_cannot_express(tmp_path):
     assert d.code == "E210"
     assert d.message == ("the checkpoint's head_dim is 16, but causal_lm needs "
                          "hidden_size / num_attention_heads = 8.0")
+
+
+def test_whisper_encoder_and_blip2_qformer(tmp_path):
+    transformers.WhisperConfig(
+        vocab_size=100, d_model=32, encoder_layers=2, encoder_attention_heads=4,
+        encoder_ffn_dim=64, decoder_layers=1, decoder_attention_heads=4, decoder_ffn_dim=64,
+        num_mel_bins=16, max_source_positions=50,
+        max_target_positions=20).save_pretrained(tmp_path / "whisper")
+    transformers.Blip2Config(
+        vision_config=dict(hidden_size=32, num_hidden_layers=1, num_attention_heads=4,
+                           intermediate_size=64, image_size=32, patch_size=8),
+        qformer_config=dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                            intermediate_size=64, encoder_hidden_size=32, vocab_size=100),
+        text_config=dict(model_type="opt", vocab_size=100, hidden_size=32, num_hidden_layers=1,
+                         ffn_dim=64, num_attention_heads=4, word_embed_proj_dim=32),
+        num_query_tokens=8).save_pretrained(tmp_path / "blip2")
+    result = check_file(spec(tmp_path, """\
+        model m {
+          input mel: Mel[B, 16, 100]
+          input feats: Seq[B, 17, 32]
+          encoder audio: audio_encoder() pretrained("whisper", part="encoder")
+          connector q: qformer(kv_width=32) pretrained("blip2", part="qformer")
+          output audio(mel) as a, q(feats) as z
+        }
+        """))
+    assert result.ok, errors(result)
+    g = result.graphs["m"]
+    a, q = g.instances["audio"].params, g.instances["q"].params
+    assert (a.width, a.depth, a.heads, a.mlp, a.mels, a.max_frames) == (32, 2, 4, 64, 16, 100)
+    assert (q.queries, q.width, q.depth, q.heads, q.mlp, q.cross_every, q.kv_width, q.vocab) == \
+        (8, 32, 2, 4, 64, 2, 32, 0)
+    assert (g.instances["audio"].pretrained.family, g.instances["q"].pretrained.family) == \
+        ("whisper_encoder", "blip2_qformer")
+    result = check_file(spec(tmp_path, """\
+        model m {
+          input feats: Seq[B, 17, 32]
+          connector q: qformer(queries=4, kv_width=32) pretrained("blip2", part="qformer")
+          output q(feats) as z
+        }
+        """, "q.mmg"))
+    [d] = result.errors
+    assert (d.code, d.span.line, d.span.col) == ("E209", 3, 32)
+    assert d.message == ("q: queries = 4 in the spec, but the checkpoint has "
+                         "num_query_tokens = 8 (blip2/config.json)")
+
+
+def test_llava_parts(tmp_path):
+    transformers.LlavaConfig(
+        vision_config=dict(model_type="clip_vision_model", hidden_size=32, num_hidden_layers=2,
+                           num_attention_heads=4, intermediate_size=64, image_size=32,
+                           patch_size=8),
+        text_config=dict(model_type="llama", vocab_size=120, hidden_size=48, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2,
+                         intermediate_size=96)).save_pretrained(tmp_path / "llava")
+    result = check_file(spec(tmp_path, """\
+        model m {
+          input image: Image[B, 3, 32, 32]
+          input prompt: Tokens[B, 8]
+          encoder vision: vit(select_layer=-2) pretrained("llava", part="vision_tower")
+          connector proj: mlp() pretrained("llava", part="multi_modal_projector")
+          decoder llm: causal_lm() pretrained("llava", part="language_model")
+          output llm(prefix=proj(vision(image)), tokens=prompt) as logits
+        }
+        """))
+    assert result.ok, errors(result)
+    g = result.graphs["m"]
+    v, p, lm = (g.instances[n].params for n in ("vision", "proj", "llm"))
+    assert (v.width, v.patch, v.pre_norm) == (32, 8, True)
+    assert (p.input, p.hidden, p.out, p.layers, p.act, p.bias) == (32, 48, 48, 2, "gelu", True)
+    assert (lm.vocab, lm.width, lm.kv_heads) == (120, 48, 2)
+    assert [g.instances[n].pretrained.family for n in ("vision", "proj", "llm")] == \
+        ["clip_vision", "llava_projector", "llama"]

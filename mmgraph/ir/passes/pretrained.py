@@ -232,39 +232,53 @@ def unsupported(family: Family, config: dict, prefix: str, span: Span) -> list[D
     return out
 
 
-def values(family: Family, config: dict, prefix: str, span: Span
+def values(family: Family, config: dict, prefix: str, span: Span, root: dict | None = None
            ) -> dict[str, tuple[Any, str]]:
-    """Each parameter the config sets, with the config key it comes from."""
+    """Each parameter the config sets, with the config key it comes from. A key starting with
+    `/` is read from the whole config.json rather than the part's sub-config."""
+    root = config if root is None else root
+
+    def lookup(key: str) -> tuple[Any, str]:
+        if key.startswith("/"):
+            return _lookup(root, key[1:]), key[1:]
+        return _lookup(config, key), prefix + key
+
     out = {}
     problems = unsupported(family, config, prefix, span)
     for param, rule in family.params.items():
         rule = rule if isinstance(rule, dict) else {"key": rule}
         keys = rule["key"] if isinstance(rule["key"], list) else [rule["key"]]
-        value, used = _MISSING, keys[0]
+        value, used = _MISSING, lookup(keys[0])[1]
         for key in keys:
-            value = _lookup(config, key)
+            value, label = lookup(key)
             if value is not _MISSING:
-                used = key
+                used = label
                 break
         if value is _MISSING or value is None:
             if "default_key" in rule:
-                used = rule["default_key"]
-                value = _lookup(config, used)
+                value, used = lookup(rule["default_key"])
             elif "default" in rule:
                 value = rule["default"]
         if value is _MISSING or value is None:
             continue
+        if "times" in rule:  # e.g. Whisper's frames: twice its max_source_positions
+            if not isinstance(value, int) or isinstance(value, bool):
+                problems.append(Diagnostic(
+                    "E210", f"the checkpoint's {used} is {shorten(show(value))}, not an "
+                            "integer", span))
+                continue
+            value, used = value * rule["times"], f"{used} * {rule['times']}"
         if "values" in rule:
             mapped = rule["values"].get(value) if isinstance(value, str) else None
             if mapped is None:
                 problems.append(Diagnostic(
-                    "E210", f"the checkpoint's {prefix}{used} is {shorten(show(value))}, which "
+                    "E210", f"the checkpoint's {used} is {shorten(show(value))}, which "
                             f"{family.component}'s {param} has no counterpart for", span,
                     hint=f"mmgraph reads {used} = "
                          f"{', '.join(show(v) for v in rule['values'])}"))
                 continue
             value = mapped
-        out[param] = (value, prefix + used)
+        out[param] = (value, used)
     if problems:
         raise SpecError(problems)
     return out
@@ -279,7 +293,7 @@ def bind(m: ast.Modifier, component: str, consts: dict[str, Any],
     config = read_config(folder, path_span)
     family, sub, prefix = select(config, part, component, path_span, part_span, m.span)
     return Bound(Pretrained(str(folder), part, family.name, m.span),
-                 values(family, sub, prefix, path_span), dict(family.fixed),
+                 values(family, sub, prefix, path_span, config), dict(family.fixed),
                  f"{folder.name}/config.json")
 
 
