@@ -541,3 +541,25 @@ model w {
         ours = model(mel=mel)["out"]
         theirs = hf.encoder(input_features=mel).last_hidden_state
     assert _diff(ours, theirs) <= TOL
+
+
+def test_qwen2_biases_on_q_k_v_only_match_transformers(tmp_path):
+    torch.manual_seed(0)
+    config = transformers.Qwen2Config(hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                                      num_key_value_heads=2, intermediate_size=48,
+                                      vocab_size=64, max_position_embeddings=64)
+    hf = transformers.Qwen2ForCausalLM(config).eval()
+    with torch.no_grad():  # transformers initialises biases at zero: make them count
+        for layer in hf.model.layers:
+            for proj in (layer.self_attn.q_proj, layer.self_attn.k_proj, layer.self_attn.v_proj):
+                proj.bias.normal_(0, 0.5)
+    folder = _save(hf, tmp_path / "qwen2")
+    spec = _spec(tmp_path, LLAMA_SPEC.replace("TIED", "false").replace("EPS", ", bias=true"))
+    model, _ = _model(spec, {"lm": (folder, None, "llama")})
+    assert model.lm.layers[0].attn.q.bias.abs().sum() > 0
+    assert not model.lm.layers[0].attn.o.bias.any()
+    tokens = torch.randint(0, 64, (2, 10))
+    with torch.no_grad():
+        ours = model(text=tokens)["logits"]
+        theirs = hf(input_ids=tokens).logits
+    assert _diff(ours, theirs) <= TOL

@@ -13,6 +13,7 @@ the checkpoint's, with `{i}` for a layer index:
     "cls" = { from = "embeddings.cls_token", reshape = true }
     "head.weight" = { from = "lm_head.weight", tied = "model.embed_tokens.weight" }
     "blocks.layers.{i}.attn.k.bias" = { zeros = true }   # Whisper's keys have no bias
+    "layers.{i}.attn.o.bias" = { from = "...o_proj.bias", absent = "zeros" }  # Qwen2 has none
 
 Only safetensors are read (`model.safetensors` or a sharded `model.safetensors.index.json`):
 nothing is unpickled. Every missing, unexpected or mis-shaped tensor is named; the tensors
@@ -49,6 +50,7 @@ class Rule:
     theirs: str | None  # the checkpoint's name below the root, may hold {i}; None: zeros
     reshape: bool = False  # same elements, another shape (ViT's [1, 1, D] class token)
     tied: str | None = None  # where the tensor is when the checkpoint ties it away
+    zeros_if_absent: bool = False  # a bias some checkpoints of the family have, some not
 
 
 @dataclass(frozen=True)
@@ -77,8 +79,11 @@ def table(family: str) -> Table:
         elif spec.get("zeros"):
             rules.append(Rule(ours, None))
         else:
+            absent = spec.get("absent")
+            if absent not in (None, "zeros"):
+                raise PretrainedError(f"{path}: {ours}: absent = {absent!r} (only \"zeros\")")
             rules.append(Rule(ours, spec["from"], bool(spec.get("reshape", False)),
-                              spec.get("tied")))
+                              spec.get("tied"), absent == "zeros"))
     tied = {r.theirs: r.tied for r in rules if r.tied}
     return Table(family, tuple(data.get("roots", [""])), tuple(data.get("ignore", [])),
                  tuple(rules), tied)
@@ -207,6 +212,8 @@ def load_part(module: torch.nn.Module, layer: str, pre: Pretrained,
                     src = _fill(rule.tied, m)
                 if src in theirs:
                     plan[name] = (theirs[src], rule)
+                elif rule.zeros_if_absent:
+                    zeroed.append(name)
                 else:
                     missing.append(f"{prefix}{src} (for {layer}.{name})")
                 break
