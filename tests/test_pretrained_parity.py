@@ -563,3 +563,14 @@ def test_qwen2_biases_on_q_k_v_only_match_transformers(tmp_path):
         ours = model(text=tokens)["logits"]
         theirs = hf(input_ids=tokens).logits
     assert _diff(ours, theirs) <= TOL
+
+
+def test_an_untied_head_outside_the_part_is_not_replaced_by_the_embeddings(tmp_path):
+    hf = _llama(False)
+    folder = _save(hf, tmp_path / "llama")
+    moved = _rewrite(folder, tmp_path / "moved", lambda t: t.update(
+        {("lm." + k if k.startswith("model.") else k): t.pop(k) for k in list(t)}))
+    spec = _spec(tmp_path, LLAMA_SPEC.replace("TIED", "false").replace("EPS", ""))
+    with pytest.raises(PretrainedError) as err:
+        _model(spec, {"lm": (moved, "lm", "llama")})
+    assert "lm.lm_head.weight" in str(err.value) and "not taken as tied" in str(err.value)

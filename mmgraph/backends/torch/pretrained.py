@@ -208,14 +208,20 @@ def load_part(module: torch.nn.Module, layer: str, pre: Pretrained,
             m = rx.match(name)
             if m:
                 src = _fill(rule.theirs, m)
+                note = ""
                 if src not in theirs and rule.tied:
-                    src = _fill(rule.tied, m)
+                    # tied away, unless the checkpoint keeps this tensor outside the part
+                    elsewhere = [n for n in ckpt.names() if n.endswith(src)]
+                    if elsewhere:
+                        note = f"; {elsewhere[0]} is outside it, not taken as tied"
+                    else:
+                        src = _fill(rule.tied, m)
                 if src in theirs:
                     plan[name] = (theirs[src], rule)
                 elif rule.zeros_if_absent:
                     zeroed.append(name)
                 else:
-                    missing.append(f"{prefix}{src} (for {layer}.{name})")
+                    missing.append(f"{prefix}{src} (for {layer}.{name}{note})")
                 break
         else:
             unmapped.append(f"{layer}.{name}")
