@@ -574,3 +574,40 @@ def test_an_untied_head_outside_the_part_is_not_replaced_by_the_embeddings(tmp_p
     with pytest.raises(PretrainedError) as err:
         _model(spec, {"lm": (moved, "lm", "llama")})
     assert "lm.lm_head.weight" in str(err.value) and "not taken as tied" in str(err.value)
+
+
+def test_blip2_qformer_matches_transformers(tmp_path):
+    """BLIP-2's Q-Former (part "qformer", its query tokens from the checkpoint's top) over
+    the same image features as transformers' Q-Former."""
+    T = transformers
+    torch.manual_seed(0)
+    config = T.Blip2Config(
+        vision_config=dict(hidden_size=24, num_hidden_layers=1, num_attention_heads=4,
+                           intermediate_size=32, image_size=16, patch_size=4),
+        qformer_config=dict(hidden_size=32, num_hidden_layers=3, num_attention_heads=4,
+                            intermediate_size=48, encoder_hidden_size=24,
+                            cross_attention_frequency=2, vocab_size=64,
+                            max_position_embeddings=16),
+        text_config=dict(model_type="opt", hidden_size=32, num_hidden_layers=1, ffn_dim=48,
+                         num_attention_heads=4, vocab_size=64, max_position_embeddings=32,
+                         word_embed_proj_dim=32, pad_token_id=1, bos_token_id=2,
+                         eos_token_id=2),
+        num_query_tokens=6)
+    hf = T.Blip2Model(config).eval()
+    with torch.no_grad():
+        hf.query_tokens.normal_()
+    folder = _save(hf, tmp_path / "blip2")
+    spec = _spec(tmp_path, """
+model q {
+  input feats: Seq[B, 17, 24]
+  connector qf: qformer(queries=6, width=32, depth=3, heads=4, mlp=48, cross_every=2)
+  output qf(feats) as out
+}
+""")
+    model, _ = _model(spec, {"qf": (folder, "qformer", "blip2_qformer")})
+    feats = torch.randn(2, 17, 24)
+    with torch.no_grad():
+        ours = model(feats=feats)["out"]
+        theirs = hf.qformer(query_embeds=hf.query_tokens.expand(2, -1, -1),
+                            encoder_hidden_states=feats).last_hidden_state
+    assert _diff(ours, theirs) <= TOL

@@ -12,6 +12,7 @@ the checkpoint's, with `{i}` for a layer index:
     "blocks.layers.{i}.attn.q.weight" = "encoder.layers.{i}.self_attn.q_proj.weight"
     "cls" = { from = "embeddings.cls_token", reshape = true }
     "head.weight" = { from = "lm_head.weight", tied = "model.embed_tokens.weight" }
+    "queries" = { from = "/query_tokens", reshape = true }   # "/": outside the part
     "blocks.layers.{i}.attn.k.bias" = { zeros = true }   # Whisper's keys have no bias
     "layers.{i}.attn.o.bias" = { from = "...o_proj.bias", absent = "zeros" }  # Qwen2 has none
 
@@ -171,7 +172,8 @@ def _prefix(ckpt: Checkpoint, t: Table, pre: Pretrained) -> str:
     which one of its tensors is found."""
     base = f"{pre.part}." if pre.part else ""
     names = set(ckpt.names())
-    anchors = [r.theirs.replace("{i}", "0") for r in t.rules if r.theirs]
+    anchors = [r.theirs.replace("{i}", "0") for r in t.rules
+               if r.theirs and not r.theirs.startswith("/")]
     for root in t.roots:
         if any(base + root + a in names for a in anchors):
             return base + root
@@ -216,12 +218,15 @@ def load_part(module: torch.nn.Module, layer: str, pre: Pretrained,
                         note = f"; {elsewhere[0]} is outside it, not taken as tied"
                     else:
                         src = _fill(rule.tied, m)
-                if src in theirs:
+                if src.startswith("/") and src[1:] in ckpt.where:
+                    plan[name] = (src[1:], rule)  # outside the part: from the checkpoint's top
+                elif src in theirs:
                     plan[name] = (theirs[src], rule)
                 elif rule.zeros_if_absent:
                     zeroed.append(name)
                 else:
-                    missing.append(f"{prefix}{src} (for {layer}.{name}{note})")
+                    where = src[1:] if src.startswith("/") else prefix + src
+                    missing.append(f"{where} (for {layer}.{name}{note})")
                 break
         else:
             unmapped.append(f"{layer}.{name}")
