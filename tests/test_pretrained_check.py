@@ -433,3 +433,17 @@ def test_llava_parts(tmp_path):
     assert (lm.vocab, lm.width, lm.kv_heads) == (120, 48, 2)
     assert [g.instances[n].pretrained.family for n in ("vision", "proj", "llm")] == \
         ["clip_vision", "llava_projector", "llama"]
+
+
+def test_qwen2_takes_attention_biases(tmp_path):
+    transformers.Qwen2Config(hidden_size=32, num_hidden_layers=1, num_attention_heads=4,
+                             num_key_value_heads=2, intermediate_size=64,
+                             vocab_size=50).save_pretrained(tmp_path / "qwen2")
+    result = check_file(spec(tmp_path, LM_SPEC % "qwen2"))
+    assert result.ok, errors(result)
+    inst = result.graphs["lm"].instances["llm"]
+    assert inst.params.bias is True and inst.params.kv_heads == 2
+    assert inst.pretrained.family == "llama"
+    [d] = check_file(spec(tmp_path, (LM_SPEC % "qwen2").replace("causal_lm()",
+                                                                "causal_lm(bias=false)"))).errors
+    assert d.code == "E209" and "a llama checkpoint needs bias = true" in d.message

@@ -151,9 +151,10 @@ def read_config(folder: Path, span: Span) -> dict:
 # ---------------------------------------------------------------- which family
 
 def select(config: dict, part: str | None, component: str, path_span: Span,
-           part_span: Span | None, mod_span: Span) -> tuple[Family, dict, str]:
+           part_span: Span | None, mod_span: Span) -> tuple[Family, dict, str, dict]:
     """The family reading this checkpoint's part as this component, the (sub-)config holding
-    its keys, and the prefix of those keys in config.json ('' or e.g. 'vision_config.')."""
+    its keys, the prefix of those keys in config.json ('' or e.g. 'vision_config.'), and the
+    parameters this kind of checkpoint fixes beyond the family's (the match's `fixed`)."""
     model_type = config.get("model_type")
     matches = [(f, m) for f in families().values() for m in f.match
                if m.get("model_type") == model_type]
@@ -183,12 +184,13 @@ def select(config: dict, part: str | None, component: str, path_span: Span,
                     hint=f"declare this layer as {f.component}(...)")
     family, m = fitting[0]
     section = m.get("section")
+    fixed = dict(m.get("fixed", {}))
     if not section:
-        return family, config, ""
+        return family, config, "", fixed
     sub = config.get(section)
     if not isinstance(sub, dict):
         raise error("E210", f"the checkpoint's config.json has no {section} object", path_span)
-    return family, sub, f"{section}."
+    return family, sub, f"{section}.", fixed
 
 
 _MISSING = object()
@@ -291,10 +293,11 @@ def bind(m: ast.Modifier, component: str, consts: dict[str, Any],
     """Read the checkpoint a `pretrained(...)` modifier names, for a layer of `component`."""
     folder, path_span, part, part_span = arguments(m, consts, overrides)
     config = read_config(folder, path_span)
-    family, sub, prefix = select(config, part, component, path_span, part_span, m.span)
-    return Bound(Pretrained(str(folder), part, family.name, m.span),
-                 values(family, sub, prefix, path_span, config), dict(family.fixed),
-                 f"{folder.name}/config.json")
+    family, sub, prefix, fixed = select(config, part, component, path_span, part_span, m.span)
+    read = {k: v for k, v in values(family, sub, prefix, path_span, config).items()
+            if k not in fixed}
+    return Bound(Pretrained(str(folder), part, family.name, m.span), read,
+                 {**family.fixed, **fixed}, f"{folder.name}/config.json")
 
 
 def literal(value: Any, span: Span) -> ast.Expr:
