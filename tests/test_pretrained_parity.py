@@ -611,3 +611,29 @@ model q {
         theirs = hf.qformer(query_embeds=hf.query_tokens.expand(2, -1, -1),
                             encoder_hidden_states=feats).last_hidden_state
     assert _diff(ours, theirs) <= TOL
+
+
+def test_siglip_vision_last_hidden_state_matches_transformers(tmp_path):
+    torch.manual_seed(0)
+    config = transformers.SiglipVisionConfig(hidden_size=32, num_hidden_layers=2,
+                                             num_attention_heads=4, intermediate_size=48,
+                                             image_size=16, patch_size=4)
+    hf = transformers.SiglipVisionModel(config).eval()
+    folder = _save(hf, tmp_path / "siglip")
+    spec = _spec(tmp_path, """
+model s {
+  input image: Image[B, 3, 16, 16]
+  encoder vision: vit(patch=4, width=32, depth=2, heads=4, mlp=48, act="gelu_tanh",
+                      cls_token=false, norm_eps=1e-6)
+  output vision(image) as out
+}
+""")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        model, _ = _model(spec, {"vision": (folder, None, "siglip_vision")})
+    assert any("head.probe" in str(w.message) for w in caught)
+    image = torch.randn(2, 3, 16, 16)
+    with torch.no_grad():
+        ours = model(image=image)["out"]
+        theirs = hf(pixel_values=image).last_hidden_state
+    assert _diff(ours, theirs) <= TOL

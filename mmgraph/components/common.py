@@ -14,7 +14,7 @@ PosInt = Annotated[int, Field(gt=0)]
 NonNegInt = Annotated[int, Field(ge=0)]
 Prob = Annotated[float, Field(ge=0.0, le=1.0)]
 PosFloat = Annotated[float, Field(gt=0.0)]
-Act = Literal["gelu", "quick_gelu", "relu", "silu", "swiglu", "geglu", "tanh"]
+Act = Literal["gelu", "gelu_tanh", "quick_gelu", "relu", "silu", "swiglu", "geglu", "tanh"]
 Norm = Literal["layer", "rms"]
 Pos = Literal["none", "rope", "alibi"]  # positions applied inside attention
 

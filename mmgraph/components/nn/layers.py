@@ -42,7 +42,8 @@ class QuickGELU(nn.Module):
 
 
 def make_act(name: str) -> nn.Module:
-    return {"gelu": nn.GELU(), "quick_gelu": QuickGELU(), "relu": nn.ReLU(), "silu": nn.SiLU(),
+    return {"gelu": nn.GELU(), "gelu_tanh": nn.GELU(approximate="tanh"),  # SigLIP's, GPT-2's
+            "quick_gelu": QuickGELU(), "relu": nn.ReLU(), "silu": nn.SiLU(),
             "tanh": nn.Tanh()}[name]
 
 
