@@ -637,3 +637,28 @@ model s {
         ours = model(image=image)["out"]
         theirs = hf(pixel_values=image).last_hidden_state
     assert _diff(ours, theirs) <= TOL
+
+
+def test_a_llama_declared_by_its_folder_alone_loads_with_parity(tmp_path):
+    """causal_lm() pretrained("llama"): check fills every size (GQA heads, the head's tying,
+    the norms' epsilon) from config.json and the loader takes the weights."""
+    from mmgraph.build import load
+
+    torch.manual_seed(0)
+    config = transformers.LlamaConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                                      num_key_value_heads=2, intermediate_size=48, vocab_size=64,
+                                      max_position_embeddings=64, rms_norm_eps=1e-5)
+    hf = transformers.LlamaForCausalLM(config).eval()
+    _save(hf, tmp_path / "llama")
+    spec = _spec(tmp_path, """
+model lm_only {
+  input text: Tokens[B, 10]
+  decoder lm: causal_lm() pretrained("llama")
+  output lm(tokens=text) as logits
+}
+""")
+    model = load(spec).eval()
+    assert model.lm.layers[0].attn.kv_heads == 2
+    tokens = torch.randint(0, 64, (2, 10))
+    with torch.no_grad():
+        assert _diff(model(text=tokens)["logits"], hf(input_ids=tokens).logits) <= TOL
