@@ -100,8 +100,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("eval", help="evaluate a trained spec (zero-shot, accuracy, perplexity)")
     p.add_argument("spec", metavar="SPEC")
-    p.add_argument("--checkpoint", required=True, metavar="DIR",
-                   help="a run directory or one checkpoint folder")
+    p.add_argument("--checkpoint", metavar="DIR",
+                   help="a run directory or one checkpoint folder (without it: the weights of "
+                   "the spec's pretrained(...) parts)")
     p.add_argument("--data", default="digits", metavar="NAME|PATH")
     p.add_argument("--split", default="test")
     p.add_argument("--tokenizer", metavar="byte|DIR")
@@ -354,13 +355,13 @@ def cmd_eval(args) -> int:
     source = open_source(args.data, args.split, allow_outside=args.allow_outside_data)
     dataset = SpecDataset(source, g, tok, _dims(args.dims))
     results = evaluate(model, g, source, dataset, tok)
-    results = {"model": g.name, "checkpoint": str(path), "data": args.data,
+    results = {"model": g.name, "checkpoint": str(path) if path else None, "data": args.data,
                "split": args.split, **results}
     if args.json:
         print(write_json(results))
     else:
-        print(f"{g.name} from {path} on {args.data}/{args.split} ({results['examples']} "
-              "examples)")
+        print(f"{g.name} from {path or 'its pretrained parts'} on {args.data}/{args.split} "
+              f"({results['examples']} examples)")
         for line in headline(results):
             print("  " + line)
     return EXIT_OK

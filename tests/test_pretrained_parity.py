@@ -662,3 +662,21 @@ model lm_only {
     tokens = torch.randint(0, 64, (2, 10))
     with torch.no_grad():
         assert _diff(model(text=tokens)["logits"], hf(input_ids=tokens).logits) <= TOL
+
+
+def test_eval_without_a_checkpoint_takes_the_pretrained_parts(clip, tmp_path, monkeypatch,
+                                                              capsys):
+    from mmgraph.cli import main
+    from mmgraph.train.run import load_trained
+
+    hf, folder = clip
+    spec = _vision_spec(tmp_path)
+    assert main(["eval", str(spec)]) == 2  # no pretrained part: random weights refused
+    assert "give --checkpoint" in capsys.readouterr().err
+    _pretend_pretrained(monkeypatch, folder)
+    model, _, path = load_trained(spec, None)
+    assert path is None and not model.training
+    image = torch.randn(2, 3, 16, 16)
+    with torch.no_grad():
+        theirs = hf.vision_model(pixel_values=image).pooler_output
+        assert _diff(model(image=image)["out"], theirs) <= TOL

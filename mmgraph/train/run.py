@@ -12,6 +12,7 @@ import torch
 from pydantic import ValidationError
 
 from mmgraph.backends.torch import weights
+from mmgraph.backends.torch.pretrained import has_pretrained
 from mmgraph.build import instantiate, load_class
 from mmgraph.errors import UsageError, UserError
 from mmgraph.ir.settings import TrainSettings
@@ -169,10 +170,16 @@ def report_skipped(problems: list[str]) -> None:
         print(f"  ... and {len(problems) - SKIPPED_SHOWN} more", file=sys.stderr)
 
 
-def load_trained(spec: str | Path, checkpoint: str | Path, overrides: dict | None = None,
+def load_trained(spec: str | Path, checkpoint: str | Path | None, overrides: dict | None = None,
                  model_name: str | None = None, lib_dirs=()):
-    """The spec's model with a checkpoint's weights (refused when they do not match)."""
+    """The spec's model with a checkpoint's weights (refused when they do not match); without
+    a checkpoint, with the weights of its pretrained(...) parts (path None)."""
     cls, g = load_class(spec, model_name, lib_dirs=lib_dirs, **(overrides or {}))
+    if checkpoint is None:
+        if not has_pretrained(g):
+            raise UsageError(f"give --checkpoint DIR: {g.name} declares no pretrained(...) "
+                             "part, so its weights would be random")
+        return instantiate(cls, g).eval(), g, None
     model = instantiate(cls, g, pretrained=False)  # every weight comes from the checkpoint
     path = weights.find(checkpoint)
     weights.load_weights(path, model, g)
