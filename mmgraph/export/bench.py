@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from mmgraph.build import load_class
+from mmgraph.build import instantiate, load_class
 from mmgraph.errors import UsageError, UserError
 from mmgraph.export import targets
 from mmgraph.export.onnx_parts import export, part_module, plan_parts, random_inputs
@@ -72,7 +72,8 @@ def _bench(folder: ExportFolder, source: Path, dims: dict[str, int] | None, runs
                             "backends")
     cls, g = load_class(spec, manifest.model, lib_dirs=manifest.lib_dirs, **manifest.overrides)
     torch.manual_seed(0)
-    model = cls()
+    # the weights the export wrote: its checkpoint's, else the pretrained parts'
+    model = instantiate(cls, g, pretrained=not manifest.checkpoint)
     if manifest.checkpoint:
         from mmgraph.backends.torch import weights as ckpt
 
