@@ -680,3 +680,21 @@ def test_eval_without_a_checkpoint_takes_the_pretrained_parts(clip, tmp_path, mo
     with torch.no_grad():
         theirs = hf.vision_model(pixel_values=image).pooler_output
         assert _diff(model(image=image)["out"], theirs) <= TOL
+
+
+def test_a_run_records_its_pretrained_sources(clip, tmp_path, monkeypatch):
+    import hashlib
+    import json
+
+    from mmgraph.train.run import train
+
+    _, folder = clip
+    _pretend_pretrained(monkeypatch, folder)
+    train(_spec(tmp_path, TRAIN_SPEC), out=tmp_path / "run", max_steps=1, quiet=True)
+    (state,) = (tmp_path / "run" / "checkpoints").glob("step-*/state.json")
+    record = json.loads(state.read_text())["pretrained"]
+    weights = (folder / "model.safetensors").read_bytes()
+    assert record == {"vision": {"path": str(folder), "part": "vision_model",
+                                 "family": "clip_vision",
+                                 "files": {"model.safetensors":
+                                           hashlib.sha256(weights).hexdigest()}}}

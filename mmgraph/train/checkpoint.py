@@ -24,6 +24,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import save as save_bytes
 
+from mmgraph.backends.torch.pretrained import sources as pretrained_sources
 from mmgraph.backends.torch.weights import (
     FORMAT,
     CheckpointError,
@@ -101,6 +102,7 @@ def save(directory: str | Path, model: torch.nn.Module, optimizer, scheduler,
                           if isinstance(v, (int, float, list)) and k != "lr_lambdas"},
             "settings": settings,
             "fingerprint": fingerprint(g),
+            "pretrained": pretrained_sources(g),  # folders and sha256 of their weight files
             "shapes": {k: list(v.shape) for k, v in weights.items()},
             "files": {file: hashlib.sha256(data).hexdigest() for file, data in blobs.items()},
             **(extra or {}),

@@ -24,6 +24,7 @@ are cast to the model's dtype.
 from __future__ import annotations
 
 import fnmatch
+import hashlib
 import json
 import re
 import warnings
@@ -296,3 +297,34 @@ def load_pretrained(model: torch.nn.Module, g: Graph) -> list[Report]:
 
 def has_pretrained(g: Graph) -> bool:
     return any(getattr(i, "pretrained", None) is not None for i in g.instances.values())
+
+
+_SHA: dict[tuple[str, int, int], str] = {}  # (file, size, mtime) -> sha256, once per process
+
+
+def _sha256(path: Path) -> str:
+    st = path.stat()
+    key = (str(path), st.st_size, st.st_mtime_ns)
+    if key not in _SHA:
+        h = hashlib.sha256()
+        with path.open("rb") as f:
+            for block in iter(lambda: f.read(1 << 24), b""):
+                h.update(block)
+        _SHA[key] = h.hexdigest()
+    return _SHA[key]
+
+
+def sources(g: Graph) -> dict[str, dict]:
+    """Where each pretrained declaration's weights came from, for a run's record: folder,
+    part, family and the sha256 of each weight file (safetensors and their index)."""
+    out = {}
+    for name, inst in g.instances.items():
+        pre = getattr(inst, "pretrained", None)
+        if pre is None:
+            continue
+        folder = Path(pre.path)
+        files = sorted(folder.glob("*.safetensors")) + \
+            sorted(folder.glob("*.safetensors.index.json"))
+        out[name] = {"path": str(folder), "part": pre.part, "family": pre.family,
+                     "files": {f.name: _sha256(f) for f in files if f.is_file()}}
+    return out
