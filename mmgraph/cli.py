@@ -87,7 +87,8 @@ def build_parser() -> argparse.ArgumentParser:
                    metavar="SETTING=VALUE",
                    help="override a train setting, e.g. --train lr=1e-3 (repeatable)")
     p.add_argument("--tokenizer", metavar="byte|DIR",
-                   help="byte (built in, default) or a local Hugging Face tokenizer folder")
+                   help="byte (built in) or a local Hugging Face tokenizer folder; default: the "
+                        "tokenizer saved with the spec's pretrained text part, else byte")
     p.add_argument("--dims", default="", metavar="T=32", help="sizes of free dims in inputs")
     p.add_argument("--skip-bad", action="store_true",
                    help="leave out bad examples (named, and counted) instead of stopping")
@@ -116,9 +117,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("spec", metavar="SPEC")
     p.add_argument("--target", default="onnx", metavar="NAME|FILE.toml",
                    help="a target in exporters/ (onnx, onnxruntime-gpu, tensorrt-fp16, "
-                        "tensorrt-fp32, jetson-orin, triton) or a .toml file")
+                        "tensorrt-fp32, jetson-orin, triton), a .toml file, or hf: one "
+                        "layer as a Hugging Face folder")
     p.add_argument("--checkpoint", metavar="DIR", help="weights from a training run")
     p.add_argument("-o", "--output", default="dist", metavar="DIR")
+    p.add_argument("--part", metavar="LAYER",
+                   help="--target hf: the layer written as a Hugging Face folder (default: "
+                        "the spec's one pretrained layer)")
     p.add_argument("--json", action="store_true")
     _common(p)
 
@@ -343,6 +348,7 @@ def cmd_train(args) -> int:
 
 def cmd_eval(args) -> int:
     from mmgraph.train.evaluate import evaluate, headline
+    from mmgraph.train.preprocess import pretrained_tokenizer
     from mmgraph.train.run import load_trained, write_json
     from mmgraph.train.sources import open_source
     from mmgraph.train.spec_dataset import SpecDataset
@@ -351,7 +357,7 @@ def cmd_eval(args) -> int:
     _plugins(args.plugin)
     model, g, path = load_trained(args.spec, args.checkpoint, _overrides(args.overrides),
                                   args.model, args.lib_dirs)
-    tok = make_tokenizer(args.tokenizer)
+    tok = make_tokenizer(args.tokenizer or pretrained_tokenizer(g))
     source = open_source(args.data, args.split, allow_outside=args.allow_outside_data)
     dataset = SpecDataset(source, g, tok, _dims(args.dims))
     results = evaluate(model, g, source, dataset, tok)
@@ -375,6 +381,8 @@ def cmd_export(args) -> int:
     from mmgraph.train.run import write_json
 
     _plugins(args.plugin)
+    if args.target == "hf":
+        return _export_hf(args)
     target = targets.load(args.target)
     manifest = export(args.spec, args.output, target, overrides=_overrides(args.overrides),
                       checkpoint=args.checkpoint, model_name=args.model, lib_dirs=args.lib_dirs,
@@ -385,6 +393,22 @@ def cmd_export(args) -> int:
     else:
         print(f"exported {manifest['model']} ({len(manifest['parts'])} parts, target "
               f"{target.name}) to {args.output} in {manifest['seconds']:.1f} s")
+    return EXIT_OK
+
+
+def _export_hf(args) -> int:
+    """--target hf: one trained layer as a Hugging Face folder (from_pretrained loads it)."""
+    from mmgraph.backends.torch.hf_export import write_hf
+    from mmgraph.train.run import load_trained, write_json
+
+    model, g, _ = load_trained(args.spec, args.checkpoint, _overrides(args.overrides),
+                               model_name=args.model, lib_dirs=args.lib_dirs)
+    done = write_hf(model, g, args.part, args.output)
+    if args.json:
+        print(write_json(done))
+    else:
+        print(f"wrote {done['layer']} ({done['family']}, model_type {done['model_type']}, "
+              f"{done['written']} tensors) as a Hugging Face folder to {done['folder']}")
     return EXIT_OK
 
 

@@ -20,11 +20,13 @@ from mmgraph.train.audio import log_mel
 MEAN, STD = 0.5, 0.5  # images: 0..1 -> -1..1
 
 
-def to_tensor(t: TensorType, shape: list[int | None], value: Any, tokenizer) -> torch.Tensor:
+def to_tensor(t: TensorType, shape: list[int | None], value: Any, tokenizer,
+              norm=None) -> torch.Tensor:
     """`value` as an input of type `t` takes it; `shape` is its sizes without the batch axis
-    (None where free)."""
+    (None where free). `norm` (an image input's preprocess.ImageNorm, from a pretrained part's
+    preprocessor_config.json) replaces the default mean/std of 0.5."""
     if t.kind == "Image":
-        return _image(value, *shape)
+        return _image(value, *shape, norm=norm)
     if t.kind == "Tokens":
         return _tokens(value, shape[0], tokenizer)
     if t.kind == "Labels":
@@ -56,8 +58,9 @@ def _array(value: Any, wanted: str) -> np.ndarray:
     return arr
 
 
-def _image(value: Any, c: int, h: int, w: int) -> torch.Tensor:
-    """Any image as C x H x W floats in [-1, 1]: channels matched, resized bilinearly."""
+def _image(value: Any, c: int, h: int, w: int, norm=None) -> torch.Tensor:
+    """Any image as C x H x W floats in [-1, 1] (or normalised with `norm`'s mean/std):
+    channels matched, resized bilinearly."""
     wanted = "a PIL image or an HxW / HxWxC / CxHxW array"
     if hasattr(value, "convert") and hasattr(value, "mode"):  # PIL
         mode = {1: "L", 3: "RGB", 4: "RGBA"}.get(c)
@@ -82,6 +85,10 @@ def _image(value: Any, c: int, h: int, w: int) -> torch.Tensor:
     if tuple(x.shape[1:]) != (h, w):
         x = F.interpolate(x[None], size=(h, w), mode="bilinear", align_corners=False,
                           antialias=True)[0]
+    if norm is not None:
+        mean = torch.tensor(norm.mean, dtype=x.dtype).view(-1, 1, 1)
+        std = torch.tensor(norm.std, dtype=x.dtype).view(-1, 1, 1)
+        return (x.clamp(0, 1) - mean) / std
     return (x.clamp(0, 1) - MEAN) / STD
 
 

@@ -103,6 +103,7 @@ def train(spec: str | Path, *, data: str = "digits", out: str | Path | None = No
     against the data. The folder is then claimed for this run (see runfolder.claim).
     """
     from mmgraph.train.batching import batches
+    from mmgraph.train.preprocess import pretrained_tokenizer
     from mmgraph.train.sources import open_source
     from mmgraph.train.spec_dataset import SpecDataset
     from mmgraph.train.tokenize import make_tokenizer
@@ -122,7 +123,8 @@ def train(spec: str | Path, *, data: str = "digits", out: str | Path | None = No
         raise UsageError(f"--stage {stage}: {g.name} has no such stage" +
                          (f"; {hint}" if hint else "") + f" (stages: {', '.join(names)})")
     out = Path(out or Path("runs") / g.name)
-    tok = make_tokenizer(tokenizer)
+    # no --tokenizer: the one saved with the pretrained text parts, else bytes
+    tok = make_tokenizer(tokenizer or pretrained_tokenizer(g))
     source = open_source(data, "train", skip_bad, allow_outside=allow_outside_data)
     dataset = SpecDataset(source, g, tok, dims, skip_bad=skip_bad)
     world = World() if env_world_size() > 1 else None

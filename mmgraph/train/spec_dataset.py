@@ -14,6 +14,7 @@ from mmgraph.ir.graph import Graph
 from mmgraph.ir.types import TensorType
 from mmgraph.suggest import did_you_mean
 from mmgraph.train.convert import Mismatch, to_tensor
+from mmgraph.train.preprocess import image_norms
 from mmgraph.train.sources import DataError, FileRef, Source
 
 # Which field feeds an input of each kind when no field has the input's own name.
@@ -94,6 +95,9 @@ class SpecDataset:
             t = graph.nodes[name].type
             self.mapping[name] = self._field_for(name, t)
             self.shapes[name] = self._shape(name, t)
+        # image inputs feeding a pretrained part with a preprocessor_config.json use its
+        # mean/std (and must have its size)
+        self.norms = image_norms(graph, self.shapes)
         self.ranges = id_ranges(graph)
         self.problems: list[str] = []
         self.index: list[int] = []  # the source's examples that passed the checks
@@ -196,7 +200,8 @@ class SpecDataset:
             t = self.graph.nodes[name].type
             value = example[field]
             try:
-                tensor = to_tensor(t, self.shapes[name], value, self.tokenizer)
+                tensor = to_tensor(t, self.shapes[name], value, self.tokenizer,
+                                   self.norms.get(name))
             except Mismatch as exc:
                 raise DataError(f"{self.source.where(j)}: {self._label(name)} cannot take field "
                                 f"{field!r} ({_describe(value)}): {exc}") from None
