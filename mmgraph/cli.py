@@ -81,6 +81,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--stage", help="run only this stage")
     p.add_argument("--max-steps", type=int, metavar="N", help="at most N steps per stage")
     p.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
+    p.add_argument("--init", metavar="DIR",
+                   help="start a fresh run (new optimizer, step 0) from the weights of an "
+                        "mmgraph run folder or checkpoint, matched by tensor name and shape; "
+                        "for a Hugging Face folder declare pretrained(PATH, part=...) in the "
+                        "spec instead")
     p.add_argument("--overwrite", action="store_true",
                    help="start over in a used run folder: delete its checkpoints, metrics, plots")
     p.add_argument("--train", dest="train_overrides", action="append", default=[],
@@ -326,7 +331,7 @@ def cmd_train(args) -> int:
                    overwrite=args.overwrite, tokenizer=args.tokenizer, skip_bad=args.skip_bad,
                    allow_outside_data=args.allow_outside_data, dims=_dims(args.dims),
                    quiet=args.quiet or args.json, model_name=args.model, device=args.device,
-                   lib_dirs=args.lib_dirs)
+                   lib_dirs=args.lib_dirs, init=args.init)
     if result["rank"] != 0:  # under torchrun, the first process reports for all
         return EXIT_OK
     done = result["already_finished"]
@@ -341,6 +346,8 @@ def cmd_train(args) -> int:
             losses = ", ".join(f"{k} {v:.4f}" for k, v in st["final_losses"].items())
             print(f"stage {st['stage']}: {st['steps']} steps, "
                   f"{st['trainable_params']:,} trainable parameters; last losses: {losses}")
+        if result["init"]:
+            print(f"started from the weights of {result['init']}")
         print(f"trained {result['model']} on {result['examples']} examples in "
               f"{result['seconds']:.1f} s; run in {result['out']}")
     return EXIT_OK

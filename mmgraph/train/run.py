@@ -95,8 +95,12 @@ def train(spec: str | Path, *, data: str = "digits", out: str | Path | None = No
           stage: str | None = None, max_steps: int | None = None, resume: bool = False,
           overwrite: bool = False, tokenizer: str | None = None, skip_bad: bool = False,
           allow_outside_data: bool = False, dims: dict | None = None, quiet: bool = False,
-          model_name: str | None = None, device: str = "cpu", lib_dirs=()) -> dict:
+          model_name: str | None = None, device: str = "cpu", lib_dirs=(),
+          init: str | Path | None = None) -> dict:
     """Train a spec into the run folder `out`.
+
+    `init` (a run folder or one of its checkpoints) gives the starting weights of a fresh run:
+    every tensor, matched by name and shape; the optimizer and the step start anew.
 
     Everything that can be refused is checked before the folder is touched: the arguments,
     the settings, the device, the data (every example against the spec) and the batch size
@@ -113,6 +117,10 @@ def train(spec: str | Path, *, data: str = "digits", out: str | Path | None = No
     if resume and overwrite:
         raise UsageError("--resume continues the run in the folder and --overwrite deletes "
                          "it: give one of them")
+    if resume and init is not None:
+        raise UsageError("--resume continues the run in the folder (its weights, optimizer "
+                         "and step) and --init starts a new one from a checkpoint's weights: "
+                         "give one of them")
     torch_device = check_device(device)
     cls, g = load_class(spec, model_name, lib_dirs=lib_dirs, **(overrides or {}))
     settings = train_settings(g, settings_overrides or {})
@@ -138,7 +146,10 @@ def train(spec: str | Path, *, data: str = "digits", out: str | Path | None = No
     torch.manual_seed(settings["seed"])
     # pretrained parts start a fresh run; a resumed one takes every weight from its checkpoint
     continuing = resume and weights.latest(out / "checkpoints") is not None
-    model = instantiate(cls, g, pretrained=not continuing).to(torch_device)
+    # --init: every weight from that checkpoint, so the pretrained folders are not read
+    model = instantiate(cls, g, pretrained=not continuing and init is None)
+    init_path = init_weights(init, model) if init is not None else None
+    model = model.to(torch_device)
     trainer = Trainer(model, g, out, settings=settings, stages=stages,
                       batches=make_batches, n_examples=len(dataset), max_steps=max_steps,
                       quiet=quiet, device=torch_device, world=world,
@@ -157,7 +168,35 @@ def train(spec: str | Path, *, data: str = "digits", out: str | Path | None = No
             "stages": result.stages, "final_losses": result.final_losses,
             "examples": len(dataset), "skipped": len(source.problems + dataset.problems),
             "settings": settings, "rank": rank, "processes": size,
+            "init": None if init_path is None else str(init_path),
             "already_finished": None if done is None else vars(done)}
+
+
+def init_weights(init: str | Path, model: torch.nn.Module) -> Path:
+    """Load every weight of `model` from an mmgraph checkpoint (a run folder or one of its
+    checkpoints, verified as read: state.json and the tensors' sha256), matching tensors by
+    name and shape and not by the spec's fingerprint, so a changed spec (other dropout, other
+    stages, a renamed model) can start from it. Returns the checkpoint used."""
+    p = Path(init)
+    if p.is_dir() and (p / "config.json").is_file() and not (p / "state.json").is_file():
+        raise UserError(f"--init {init}: a Hugging Face folder, not an mmgraph checkpoint; "
+                        "declare its layers with pretrained(PATH, part=...) in the spec instead")
+    path = weights.find(p)
+    state = weights.read_state(path)
+    saved = weights.read_tensors(path, "model.safetensors", state)
+    now = weights.unique_state(model)
+    problems = [f"'{k}' is missing from the checkpoint" for k in now if k not in saved]
+    problems += [f"'{k}' is in the checkpoint but not in the model" for k in saved
+                 if k not in now]
+    problems += [f"'{k}': {list(saved[k].shape)} in the checkpoint, {list(t.shape)} in the "
+                 "model" for k, t in now.items() if k in saved and saved[k].shape != t.shape]
+    if problems:
+        raise weights.CheckpointError(
+            f"--init {path} does not fit the spec's model ({len(problems)} tensor"
+            f"{'s' if len(problems) != 1 else ''}):\n  " + "\n  ".join(problems[:20]) +
+            (f"\n  ... and {len(problems) - 20} more" if len(problems) > 20 else ""))
+    model.load_state_dict(saved, strict=False)
+    return path
 
 
 def report_skipped(problems: list[str]) -> None:
