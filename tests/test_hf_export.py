@@ -169,3 +169,77 @@ def test_a_layer_without_a_hugging_face_form_is_refused(tmp_path, clip_folder, c
     assert main(["export", str(spec), "--target", "hf", "-o", str(out), "--part", "nope"]) == 1
     assert "has no layer 'nope'" in capsys.readouterr().err
     assert not (out / "model.safetensors").exists()
+
+
+TRAIN_SPEC = """
+model tiny {
+  input image: Image[B, 3, 16, 16]
+  input text:  Tokens[B, 40]
+  encoder vision: vit(patch=4, width=32, depth=2, heads=4, mlp=48, act="quick_gelu",
+                      pre_norm=true, patch_bias=false, pool="cls")
+                      pretrained("FOLDER", part="vision_model")
+  encoder texter: text_transformer(vocab=259, width=32, depth=1, heads=4, max_len=40,
+                                   causal=true, pool="eot")
+  img = l2norm(vision(image))
+  txt = l2norm(texter(text))
+  output img, txt
+  loss itc = contrastive(img, txt)
+  train {
+    batch_size = 16
+  }
+}
+"""
+
+
+def test_a_trained_run_exports_its_pretrained_part(tmp_path, clip_folder, capsys):
+    from mmgraph.train.run import load_trained, train
+
+    spec = _spec(tmp_path, TRAIN_SPEC.replace("FOLDER", str(clip_folder)))
+    train(spec, out=tmp_path / "run", max_steps=1, quiet=True)
+    out = tmp_path / "hf"
+    assert main(["export", str(spec), "--target", "hf", "--checkpoint", str(tmp_path / "run"),
+                 "-o", str(out), "--part", "vision"]) == 0
+    model, _, _ = load_trained(spec, tmp_path / "run")
+    back = transformers.CLIPModel.from_pretrained(out).eval()
+    source = transformers.CLIPModel.from_pretrained(clip_folder).eval()
+    image = torch.randn(2, 3, 16, 16)
+    with torch.no_grad():
+        theirs = back.vision_model(pixel_values=image).pooler_output
+        assert _diff(model.vision(image), theirs) <= TOL
+        assert _diff(source.vision_model(pixel_values=image).pooler_output, theirs) > 0
+    assert main(["export", str(spec), "--target", "hf", "--checkpoint", str(tmp_path / "run"),
+                 "-o", str(clip_folder), "--part", "vision"]) == 1
+    assert "the folder vision was loaded from" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("cls,layer,decl,feed", [
+    ("CLIPVisionModel", "vision",
+     'vit(patch=4, width=32, depth=2, heads=4, mlp=48, act="quick_gelu", pre_norm=true, '
+     'patch_bias=false, pool="cls")', "image"),
+    ("CLIPTextModel", "texter",
+     'text_transformer(vocab=64, width=32, depth=2, heads=4, mlp=48, act="quick_gelu", '
+     'max_len=12, causal=true, pool="eot")', "text"),
+])
+def test_clip_towers_trained_from_scratch_load_as_clip_models(tmp_path, cls, layer, decl, feed):
+    kind = "Image[B, 3, 16, 16]" if feed == "image" else "Tokens[B, 12]"
+    spec = _spec(tmp_path, f"""
+model t {{
+  input {feed}: {kind}
+  encoder {layer}: {decl}
+  output {layer}({feed}) as out
+}}
+""")
+    torch.manual_seed(0)
+    model = load(spec).eval()
+    out = tmp_path / "hf"
+    write_hf(model, model.graph, layer, out)
+    back = getattr(transformers, cls).from_pretrained(out).eval()
+    if feed == "image":
+        x = torch.randn(2, 3, 16, 16)
+        kwargs = {"pixel_values": x}
+    else:
+        x = torch.randint(3, 63, (2, 12))
+        x[:, -1], x[0, 5] = 63, 63  # the end of text: the largest id
+        kwargs = {"input_ids": x}
+    with torch.no_grad():
+        assert _diff(model(**{feed: x})["out"], back(**kwargs).pooler_output) <= TOL

@@ -44,6 +44,21 @@ FROM_SCRATCH = {
     "clip_vision": ("clip_vision_model", "CLIPVisionModel"),
     "clip_text": ("clip_text_model", "CLIPTextModel"),
 }
+
+
+def _derived(family: str, state: dict) -> dict:
+    """Config keys of a from-scratch layer that its weights, not its parameters, set."""
+    if family == "clip_vision":  # the image size, from the learned positions (+1: class token)
+        n, patch = state["pos"].shape[0] - 1, state["patch_embed.weight"].shape[-1]
+        side = round(n ** 0.5)
+        if side * side != n:
+            raise HFExportError(f"a clip_vision config needs a square image: {n} patches")
+        return {"image_size": side * patch, "num_channels": state["patch_embed.weight"].shape[1]}
+    if family == "clip_text":  # mmgraph pools at the largest id: CLIP's eos_token_id = 2 rule
+        return {"bos_token_id": 0, "pad_token_id": 1, "eos_token_id": 2}
+    return {}
+
+
 # files of a source folder not copied (weights and config are written anew)
 _SKIP = ("model.safetensors", "model.safetensors.index.json", "config.json")
 
@@ -106,7 +121,7 @@ def _has(config: dict, key: str) -> bool:
     return True
 
 
-def _config(family: str, inst, layer: str, source: dict | None) -> dict:
+def _config(family: str, inst, layer: str, source: dict | None, inst_state: dict) -> dict:
     fam = _config_table(family)
     if fam is None:
         raise HFExportError(f"family '{family}' has no [config] table: its config.json cannot "
@@ -128,7 +143,8 @@ def _config(family: str, inst, layer: str, source: dict | None) -> dict:
             raise HFExportError(f"{pre.path}/config.json has no {section} object")
     else:
         model_type, arch = FROM_SCRATCH[family]
-        root = sub = {"model_type": model_type, "architectures": [arch]}
+        root = sub = {"model_type": model_type, "architectures": [arch],
+                      **_derived(family, inst_state)}
     for name, want in fixed.items():
         have = getattr(params, name, want)
         if have != want:
@@ -209,15 +225,20 @@ def write_hf(model: torch.nn.Module, g: Graph, layer: str | None, out_dir: str |
     family, inst = _family(g, layer)
     pre = inst.pretrained
     module = model.get_submodule(layer)
+    if not any(True for _ in module.state_dict()):
+        raise HFExportError(f"{layer} has no weights: there is nothing to write")
     ckpt = source = None
     if pre is not None:
+        if Path(out_dir).resolve() == Path(pre.path).resolve():
+            raise HFExportError(f"{out_dir} is the folder {layer} was loaded from: write the "
+                                "fine-tuned weights to another folder")
         ckpt = Checkpoint(pre.path)
         config_path = Path(pre.path) / "config.json"
         source = json.loads(config_path.read_text(encoding="utf-8"))
     elif family not in FROM_SCRATCH:
         raise HFExportError(f"{layer} was trained from scratch and mmgraph writes a {family} "
                             "config only for a layer declared pretrained(...)")
-    config = _config(family, inst, layer, source)
+    config = _config(family, inst, layer, source, module.state_dict())
     ours = _tensors(module, layer, family, pre, ckpt)
     tensors = {}
     if ckpt is not None:  # the rest of the source checkpoint, the part replaced
