@@ -243,3 +243,34 @@ model t {{
         kwargs = {"input_ids": x}
     with torch.no_grad():
         assert _diff(model(**{feed: x})["out"], back(**kwargs).pooler_output) <= TOL
+
+
+def test_lora_adapters_are_merged_into_the_written_weights(tmp_path):
+    folder = _llama_folder(tmp_path)
+    spec = _spec(tmp_path, f"""
+model lm_only {{
+  input text: Tokens[B, 10]
+  decoder lm: causal_lm() pretrained("{folder}") frozen lora(r=4, alpha=8)
+  output lm(tokens=text) as logits
+}}
+""")
+    model = load(spec).eval()
+    torch.manual_seed(4)
+    with torch.no_grad():  # B starts at zero: give the adapters something to say
+        for name, p in model.lm.named_parameters():
+            if name.endswith("lora_b"):
+                p.copy_(0.1 * torch.randn_like(p))
+    out = tmp_path / "hf"
+    done = write_hf(model, model.graph, "lm", out)
+    from safetensors import safe_open
+
+    with safe_open(str(out / "model.safetensors"), framework="pt") as f:
+        assert not [k for k in f.keys() if "lora" in k]
+    back = transformers.LlamaForCausalLM.from_pretrained(out).eval()
+    source = transformers.LlamaForCausalLM.from_pretrained(folder).eval()
+    tokens = torch.randint(0, 64, (2, 10))
+    with torch.no_grad():
+        ours = model(text=tokens)["logits"]
+        assert _diff(ours, back(input_ids=tokens).logits) <= 1e-5  # merged: another sum order
+        assert _diff(ours, source(input_ids=tokens).logits) > 1e-3
+    assert done["written"] > 0

@@ -10,10 +10,11 @@ mmgraph/backends/torch/pretrained.py) and `[config]` table (mmgraph/ir/passes/pr
 - a layer trained from scratch: only the layer's tensors, and a config.json built from the
   `[config]` table for the families that name a Hugging Face class below (FROM_SCRATCH).
 
-Refused, with the reason: a layer with LoRA adapters (merge them first), a parameter no rule
-maps, a non-zero tensor the Hugging Face architecture has no place for (a `zeros` rule, or an
-`absent = "zeros"` bias the checkpoint lacks), a `reshape` rule without a source checkpoint to
-take the shape from, a parameter value the config cannot express.
+LoRA adapters are merged into their base weights (W + alpha/r B A). Refused, with the
+reason: a parameter no rule maps, a non-zero tensor the Hugging Face architecture has no place
+for (a `zeros` rule, or an `absent = "zeros"` bias the checkpoint lacks), a `reshape` rule
+without a source checkpoint to take the shape from, a parameter value the config cannot
+express.
 """
 
 from __future__ import annotations
@@ -172,6 +173,22 @@ def _config(family: str, inst, layer: str, source: dict | None, inst_state: dict
 
 # ---------------------------------------------------------------- tensors
 
+def _merged(module: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """The module's weights with each LoRA adapter folded into its base weight:
+    W + (alpha / r) B A, computed in fp32 (Hugging Face folders hold plain weights)."""
+    state = dict(module.state_dict())
+    for name, sub in module.named_modules():
+        if not all(hasattr(sub, a) for a in ADAPTERS):
+            continue
+        dot = f"{name}." if name else ""
+        with torch.no_grad():
+            w = sub.weight.float() + sub.scale * (sub.lora_b.float() @ sub.lora_a.float())
+        state[dot + "weight"] = w.to(sub.weight.dtype)
+        for a in ADAPTERS:
+            state.pop(dot + a, None)
+    return state
+
+
 def _tensors(module: torch.nn.Module, layer: str, family: str, pre, ckpt) -> dict:
     t = table(family)
     prefix = _prefix(ckpt, t, pre) if ckpt is not None else t.roots[0]
@@ -179,10 +196,7 @@ def _tensors(module: torch.nn.Module, layer: str, family: str, pre, ckpt) -> dic
     out: dict[str, torch.Tensor] = {}
     problems = []
     rules = [(r, _regex(r.ours)) for r in t.rules]
-    for name, value in module.state_dict().items():
-        if name.rsplit(".", 1)[-1] in ADAPTERS:
-            raise HFExportError(f"{layer} has LoRA adapters ({layer}.{name}): Hugging Face "
-                                "folders hold plain weights; merge the adapters first")
+    for name, value in _merged(module).items():
         value = value.detach().to("cpu").contiguous().clone()
         for rule, rx in rules:
             m = rx.match(name)
