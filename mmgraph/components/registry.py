@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import os
 import sys
 from dataclasses import dataclass
 from importlib import metadata
@@ -61,9 +62,17 @@ class TypeRuleError(Exception):
 class RuleContext:
     """What a type rule knows of its call site: its own name and where each input came from."""
 
-    def __init__(self, name: str, sources: dict[str, str]):
+    def __init__(self, name: str, sources: dict[str, str], folder: str | None = None):
         self.name = name
         self.sources = sources
+        self.folder = folder  # the folder of the spec declaring the layer (None: the cwd)
+
+    def resolve(self, path: str) -> Path:
+        """A path parameter as an absolute path: relative to the declaring spec's folder."""
+        p = Path(path).expanduser()
+        if not p.is_absolute():
+            p = Path(self.folder or Path.cwd()) / p
+        return Path(os.path.normpath(p))
 
     def source(self, port: str) -> str:
         return self.sources.get(port, port)
@@ -166,6 +175,12 @@ class Component:
         return face
 
 
+def spec_folder(span) -> str | None:
+    """The folder of the spec file a span is in (None for a spec read from a string)."""
+    path = getattr(span, "path", "") or ""
+    return None if path.startswith("<") or not path else str(Path(path).resolve().parent)
+
+
 REGISTRY: dict[str, Component] = {}
 
 
@@ -205,6 +220,7 @@ def _load_builtins() -> None:
             encoders,
             fusion,
             heads,
+            hf,
             layers,
             losses,
             ops,

@@ -14,6 +14,7 @@ from mmgraph.components.nn import (  # noqa: F401  (the faces, as `mm.<module>.<
     encoders,
     fusion,
     heads,
+    hf,
     layers,
     losses,
     ops,

@@ -12,7 +12,7 @@ import sympy
 
 from mmgraph.components import registry
 from mmgraph.components.common import tags_of
-from mmgraph.components.registry import RuleContext, TypeRuleError
+from mmgraph.components.registry import RuleContext, TypeRuleError, spec_folder
 from mmgraph.ir import types as T
 from mmgraph.ir.graph import Graph, Node
 from mmgraph.ir.passes.base import Compilation
@@ -134,7 +134,7 @@ def infer_call(g: Graph, node: Node, args) -> dict[str, T.TensorType]:
             x[port] = args[port]
     if variadic:
         x.setdefault(variadic, [])
-    ctx = RuleContext(inst.name, sources)
+    ctx = RuleContext(inst.name, sources, spec_folder(inst.span))
     try:
         out = comp.infer(inst.params, x, ctx)
         # the sizes its torch face is built with must be numbers (an input's width...):
