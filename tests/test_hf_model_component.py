@@ -93,3 +93,73 @@ def test_vit_types_and_forward_exactly(tmp_path, output, want):
         exp = getattr(ref(pixel_values=img), output)
     got = got["y"] if isinstance(got, dict) else got
     assert torch.equal(got, exp)
+
+
+# ---------------------------------------------------------------- problems with the folder
+
+@pytest.mark.parametrize("make,message", [
+    (lambda d: None, "no model folder"),
+    (lambda d: d.mkdir(), "has no config.json"),
+    (lambda d: (d.mkdir(), (d / "config.json").write_text("[1]")), "holds no JSON object"),
+    (lambda d: (d.mkdir(), (d / "config.json").write_bytes(b'{"a": "\\xff"}'[:0] + b"\xff")),
+     "not UTF-8"),
+    (lambda d: (d.mkdir(), (d / "config.json").write_text('{"model_type": "gpt2"}')),
+     "model_type 'gpt2' is not one hf_model can type"),
+])
+def test_folder_problems_are_diagnostics_at_the_path(tmp_path, make, message):
+    make(tmp_path / "m")
+    spec = _spec(tmp_path, TEXT.format(path="m", output="last_hidden_state"))
+    with pytest.raises(SpecError) as info:
+        build_graph(spec, {}, None, ())
+    (d,) = info.value.diagnostics
+    assert message in d.message, d.message
+    line = TEXT.splitlines().index('  encoder enc: hf_model(path="{path}", output="{output}")')
+    assert (d.span.line, d.span.col) == (line + 1, TEXT.splitlines()[line].index('"') + 1)
+
+
+def test_checking_imports_neither_torch_nor_transformers(tmp_path):
+    import subprocess
+    import sys
+
+    _bert(tmp_path / "bert")
+    spec = _spec(tmp_path, TEXT.format(path="bert", output="last_hidden_state"))
+    code = ("import sys; from mmgraph.compiler import build_graph; "
+            f"g = build_graph({str(spec)!r}, {{}}, None, ()); print(g.type_of(g.outputs['y'])); "
+            "assert 'torch' not in sys.modules and 'transformers' not in sys.modules")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "Seq<text>[B, 12, 32]"
+
+
+@pytest.mark.parametrize("make,spec", [(_bert, TEXT), (_vit, IMAGE)])
+def test_onnx_export_matches_pytorch(tmp_path, make, spec):
+    """The wrapped BertModel and ViTModel export with torch.onnx (measured: max abs diff
+    7.2e-7 for the tiny BERT)."""
+    from mmgraph.export import targets
+    from mmgraph.export.onnx_parts import export
+
+    make(tmp_path / "m")
+    manifest = export(_spec(tmp_path, spec.format(path="m", output="last_hidden_state")),
+                      tmp_path / "dist", targets.load("onnx"), log=lambda *a: None)
+    (part,) = manifest["parts"]
+    assert part["parity"]["fp32"]["y"]["max_abs"] < 1e-5
+
+
+def test_a_wrapped_model_that_fails_to_export_names_the_layer(tmp_path, monkeypatch):
+    from mmgraph.export import targets
+    from mmgraph.export.onnx_parts import ExportError, export
+
+    _bert(tmp_path / "m")
+
+    def refuse(*args, **kwargs):
+        raise RuntimeError("Unsupported: ONNX export of operator foo\nsecond line")
+
+    monkeypatch.setattr(torch.onnx, "export", refuse)
+    spec = _spec(tmp_path, TEXT.format(path="m", output="last_hidden_state"))
+    with pytest.raises(ExportError) as info:
+        export(spec, tmp_path / "dist", targets.load("onnx"), log=lambda *a: None)
+    msg = str(info.value)
+    assert "\n" not in msg
+    assert "part 'm' could not be exported to ONNX" in msg
+    assert "hf_model layer 'enc' (spec.mmg:4)" in msg
+    assert "RuntimeError: Unsupported: ONNX export of operator foo second line" in msg

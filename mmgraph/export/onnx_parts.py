@@ -165,16 +165,33 @@ def write_onnx(module, g: Graph, plan: ExportPart, x: dict, path: Path,
     """Export, check (full checker, strict shape inference), simplify; node counts."""
     import onnx
 
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(module, tuple(x.values()), str(path), input_names=plan.inputs,
-                          output_names=plan.outputs, opset_version=opset,
-                          dynamic_axes=dynamic_axes(g, plan.inputs + plan.outputs),
-                          dynamo=False, do_constant_folding=True)
-    proto = onnx.load(str(path))
-    onnx.checker.check_model(proto, full_check=True)
-    onnx.shape_inference.infer_shapes(proto, strict_mode=True)
-    return simplify(path)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            torch.onnx.export(module, tuple(x.values()), str(path), input_names=plan.inputs,
+                              output_names=plan.outputs, opset_version=opset,
+                              dynamic_axes=dynamic_axes(g, plan.inputs + plan.outputs),
+                              dynamo=False, do_constant_folding=True)
+        proto = onnx.load(str(path))
+        onnx.checker.check_model(proto, full_check=True)
+        onnx.shape_inference.infer_shapes(proto, strict_mode=True)
+        return simplify(path)
+    except ExportError:
+        raise
+    except Exception as exc:
+        wrapped = [n for n in plan.nodes if g.nodes[n].op == "call"
+                   and g.nodes[n].target in g.instances
+                   and g.instances[g.nodes[n].target].component == "hf_model"]
+        if not wrapped:
+            raise
+        # a wrapped transformers model is code mmgraph did not write: say which layer
+        inst = g.instances[g.nodes[wrapped[0]].target]
+        reason = " ".join(str(exc).split())[:300] or type(exc).__name__
+        raise ExportError(
+            f"part '{plan.name}' could not be exported to ONNX: it holds the hf_model layer "
+            f"'{inst.name}' ({Path(inst.span.path).name}:{inst.span.line}), a wrapped "
+            f"transformers model, and exporting it failed: {type(exc).__name__}: {reason}"
+        ) from exc
 
 
 def simplify(path: Path) -> tuple[int, int]:

@@ -7,7 +7,7 @@ from torch import nn
 
 
 class HFModel(nn.Module):
-    def __init__(self, folder: str, output: str = "last_hidden_state"):
+    def __init__(self, *, folder: str, output: str):
         super().__init__()
         from transformers import AutoModel  # only when such a layer is built
 
