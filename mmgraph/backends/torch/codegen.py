@@ -118,8 +118,8 @@ def input_types(g: Graph, node: Node, comp: registry.Component) -> dict:
 def face_args(inst: Instance, x: dict) -> list[tuple[str, str]]:
     """The face's keyword arguments (`torch_args`) as literals: every parameter, and the
     sizes its weights need from the input types (which `infer` checked are numbers)."""
-    args = registry.get(inst.component).torch_args(inst.params, x,
-                                                   registry.RuleContext(inst.name, {}, registry.spec_folder(inst.span)))
+    ctx = registry.RuleContext(inst.name, {}, registry.spec_folder(inst.span))
+    args = registry.get(inst.component).torch_args(inst.params, x, ctx)
     return [(k, literal(v)) for k, v in args.items()]
 
 
