@@ -238,8 +238,8 @@ def test_a_config_that_is_not_a_file(tmp_path):
 
 
 def test_an_oversized_config(tmp_path, monkeypatch):
-    from mmgraph.ir.passes import pretrained
-    monkeypatch.setattr(pretrained, "MAX_CONFIG_BYTES", 10)
+    from mmgraph.ir import hf_config
+    monkeypatch.setattr(hf_config, "MAX_CONFIG_BYTES", 10)
     (tmp_path / "big").mkdir()
     (tmp_path / "big" / "config.json").write_text('{"model_type": "vit"}')
     d = one_error(tmp_path, 'pretrained("big")')

@@ -8,51 +8,23 @@ explicit set of model types; any other is refused. The torch face loads the fold
 
 from __future__ import annotations
 
-import json
-import stat
 from typing import Literal
 
 from pydantic import Field
 
 from mmgraph.components.common import seq, vec
 from mmgraph.components.registry import Component, Params, Port, register
+from mmgraph.ir.hf_config import read_hf_config
 
-MAX_CONFIG_BYTES = 4 * 1024 * 1024  # a config.json is a few kilobytes
 TEXT = {"bert", "roberta"}  # Tokens[B, T] -> Seq[B, T, hidden_size]
 VISION = {"vit": 1, "clip_vision_model": 1}  # Image -> (H/patch)^2 + class tokens
 
 
 def read_config(path, fail) -> dict:
     """config.json of a model folder as a dict; each problem calls `fail(message, hint)`."""
-    if not path.exists():
-        fail(f"no model folder {path}", "path is a local Hugging Face folder (config.json and "
-             "*.safetensors), relative to the spec's folder")
-    if not path.is_dir():
-        fail(f"{path} is not a folder", "name the folder that holds config.json")
-    cfg = path / "config.json"
-    try:
-        st = cfg.stat()
-    except OSError:
-        fail(f"the model folder has no config.json: {path}",
-             "save the model with save_pretrained into that folder")
-    if not stat.S_ISREG(st.st_mode):
-        fail(f"{cfg} is not a regular file", None)
-    if st.st_size > MAX_CONFIG_BYTES:
-        fail(f"{cfg} is {st.st_size:,} bytes, more than a config.json holds "
-             f"(at most {MAX_CONFIG_BYTES:,})", None)
-    try:
-        with open(cfg, "rb") as f:
-            text = f.read(MAX_CONFIG_BYTES + 1).decode("utf-8")
-        data = json.loads(text)
-    except OSError as exc:
-        fail(f"cannot read {cfg}: {exc.strerror}", None)
-    except UnicodeDecodeError as exc:
-        fail(f"{cfg} is not UTF-8 text (byte {exc.start})", None)
-    except (json.JSONDecodeError, RecursionError):
-        fail(f"{cfg} is not valid JSON", None)
-    if not isinstance(data, dict):
-        fail(f"{cfg} holds no JSON object", None)
-    return data
+    return read_hf_config(path, fail, "model folder",
+                          "path is a local Hugging Face folder (config.json and *.safetensors), "
+                          "relative to the spec's folder")
 
 
 def _int(cfg: dict, key: str, fail) -> int:

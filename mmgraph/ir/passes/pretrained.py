@@ -14,9 +14,7 @@ folder or config, or a checkpoint no family reads, is an E210 at the PATH or `pa
 
 from __future__ import annotations
 
-import json
 import os
-import stat
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
@@ -26,13 +24,13 @@ import tomllib
 
 from mmgraph.ir.consts import evaluate
 from mmgraph.ir.graph import Pretrained
+from mmgraph.ir.hf_config import read_hf_config
 from mmgraph.ir.schema import show
 from mmgraph.lang import ast
 from mmgraph.lang.diagnostics import Diagnostic, SpecError, error, shorten
 from mmgraph.lang.span import Span
 
 TABLES = Path(__file__).resolve().parents[2] / "components" / "pretrained"
-MAX_CONFIG_BYTES = 4 * 1024 * 1024  # a config.json is a few kilobytes
 
 
 @dataclass(frozen=True)
@@ -106,46 +104,13 @@ def arguments(m: ast.Modifier, consts: dict[str, Any], overrides: dict[str, Any]
 
 def read_config(folder: Path, span: Span) -> dict:
     """The folder's config.json as a dict; any problem is an E210 at the PATH."""
-    if not folder.exists():
-        raise error("E210", f"no checkpoint folder {shorten(str(folder), 80)}", span,
-                    hint="PATH is a local folder in Hugging Face layout (config.json and "
-                         "*.safetensors), relative to the spec's folder; save one with "
-                         "save_pretrained, or point a constant at it with --set")
-    if not folder.is_dir():
-        raise error("E210", f"{shorten(str(folder), 80)} is not a folder", span,
-                    hint="name the folder that holds config.json, not a file in it")
-    path = folder / "config.json"
-    try:
-        st = path.stat()
-    except OSError:
-        raise error("E210", f"the checkpoint folder has no config.json: "
-                            f"{shorten(str(folder), 80)}", span,
-                    hint="a Hugging Face folder holds config.json beside its weights") from None
-    if not stat.S_ISREG(st.st_mode):
-        raise error("E210", f"{shorten(str(path), 80)} is not a regular file", span)
-    if st.st_size > MAX_CONFIG_BYTES:
-        raise error("E210", f"{shorten(str(path), 80)} is {st.st_size:,} bytes, more than a "
-                            f"config.json holds (at most {MAX_CONFIG_BYTES:,})", span)
-    try:
-        with open(path, "rb") as f:
-            raw = f.read(MAX_CONFIG_BYTES + 1)
-        text = raw.decode("utf-8")
-    except OSError as exc:
-        raise error("E210", f"cannot read {shorten(str(path), 80)}: {exc.strerror}",
-                    span) from None
-    except UnicodeDecodeError as exc:
-        raise error("E210", f"{shorten(str(path), 80)} is not UTF-8 text (byte {exc.start})",
-                    span) from None
-    try:
-        data = json.loads(text)
-    except (json.JSONDecodeError, RecursionError) as exc:
-        where = f" (line {exc.lineno}, column {exc.colno})" \
-            if isinstance(exc, json.JSONDecodeError) else ""
-        raise error("E210", f"{shorten(str(path), 80)} is not valid JSON{where}",
-                    span) from None
-    if not isinstance(data, dict):
-        raise error("E210", f"{shorten(str(path), 80)} holds no JSON object", span)
-    return data
+    def fail(message: str, hint: str | None):
+        raise error("E210", message, span, hint=hint)
+
+    return read_hf_config(folder, fail, "checkpoint folder",
+                          "PATH is a local folder in Hugging Face layout (config.json and "
+                          "*.safetensors), relative to the spec's folder; save one with "
+                          "save_pretrained, or point a constant at it with --set")
 
 
 # ---------------------------------------------------------------- which family
