@@ -69,6 +69,14 @@ def in_width(ctx, x: dict, port: str = "x") -> int:
     return fixed(ctx, port, x[port], -1, "input width")
 
 
+class InputWidthSized:
+    """Mixin for components whose face takes every parameter plus `in_width`, the width of
+    input `x` that sizes its first weights (norms, linear layers, FFNs, ...)."""
+
+    def torch_args(self, p, x, ctx):
+        return {"in_width": in_width(ctx, x), **p.model_dump()}
+
+
 def ctx_width(ctx, x: dict) -> dict:
     """`{"ctx_width": ...}` when the call has a context to attend to, else nothing."""
     return {"ctx_width": fixed(ctx, "ctx", x["ctx"], -1, "context width")} if "ctx" in x else {}

@@ -7,6 +7,7 @@ from typing import Literal
 from mmgraph.components.common import (
     ATTENTION,
     Act,
+    InputWidthSized,
     NonNegInt,
     PosInt,
     check_heads,
@@ -144,7 +145,7 @@ class PerceiverResampler(Component):
 
 
 @register
-class Pool(Component):
+class Pool(InputWidthSized, Component):
     name = "pool"
     category = "connector"
     summary = ("A sequence to one vector: class token, mean, last token, end-of-text token "
@@ -169,9 +170,6 @@ class Pool(Component):
             ctx.expect_kind("mask", x["mask"], "Mask")
             ctx.expect_same("x", t.dim("N"), "mask", x["mask"].dim("N"), "length")
         return vec(t.dim("B"), t.dim("D"), t.tags)
-
-    def torch_args(self, p, x, ctx):
-        return {"in_width": in_width(ctx, x), **p.model_dump()}
 
 
 @register

@@ -9,6 +9,7 @@ from pydantic import model_validator
 from mmgraph.components.common import (
     ATTENTION,
     Act,
+    InputWidthSized,
     NonNegInt,
     Norm,
     PosFloat,
@@ -140,7 +141,7 @@ class ObjectQueries(Component):
 
 
 @register
-class MAEDecoder(Component):
+class MAEDecoder(InputWidthSized, Component):
     name = "mae_decoder"
     category = "decoder"
     lora_targets = ATTENTION
@@ -168,6 +169,3 @@ class MAEDecoder(Component):
         if "ctx" in x:
             ctx.expect_kind("ctx", x["ctx"], "Seq")
         return T.make("Image", (t.dim("B"), p.channels, p.size, p.size), tags=t.tags)
-
-    def torch_args(self, p, x, ctx):
-        return {"in_width": in_width(ctx, x), **p.model_dump()}

@@ -8,6 +8,7 @@ from mmgraph.components.common import (
     ATTENTION,
     FEEDFORWARD,
     Act,
+    InputWidthSized,
     Pos,
     PosInt,
     Prob,
@@ -118,7 +119,7 @@ class CoAttention(Component):
 
 
 @register
-class MoEFFN(Component):
+class MoEFFN(InputWidthSized, Component):
     name = "moe_ffn"
     category = "fusion"
     lora_targets = FEEDFORWARD
@@ -149,9 +150,6 @@ class MoEFFN(Component):
         t = x["x"]
         ctx.expect_kind("x", t, "Seq")
         return {"out": t, "aux": T.SCALAR}
-
-    def torch_args(self, p, x, ctx):
-        return {"in_width": in_width(ctx, x), **p.model_dump()}
 
 
 class _RoutedParams(Params):
@@ -187,11 +185,8 @@ def _check_routed(ctx, p, t):
                  f"{ctx.source('x')} has {len(unknown)}", "x")
 
 
-class _Routed(Component):
+class _Routed(InputWidthSized, Component):
     """A layer with weights per modality, called with the sequence's layout."""
-
-    def torch_args(self, p, x, ctx):
-        return {"in_width": in_width(ctx, x), **p.model_dump()}
 
     def torch_call_args(self, p, x, node, graph):
         """`segments`: (modality index, length) of each run of tokens, in order, as the concat

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from mmgraph.components.common import PosInt, in_width
+from mmgraph.components.common import InputWidthSized, PosInt
 from mmgraph.components.registry import Component, Params, Port, register
 from mmgraph.ir import types as T
 
@@ -14,15 +14,12 @@ def _logits(ctx, t, classes):
     return T.make("Logits", (t.dim("B"), t.dim("N"), classes), tags=t.tags)
 
 
-class _Head(Component):
+class _Head(InputWidthSized, Component):
     """A head is its own linear layer(s), sized by the width of its input."""
 
     category = "head"
     lora_targets = ("self",)
     inputs = (Port("x"),)
-
-    def torch_args(self, p, x, ctx):
-        return {"in_width": in_width(ctx, x), **p.model_dump()}
 
 
 @register

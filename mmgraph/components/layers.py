@@ -8,6 +8,7 @@ from mmgraph.components.common import (
     ATTENTION,
     FEEDFORWARD,
     Act,
+    InputWidthSized,
     Norm,
     Pos,
     PosInt,
@@ -25,7 +26,7 @@ def _expect_seq_or_vec(ctx, port, t):
 
 
 @register
-class LayerNorm(Component):
+class LayerNorm(InputWidthSized, Component):
     name = "layer_norm"
     category = "layer"
     summary = "LayerNorm over the width"
@@ -40,12 +41,9 @@ class LayerNorm(Component):
         _expect_seq_or_vec(ctx, "x", x["x"])
         return x["x"]
 
-    def torch_args(self, p, x, ctx):
-        return {"in_width": in_width(ctx, x), **p.model_dump()}
-
 
 @register
-class RMSNorm(Component):
+class RMSNorm(InputWidthSized, Component):
     name = "rms_norm"
     category = "layer"
     summary = "RMSNorm over the width"
@@ -58,9 +56,6 @@ class RMSNorm(Component):
     def infer(self, p, x, ctx):
         _expect_seq_or_vec(ctx, "x", x["x"])
         return x["x"]
-
-    def torch_args(self, p, x, ctx):
-        return {"in_width": in_width(ctx, x), **p.model_dump()}
 
 
 @register
@@ -79,7 +74,7 @@ class TanhGate(Component):
 
 
 @register
-class SelfAttention(Component):
+class SelfAttention(InputWidthSized, Component):
     name = "self_attention"
     category = "layer"
     lora_targets = ("q", "k", "v", "o")
@@ -104,12 +99,9 @@ class SelfAttention(Component):
             ctx.expect_kind("mask", x["mask"], "Mask")
         return t
 
-    def torch_args(self, p, x, ctx):
-        return {"in_width": in_width(ctx, x), **p.model_dump()}
-
 
 @register
-class FFN(Component):
+class FFN(InputWidthSized, Component):
     name = "ffn"
     category = "layer"
     lora_targets = FEEDFORWARD
@@ -127,9 +119,6 @@ class FFN(Component):
     def infer(self, p, x, ctx):
         _expect_seq_or_vec(ctx, "x", x["x"])
         return x["x"]
-
-    def torch_args(self, p, x, ctx):
-        return {"in_width": in_width(ctx, x), **p.model_dump()}
 
 
 @register
