@@ -1,5 +1,9 @@
 """Losses as torch faces (of mmgraph/components/losses.py): functions, and a module for the
-contrastive loss, which learns its temperature."""
+contrastive loss, which learns its temperature.
+
+Under data-parallel training the losses that look across examples compute over the global
+batch (mmgraph/components/nn/global_batch.py): contrastive negatives come from every process,
+and token means divide by the global count, so N processes match one on the same batch."""
 
 from __future__ import annotations
 
@@ -10,6 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from mmgraph.components.nn.fusion import MoEFFN
+from mmgraph.components.nn.global_batch import gather_with_grad, share_of_mean, world
 
 
 class Contrastive(nn.Module):
@@ -17,6 +22,10 @@ class Contrastive(nn.Module):
 
     With `queue > 0`, the embeddings of earlier batches are kept (detached) as extra
     negatives, MoCo/ALBEF style.
+
+    Under DDP/FSDP every process's embeddings are negatives (gathered with gradients); each
+    process scores its own rows against all columns (open_clip's local_loss), so the mean of
+    the processes' losses is the loss of the global batch. The queue takes the global batch.
     """
 
     def __init__(self, *, in_width: int, temperature: float, learnable: bool, queue: int):
@@ -34,18 +43,20 @@ class Contrastive(nn.Module):
 
     def forward(self, a, b):
         scale = self.logit_scale.exp().clamp(max=100)
+        rank, _ = world()
+        batch_a, batch_b = gather_with_grad(a), gather_with_grad(b)  # the global batch
         if self.queue:
-            all_a = torch.cat([a, self.queue_a.to(a.dtype)])
-            all_b = torch.cat([b, self.queue_b.to(b.dtype)])
+            all_a = torch.cat([batch_a, self.queue_a.to(a.dtype)])
+            all_b = torch.cat([batch_b, self.queue_b.to(b.dtype)])
         else:
-            all_a, all_b = a, b
+            all_a, all_b = batch_a, batch_b
         logits_ab = scale * a @ all_b.t()
         logits_ba = scale * b @ all_a.t()
-        labels = torch.arange(len(a), device=a.device)
+        labels = torch.arange(len(a), device=a.device) + rank * len(a)
         loss = (F.cross_entropy(logits_ab.float(), labels) +
                 F.cross_entropy(logits_ba.float(), labels)) / 2
         if self.queue and self.training:
-            self._enqueue(a.detach(), b.detach())
+            self._enqueue(batch_a.detach(), batch_b.detach())
         return loss
 
     @torch.no_grad()
@@ -70,14 +81,25 @@ def next_token(logits, tokens, mask=None, *, skip: int, ignore_index: int):
     target = tokens[:, 1:]
     if mask is not None:
         target = target.masked_fill(~mask[:, 1:].bool(), ignore_index)
-    return F.cross_entropy(pred.reshape(-1, pred.shape[-1]).float(), target.reshape(-1),
-                           ignore_index=ignore_index)
+    return token_mean(pred.reshape(-1, pred.shape[-1]).float(), target.reshape(-1),
+                      ignore_index=ignore_index)
+
+
+def token_mean(logits, target, *, ignore_index: int, label_smoothing: float = 0.0):
+    """Cross-entropy averaged over the targets that count, of the global batch: processes
+    holding more padding must not weigh as much as those holding more tokens."""
+    if world()[1] == 1:
+        return F.cross_entropy(logits, target, ignore_index=ignore_index,
+                               label_smoothing=label_smoothing)
+    per = F.cross_entropy(logits, target, ignore_index=ignore_index,
+                          label_smoothing=label_smoothing, reduction="none")
+    return share_of_mean(per.sum(), (target != ignore_index).sum())
 
 
 def mlm(logits, tokens, mask):
     target = tokens.masked_fill(~mask.bool(), -100)
-    return F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), target.reshape(-1),
-                           ignore_index=-100)
+    return token_mean(logits.reshape(-1, logits.shape[-1]).float(), target.reshape(-1),
+                      ignore_index=-100)
 
 
 def _patch_mask(mask, size_hw, patch):
@@ -101,12 +123,14 @@ def masked_reconstruction(pred, target, mask=None, *, metric: str, norm_pix: boo
     if mask is None or pred.dim() != 4:
         return per.mean()
     m = _patch_mask(mask, pred.shape[-2:], patch)
-    return (per * m).sum() / m.sum().clamp(min=1)
+    if world()[1] == 1:
+        return (per * m).sum() / m.sum().clamp(min=1)
+    return share_of_mean((per * m).sum(), m.sum())  # masked pixels of the global batch
 
 
 def cross_entropy(logits, labels, *, label_smoothing: float, ignore_index: int):
-    return F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), labels.reshape(-1),
-                           label_smoothing=label_smoothing, ignore_index=ignore_index)
+    return token_mean(logits.reshape(-1, logits.shape[-1]).float(), labels.reshape(-1),
+                      label_smoothing=label_smoothing, ignore_index=ignore_index)
 
 
 def kl_distill(student, teacher, *, temperature: float):

@@ -10,6 +10,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from mmgraph.components.nn.global_batch import gather, gather_with_grad, world
+
 
 def l2norm(x):
     return F.normalize(x.float(), dim=-1).to(x.dtype)  # the reduction in fp32
@@ -60,24 +62,40 @@ def batch_concat(*xs):
 
 
 def hard_negatives(a, b, pick):
-    """ALBEF: for row i, sample a partner j != i with probability softmax(a_i . b_j)."""
+    """ALBEF: for row i, sample a partner j != i with probability softmax(a_i . b_j).
+
+    Under data-parallel training the partner comes from the global batch: every process draws
+    for all rows alike (same seed) and keeps its own, and `pick` is gathered with gradients,
+    so N processes sample and learn as one process on the same batch."""
+    rank, _ = world()
+    all_a, all_b = gather(a), gather(b)
     with torch.no_grad():
-        sim = a @ b.t()
+        sim = all_a @ all_b.t()
         sim.fill_diagonal_(float("-inf"))
         weights = torch.softmax(sim.float(), dim=1)
-        idx = torch.multinomial(weights, 1).squeeze(1)
-    return pick[idx]
+        idx = torch.multinomial(weights, 1).squeeze(1)[rank * len(a):(rank + 1) * len(a)]
+    return gather_with_grad(pick)[idx]
+
+
+def _drawn(draw, like, generator, shape=None):
+    """`draw(shape)` for this process's rows of the global batch: every process draws for all
+    rows alike and keeps its own, so N processes mask as one would (same seed everywhere)."""
+    rank, size = world()
+    shape = tuple(like.shape if shape is None else shape)
+    rows = shape[0]
+    out = draw((rows * size,) + shape[1:], device=like.device, generator=generator)
+    return out[rank * rows:(rank + 1) * rows]
 
 
 def mask_tokens(tokens, *, prob: float, mask_id: int, vocab: int | None,
                 generator: torch.Generator | None = None):
     """BERT masking: pick `prob` of the positions; of those 80% become [MASK], 10% a random
     token, 10% stay. Returns the corrupted ids and the mask of picked positions."""
-    picked = torch.rand(tokens.shape, device=tokens.device, generator=generator) < prob
-    roll = torch.rand(tokens.shape, device=tokens.device, generator=generator)
+    picked = _drawn(torch.rand, tokens, generator) < prob
+    roll = _drawn(torch.rand, tokens, generator)
     out = tokens.masked_fill(picked & (roll < 0.8), mask_id)
     if vocab:
-        random = torch.randint(vocab, tokens.shape, device=tokens.device, generator=generator)
+        random = _drawn(lambda shape, **kw: torch.randint(vocab, shape, **kw), tokens, generator)
         out = torch.where(picked & (roll >= 0.8) & (roll < 0.9), random, out)
     return out, picked
 
@@ -88,7 +106,7 @@ def token_mask(x, *, keep: int, training: bool, generator: torch.Generator | Non
     kept tokens and a mask that is true for the dropped positions."""
     b, n, d = x.shape
     if training:
-        scores = torch.rand(b, n, device=x.device, generator=generator)
+        scores = _drawn(torch.rand, x, generator, shape=(b, n))
     else:  # rank tokens by a fixed stride pattern: 0, n/keep, 2n/keep, ... first
         pos = torch.arange(n, device=x.device, dtype=torch.float32)
         scores = (pos * keep) % n + pos / n
