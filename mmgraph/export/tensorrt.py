@@ -104,6 +104,15 @@ def _dtype_name(elem_type: int) -> str:
     return onnx.TensorProto.DataType.Name(elem_type) if elem_type else "UNDEFINED"
 
 
+def _dims(value_info) -> list | None:
+    """A value's dims (int, symbolic name, or None when unknown), or None when its rank is."""
+    tensor = value_info.type.tensor_type
+    if not tensor.HasField("shape"):
+        return None
+    return [d.dim_value if d.HasField("dim_value") else (d.dim_param or None)
+            for d in tensor.shape.dim]
+
+
 def _opset(model) -> int | None:
     for imp in model.opset_import:
         if imp.domain in ("", "ai.onnx"):
@@ -129,6 +138,9 @@ class _Checker:
         self.findings: list[Finding] = []
         self.ops: Counter = Counter()
         self.types: dict[str, str] = {}
+        self.shapes: dict[str, list | None] = {}  # None: rank unknown; dims int, str or None
+        self.values: dict[str, object] = {}  # constant tensors' values (numpy), for Rule "below"
+        self.consumed: set[str] = set()  # tensors some node or graph output reads
         try:  # intermediate dtypes, for the per-op dtype check
             import onnx
 
@@ -138,12 +150,23 @@ class _Checker:
         self._collect_types(inferred.graph)
 
     def _collect_types(self, graph):
+        from onnx import numpy_helper
+
         for vi in list(graph.input) + list(graph.output) + list(graph.value_info):
             if vi.type.HasField("tensor_type"):
                 self.types[vi.name] = _dtype_name(vi.type.tensor_type.elem_type)
+                self.shapes[vi.name] = _dims(vi)
+        self.consumed.update(o.name for o in graph.output)
         for init in graph.initializer:
             self.types[init.name] = _dtype_name(init.data_type)
+            self.shapes[init.name] = list(init.dims)
+            self.values[init.name] = numpy_helper.to_array(init)
         for node in graph.node:
+            self.consumed.update(i for i in node.input if i)
+            if node.op_type == "Constant" and node.output:
+                value = next((a for a in node.attribute if a.name == "value"), None)
+                if value is not None:
+                    self.values[node.output[0]] = numpy_helper.to_array(value.t)
             for sub in _subgraphs(node):
                 self._collect_types(sub)
 
@@ -154,7 +177,10 @@ class _Checker:
     # -- tensors -------------------------------------------------------------------------------
     def check_tensor(self, name: str, dtype: str, kind: str):
         t = self.table
-        if dtype == "DOUBLE":
+        if dtype in t.later_types:
+            self.add("error", name, kind, f"{dtype} is not a TensorRT {t.version} type (added in "
+                     f"{t.later_types[dtype]}, per the Changelog)")
+        elif dtype == "DOUBLE":
             if kind == "initializer":
                 self.add("warning", name, kind, "DOUBLE weights: the parser casts them down to "
                          "FLOAT, clamping to +-FLT_MAX")
@@ -228,6 +254,119 @@ class _Checker:
             if idx < len(node.input) and node.input[idx] and node.input[idx] not in consts:
                 self.add("warning", name, op, f"input '{arg}' ({node.input[idx]}) is computed "
                          f"at run time: TensorRT {t.version} accepts it only when {doc}")
+        for rule in t.rules.get(op, ()):
+            for severity, problem in getattr(self, f"_rule_{rule.kind}")(node, rule, consts):
+                self.add(severity, name, op, f"{problem}; TensorRT {t.version}: {rule.doc} "
+                         f"({rule.source})")
+
+    # -- restrictions: one method per trt_ops.Rule kind, each yielding (severity, problem) ----
+    def _inputs(self, node, rule):
+        for idx, arg in zip(rule.index, rule.names):
+            if idx < len(node.input) and node.input[idx]:
+                yield arg, node.input[idx]
+
+    def _rule_rank(self, node, rule, consts):
+        for arg, src in self._inputs(node, rule):
+            dims = self.shapes.get(src)
+            if dims is None:
+                yield "warning", f"the rank of input '{arg}' ({src}) is unknown here"
+            elif len(dims) != rule.value:
+                yield "error", f"input '{arg}' ({src}) is {len(dims)}D"
+
+    def _rule_no_input(self, node, rule, consts):
+        for arg, src in self._inputs(node, rule):
+            yield "error", f"input '{arg}' ({src}) is given"
+
+    def _rule_no_output(self, node, rule, consts):
+        for idx, arg in zip(rule.index, rule.names):
+            if idx < len(node.output) and node.output[idx]:
+                yield "error", f"output '{arg}' ({node.output[idx]}) is requested"
+
+    def _rule_attr(self, node, rule, consts):
+        import onnx
+
+        attr = next((a for a in node.attribute if a.name == rule.attr), None)
+        if attr is None:
+            return
+        value = onnx.helper.get_attribute_value(attr)
+        value = value.decode() if isinstance(value, bytes) else value
+        if value != rule.value:
+            yield "error", f"attribute {rule.attr}={value!r}"
+
+    def _rule_below(self, node, rule, consts):
+        for arg, src in self._inputs(node, rule):
+            if src in self.values:
+                value = int(max(self.values[src].reshape(-1).tolist(), default=0))
+                if value >= rule.value:
+                    yield "error", f"input '{arg}' ({src}) is {value}"
+            else:
+                yield "warning", (f"input '{arg}' ({src}) is computed at run time, so its bound "
+                                  "cannot be checked here")
+
+    def _rule_dtype(self, node, rule, consts):
+        for arg, src in self._inputs(node, rule):
+            dtype = self.types.get(src)
+            if dtype and dtype != "UNDEFINED" and dtype not in rule.value:
+                yield "error", f"input '{arg}' ({src}) is {dtype}"
+
+    def _branch_dims(self, node):
+        branches = {a.name: a.g for a in node.attribute if a.name in ("then_branch", "else_branch")}
+        if len(branches) == 2:
+            then, other = branches["then_branch"], branches["else_branch"]
+            for i, (a, b) in enumerate(zip(then.output, other.output)):
+                yield i, self.shapes.get(a.name), self.shapes.get(b.name)
+
+    def _rule_branches_same_rank(self, node, rule, consts):
+        for i, a, b in self._branch_dims(node):
+            if a is not None and b is not None and len(a) != len(b):
+                yield "error", f"output {i} is {len(a)}D in then_branch, {len(b)}D in else_branch"
+
+    def _rule_branches_broadcastable(self, node, rule, consts):
+        for i, a, b in self._branch_dims(node):
+            if a is None or b is None:
+                continue
+            pairs = zip(reversed(a), reversed(b))
+            if any(isinstance(x, int) and isinstance(y, int) and 1 not in (x, y) and x != y
+                   for x, y in pairs):
+                yield "error", f"output {i} has shapes {a} and {b} in the two branches"
+
+    def _rule_static_scan(self, node, rule, consts):
+        body = next((a.g for a in node.attribute if a.name == "body"), None)
+        carried = max(len(node.input) - 2, 0)
+        scans = len(body.output) - 1 - carried if body is not None else 0
+        if scans <= 0:
+            return
+        trip = node.input[0] if node.input else ""
+        if not trip:
+            yield "error", f"{scans} scan output(s) and no trip count 'M': their length is dynamic"
+        elif trip not in consts:
+            yield "error", (f"{scans} scan output(s) and the trip count 'M' ({trip}) is not a "
+                            "build-time constant: their length is dynamic")
+
+    def _rule_einsum_plain(self, node, rule, consts):
+        import onnx
+
+        attr = next((a for a in node.attribute if a.name == "equation"), None)
+        if attr is None:
+            return
+        equation = onnx.helper.get_attribute_value(attr).decode().replace(" ", "")
+        terms = equation.split("->")[0].split(",")
+        if "..." in equation:
+            yield "error", f"equation {equation!r} has an ellipsis"
+        for term in terms:
+            repeated = sorted({c for c in term if c.isalpha() and term.count(c) > 1})
+            if repeated:
+                yield "error", f"equation {equation!r} takes a diagonal over {''.join(repeated)}"
+        sizes: dict[str, set] = {}
+        for term, src in zip(terms, node.input):
+            dims = self.shapes.get(src)
+            if dims is not None and len(dims) == len(term):
+                for c, d in zip(term, dims):
+                    if isinstance(d, int):
+                        sizes.setdefault(c, set()).add(d)
+        broadcast = sorted(c for c, ds in sizes.items() if len(ds) > 1 and 1 in ds)
+        if broadcast:
+            yield "error", f"equation {equation!r} broadcasts over {''.join(broadcast)}"
 
     _OUTPUT_TYPED = {"Constant", "ConstantOfShape", "Shape", "Size", "RandomNormal",
                      "RandomUniform", "EyeLike", "Cast", "CastLike", "QuantizeLinear"}
@@ -273,6 +412,10 @@ def check_compatibility(onnx_path, trt_version: str,
     if table.max_opset is None:
         report.notes.append(f"the max opset of TensorRT {table.version} is not stated in the "
                             "sources read; the opset was not checked")
+    else:
+        report.notes.append(f"max opset {table.max_opset} ({table.opset_source})")
+    if table.max_opset is None:
+        pass
     elif opset is not None and opset > table.max_opset:
         checker.add("error", "", "opset", f"model opset {opset} > {table.max_opset}, the newest "
                     f"TensorRT {table.version} parses; re-export with opset_version="
