@@ -77,6 +77,12 @@ class InputWidthSized:
         return {"in_width": in_width(ctx, x), **p.model_dump()}
 
 
+def causal_if_asked(self, p) -> str:
+    """`Component.sequence_rule` of a layer with a `causal` parameter: causal attention can
+    generate one token at a time, bidirectional attention cannot."""
+    return "causal" if p.causal else "mixing"
+
+
 def ctx_width(ctx, x: dict) -> dict:
     """`{"ctx_width": ...}` when the call has a context to attend to, else nothing."""
     return {"ctx_width": fixed(ctx, "ctx", x["ctx"], -1, "context width")} if "ctx" in x else {}

@@ -34,6 +34,7 @@ class Linear(Component):
     summary = "One linear map of the last axis (the width)"
     inputs = (Port("x"),)
     torch = "mmgraph.components.nn.connectors:Linear"
+    sequence = "pointwise"
 
     class Params(Params):
         out: PosInt
@@ -59,6 +60,7 @@ class MLP(Component):
     summary = "A stack of linear layers with an activation between them (LLaVA's projector)"
     inputs = (Port("x"),)
     torch = "mmgraph.components.nn.connectors:MLP"
+    sequence = "pointwise"
 
     class Params(Params):
         out: PosInt

@@ -14,6 +14,7 @@ from mmgraph.components.common import (
     Norm,
     PosFloat,
     PosInt,
+    causal_if_asked,
     check_heads,
     ctx_width,
     in_width,
@@ -34,6 +35,8 @@ class CausalLM(Component):
     inputs = (Port("tokens", optional=True), Port("prefix", optional=True),
               Port("mask", optional=True))
     torch = "mmgraph.components.nn.decoders:CausalLM"
+    sequence = "causal"
+    context_ports = ("prefix",)
 
     class Params(Params):
         vocab: PosInt
@@ -95,6 +98,8 @@ class TransformerDecoder(Component):
                "(DETR, captioning, MultiMAE decoders)")
     inputs = (Port("x"), Port("ctx", optional=True), Port("mask", optional=True))
     torch = "mmgraph.components.nn.decoders:TransformerDecoder"
+    sequence_rule = causal_if_asked
+    context_ports = ("ctx",)
 
     class Params(Params):
         depth: PosInt

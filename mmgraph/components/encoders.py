@@ -238,6 +238,7 @@ class TokenEmbedding(Component):
     summary = "Token ids to embeddings, with optional learned positions"
     inputs = (Port("tokens"),)
     torch = "mmgraph.components.nn.encoders:TokenEmbedding"
+    sequence = "pointwise"
 
     class Params(Params):
         vocab: PosInt

@@ -34,6 +34,8 @@ class CrossAttention(Component):
     summary = "Queries from x attend to keys/values from ctx (any length, projected width)"
     inputs = (Port("x"), Port("ctx"), Port("mask", optional=True))
     torch = "mmgraph.components.nn.fusion:CrossAttention"
+    sequence = "pointwise"
+    context_ports = ("ctx",)
 
     class Params(Params):
         heads: PosInt
@@ -68,6 +70,8 @@ class GatedCrossAttention(Component):
                "tanh-gated FFN, gates at 0 so the frozen LM starts unchanged")
     inputs = (Port("x"), Port("ctx"), Port("mask", optional=True))
     torch = "mmgraph.components.nn.fusion:GatedCrossAttention"
+    sequence = "pointwise"
+    context_ports = ("ctx",)
 
     class Params(Params):
         heads: PosInt

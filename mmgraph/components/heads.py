@@ -20,6 +20,7 @@ class _Head(InputWidthSized, Component):
     category = "head"
     lora_targets = ("self",)
     inputs = (Port("x"),)
+    sequence = "pointwise"
 
 
 @register

@@ -13,6 +13,7 @@ from mmgraph.components.common import (
     Pos,
     PosInt,
     Prob,
+    causal_if_asked,
     check_heads,
     ctx_width,
     in_width,
@@ -32,6 +33,7 @@ class LayerNorm(InputWidthSized, Component):
     summary = "LayerNorm over the width"
     inputs = (Port("x"),)
     torch = "mmgraph.components.nn.layers:LayerNorm"
+    sequence = "pointwise"
 
     class Params(Params):
         eps: float = 1e-5
@@ -49,6 +51,7 @@ class RMSNorm(InputWidthSized, Component):
     summary = "RMSNorm over the width"
     inputs = (Port("x"),)
     torch = "mmgraph.components.nn.layers:RMSNorm"
+    sequence = "pointwise"
 
     class Params(Params):
         eps: float = 1e-6
@@ -65,6 +68,7 @@ class TanhGate(Component):
     summary = "Multiply by tanh(alpha), alpha learnable and 0 at init (Flamingo's gates)"
     inputs = (Port("x"),)
     torch = "mmgraph.components.nn.layers:TanhGate"
+    sequence = "pointwise"
 
     class Params(Params):
         init: float = 0.0
@@ -81,6 +85,7 @@ class SelfAttention(InputWidthSized, Component):
     summary = "Multi-head self-attention, causal or bidirectional, optional grouped KV heads"
     inputs = (Port("x"), Port("mask", optional=True))
     torch = "mmgraph.components.nn.layers:SelfAttention"
+    sequence_rule = causal_if_asked
 
     class Params(Params):
         heads: PosInt
@@ -108,6 +113,7 @@ class FFN(InputWidthSized, Component):
     summary = "Position-wise feed-forward network (GELU, ReLU or gated SwiGLU/GeGLU)"
     inputs = (Port("x"),)
     torch = "mmgraph.components.nn.layers:FFN"
+    sequence = "pointwise"
 
     class Params(Params):
         mult: float = Field(4.0, gt=0)
@@ -130,6 +136,8 @@ class TransformerLayer(Component):
                "FFN, pre- or post-norm")
     inputs = (Port("x"), Port("ctx", optional=True), Port("mask", optional=True))
     torch = "mmgraph.components.nn.layers:TransformerLayer"
+    sequence_rule = causal_if_asked
+    context_ports = ("ctx",)
 
     class Params(Params):
         heads: PosInt
@@ -159,6 +167,8 @@ class Transformer(Component):
     summary = "A stack of `depth` Transformer blocks with a final norm (a shared encoder)"
     inputs = (Port("x"), Port("ctx", optional=True), Port("mask", optional=True))
     torch = "mmgraph.components.nn.layers:Transformer"
+    sequence_rule = causal_if_asked
+    context_ports = ("ctx",)
 
     class Params(TransformerLayer.Params):
         depth: PosInt

@@ -12,6 +12,7 @@ class _Elementwise(Component):
     category = "op"
     has_weights = False
     inputs = (Port("x"),)
+    sequence = "pointwise"
 
     def infer(self, p, x, ctx):
         t = x["x"]
@@ -198,6 +199,7 @@ class ConcatWidth(Component):
     has_weights = False
     inputs = (Port("xs", variadic=True),)
     torch = "mmgraph.components.nn.ops:concat_width"
+    sequence = "pointwise"
 
     def infer(self, p, x, ctx):
         parts = x["xs"]

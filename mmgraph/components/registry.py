@@ -137,6 +137,14 @@ class Component:
     # arguments, without weights a function of the inputs and `torch_args`. Either
     # "module:attribute", imported when the model is built, or the object itself.
     torch: ClassVar[Any] = None
+    # How the component treats positions along a sequence, which decides whether a model can
+    # generate one token at a time (mmgraph/ir/passes/decoding.py): "pointwise" (each position
+    # on its own), "causal" (attends backwards only; its torch face keeps a KV cache while
+    # generating) or "mixing" (anything else, the safe default).
+    sequence: ClassVar[str] = "mixing"
+    # ports whose value must not depend on the generated tokens (cross-attention's context, a
+    # decoder's prefix): generation computes them once per request
+    context_ports: ClassVar[tuple[str, ...]] = ()
 
     def outputs(self, p: BaseModel) -> tuple[str, ...]:
         """Output port names; the first is always `out`."""
@@ -145,6 +153,10 @@ class Component:
     def infer(self, p: BaseModel, x: dict[str, Any], ctx: RuleContext
               ) -> TensorType | dict[str, TensorType]:
         raise NotImplementedError
+
+    def sequence_rule(self, p: BaseModel) -> str:
+        """`sequence` for these parameters (a transformer layer with causal=false mixes)."""
+        return self.sequence
 
     def verify(self, node, graph) -> list:
         """Checks that need the whole graph (e.g. an ancestor of some kind). Diagnostics."""

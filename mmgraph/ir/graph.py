@@ -235,6 +235,28 @@ class ExportPart:
     span: Span
 
 
+@dataclass(frozen=True)
+class DecodePlan:
+    """How the model generates text one token at a time (see mmgraph/ir/passes/decoding.py)."""
+
+    tokens: str  # the Tokens input that grows by one token per step
+    logits: str  # the output read for the next token: Logits[B, ... + T, V]
+    vocab: int  # the logits' last dim
+    context_inputs: tuple[str, ...]  # the other inputs the logits need (image, audio...)
+    frontier: tuple[tuple[str, str], ...]  # (node, port) of context values the step reads
+    context_nodes: tuple[str, ...]  # nodes computing the frontier from the context inputs
+    step_nodes: tuple[str, ...]  # nodes computing the logits from the frontier and tokens
+    max_len: int | None  # the most positions a decoder of the step takes (its max_len)
+
+
+@dataclass(frozen=True)
+class DecodeProblem:
+    """Why the model cannot generate, and where."""
+
+    message: str
+    span: Span
+
+
 @dataclass
 class ExportPlan:
     dims: dict[str, DimRange]
@@ -260,6 +282,8 @@ class Graph:
         # the layers with weights that train when no stage names its own (set by trainability)
         self.trainable_by_default: list[str] = []
         self.export: ExportPlan | None = None
+        self.decoding: DecodePlan | None = None  # None: see decoding_problem
+        self.decoding_problem: DecodeProblem | None = None
         # the model's own block and repeat calls; those made inside a copy hang off it
         self.calls: list[BlockCall] = []
         self.decls: dict[str, Declaration] = {}  # every declared layer, by full name

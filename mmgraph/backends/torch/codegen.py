@@ -473,9 +473,45 @@ class ModelCodegen:
             dict_text("outputs", [(k, literal(str(g.type_of(r)))) for k, r in g.outputs.items()]),
             dict_text("loss_weights", [(k, literal(t.weight)) for k, t in g.losses.items()]),
         ]
+        methods = [forward]
+        if g.decoding is not None:
+            plan = g.decoding
+            attrs.append(dict_text("decoding", [
+                ("tokens", literal(plan.tokens)), ("logits", literal(plan.logits)),
+                ("vocab", literal(plan.vocab)), ("context", literal(list(plan.context_inputs))),
+                ("max_len", literal(plan.max_len))]))
+            methods += self.generation_methods(plan)
+        elif g.decoding_problem is not None:
+            why = f"{g.decoding_problem.message} ({where(g.decoding_problem.span)})"
+            attrs.append(f"cannot_generate = {literal(why)}")
         return ClassSource(camel(g.name), "mm.GeneratedModel",
                            f"model {g.name} ({where(g.span)})",
-                           attrs, init, [forward])
+                           attrs, init, methods)
+
+    def generation_methods(self, plan) -> list[Method]:
+        """`generation_context` (what a request computes once: the values the steps read) and
+        `generation_step` (the logits of new tokens; attention layers use the ambient KV
+        cache, see mm.cache), which `generate` and the prefill/decode exports run."""
+        g = self.g
+        frontier = [Ref(n, p) for n, p in plan.frontier]
+        scope = ScopeCode(self, "", list(g.nodes), g.calls, g.values, list(g.inputs))
+        body = scope.statements(set(plan.context_nodes))
+        names = [scope.var(r) for r in frontier]
+        body.append(f"return ({''.join(n + ', ' for n in names).rstrip()})")
+        context = Method(
+            call_text("generation_context", ["self"] + [py_name(i) for i in plan.context_inputs],
+                      []).replace("\n", "\n    "),
+            "The values every generation step reads, computed once per request.", body)
+        step_scope = ScopeCode(self, "", list(g.nodes), g.calls, g.values, list(g.inputs))
+        for ref, name in zip(frontier, names):
+            step_scope.names[ref] = name
+        body = step_scope.statements(set(plan.step_nodes))
+        body.append(f"return {step_scope.var(g.outputs[plan.logits])}")
+        step = Method(
+            call_text("generation_step", ["self"] + names + [py_name(plan.tokens)],
+                      []).replace("\n", "\n    "),
+            "Logits of the new tokens; run inside mm.cache.decoding(cache).", body)
+        return [context, step]
 
     def forward_method(self, scope: ScopeCode, out_nodes: set[str]) -> Method:
         """One body, nanoGPT-style: check the inputs, compute the outputs, and only when

@@ -9,6 +9,7 @@ a plugin's through `mm.face("name")`.
 
 from mmgraph.components import registry
 from mmgraph.components.nn import (  # noqa: F401  (the faces, as `mm.<module>.<face>`)
+    cache,
     connectors,
     decoders,
     encoders,

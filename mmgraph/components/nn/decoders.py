@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from mmgraph.components.nn import cache as kv_cache
 from mmgraph.components.nn.layers import Block, init_linear_like_bert, make_norm, sincos_2d
 
 
@@ -32,15 +33,19 @@ class CausalLM(nn.Module):
         init_linear_like_bert(self)
 
     def forward(self, tokens=None, prefix=None, mask=None):
+        cache = kv_cache.current()  # generating: the prefix is read on the first step only
         parts = []
-        if prefix is not None:
+        if prefix is not None and (cache is None or cache.at_start):
             parts.append(prefix)
         if tokens is not None:
             parts.append(self.embed(tokens))
         x = torch.cat(parts, dim=1) if len(parts) > 1 else parts[0]
         if self.pos is not None:
             n = x.shape[1]
-            x = x + self.pos.weight[self.pos_offset:self.pos_offset + n]
+            if cache is None:
+                x = x + self.pos.weight[self.pos_offset:self.pos_offset + n]
+            else:
+                x = x + self.pos(cache.positions(n) + self.pos_offset)
         for layer in self.layers:
             x = layer(x, mask=mask)
         hidden = self.norm(x)

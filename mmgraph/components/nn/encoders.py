@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from mmgraph.components.nn import cache as kv_cache
 from mmgraph.components.nn.layers import Block, init_linear_like_bert, make_norm, sincos_2d
 
 
@@ -228,7 +229,11 @@ class TokenEmbedding(nn.Module):
     def forward(self, tokens):
         x = self.embed(tokens)
         if self.pos is not None:
-            x = x + self.pos.weight[: tokens.shape[1]]
+            cache = kv_cache.current()  # generating: positions continue from the cache
+            if cache is None:
+                x = x + self.pos.weight[: tokens.shape[1]]
+            else:
+                x = x + self.pos(cache.positions(tokens.shape[1]))
         return x
 
 

@@ -25,6 +25,8 @@ import traceback
 import torch
 from torch import nn
 
+from mmgraph import sampling
+from mmgraph.components.nn import cache as kv_cache
 from mmgraph.errors import InputError
 
 _WHERE = re.compile(r".*\.mmg:\d+")
@@ -92,6 +94,10 @@ class GeneratedModel(nn.Module):
     inputs: dict[str, DeclaredInput] = {}
     outputs: dict[str, str] = {}
     loss_weights: dict[str, float] = {}
+    # how the model generates (tokens input, logits output, vocab, context inputs, max_len),
+    # from mmgraph/ir/passes/decoding.py; empty with `cannot_generate` saying why
+    decoding: dict = {}
+    cannot_generate: str = ""
 
     def __call__(self, *args, **kwargs):
         if torch.compiler.is_compiling():
@@ -109,6 +115,71 @@ class GeneratedModel(nn.Module):
             raise NotImplementedError(f"{type(self).__name__} declares no loss")
         return self(*args, **inputs, return_losses=True)[1]
 
+    @torch.no_grad()
+    def generate(self, tokens, *, cache: bool = True, on_token=None, pad_id: int = 0,
+                 **inputs) -> list[list[int]]:
+        """The new token ids of each prompt in `tokens` (a list of id lists, or [B, T]).
+
+        The other keyword arguments are the model's context inputs by name (`image=...`:
+        one for all prompts or one per prompt) and the `mmgraph.sampling.Sampling` settings
+        (max_new_tokens, temperature, top_k, top_p, repetition_penalty, stop, seed).
+        `cache=False` recomputes every position at every step (for comparison and tests).
+        """
+        if not self.decoding:
+            raise InputError(f"{type(self).__name__} cannot generate: {self.cannot_generate}")
+        plan = self.decoding
+        context = {name: inputs.pop(name) for name in plan["context"] if name in inputs}
+        missing = [n for n in plan["context"] if n not in context]
+        if missing:
+            raise InputError(f"generating needs input '{missing[0]}' "
+                             f"({self.inputs[missing[0]].where}): {self.inputs[missing[0]].type}")
+        settings = sampling.Sampling(**inputs)
+        rows = tokens.tolist() if isinstance(tokens, torch.Tensor) else [list(r) for r in tokens]
+        where = f"input '{plan['tokens']}' ({self.inputs[plan['tokens']].where})"
+        sampling.check_ids(where, rows, plan["vocab"])
+        sampling.check_ids("stop tokens", [settings.stop], plan["vocab"])
+        device = next(self.parameters()).device
+        values = self.generation_context(**self._context_batch(context, len(rows), device))
+        steps = _CachedSteps(self, values, device) if cache else \
+            _RecomputedSteps(self, values, device)
+
+        def prefill(ids, mask):
+            logits = steps.prefill(torch.as_tensor(ids, device=device),
+                                   torch.as_tensor(mask, device=device))
+            need = logits.shape[1] + settings.max_new_tokens - 1
+            if plan["max_len"] is not None and need > plan["max_len"]:
+                raise InputError(
+                    f"{where}: {ids.shape[1]} prompt tokens (with what comes before them, "
+                    f"{logits.shape[1]} positions) and max_new_tokens="
+                    f"{settings.max_new_tokens} need {need} positions, over the model's "
+                    f"max_len {plan['max_len']}: shorten the prompt or ask for fewer tokens")
+            return logits[:, -1].float().cpu().numpy()
+
+        def step(ids, mask):
+            logits = steps.step(torch.as_tensor(ids, device=device),
+                                torch.as_tensor(mask, device=device))
+            return logits[:, -1].float().cpu().numpy()
+
+        return sampling.generate(prefill, step, rows, settings, pad_id=pad_id,
+                                 on_token=on_token)
+
+    def _context_batch(self, context: dict, batch: int, device) -> dict:
+        """Context inputs checked against their declarations, repeated to the batch when one
+        is given for all prompts."""
+        sizes: dict[str, tuple[int, str]] = {}
+        out = {}
+        for name, value in context.items():
+            if isinstance(value, torch.Tensor) and value.dim() and value.shape[0] == 1 \
+                    and batch > 1:
+                value = value.expand(batch, *value.shape[1:])
+            self.inputs[name].check(name, value, sizes)
+            if value.shape[0] != batch:
+                raise InputError(f"input '{name}' ({self.inputs[name].where}) has "
+                                 f"{value.shape[0]} rows for {batch} prompts: give one, or one "
+                                 "per prompt")
+            out[name] = value.to(device)
+        return out
+
     def check_inputs(self, given: dict, return_losses: bool = False) -> None:
         """Each given tensor against its declared input, before any layer sees it. A trace
         (ONNX export) records no Python check: the exported runtime checks its own inputs."""
@@ -122,6 +193,40 @@ class GeneratedModel(nn.Module):
             elif return_losses or not declared.loss_only:
                 need = "the losses need" if declared.loss_only else "forward needs"
                 raise InputError(f"{need} input '{name}' ({declared.where}): {declared.type}")
+
+
+class _CachedSteps:
+    """Prefill the prompts into a KV cache, then one token per step."""
+
+    def __init__(self, model: GeneratedModel, values: tuple, device):
+        self.model, self.values, self.cache = model, values, None
+
+    def prefill(self, ids, mask):
+        self.cache = kv_cache.KVCache(mask)
+        with kv_cache.decoding(self.cache):
+            return self.model.generation_step(*self.values, ids)
+
+    def step(self, ids, mask):
+        self.cache.extend_tokens(mask[:, -1:])
+        with kv_cache.decoding(self.cache):
+            return self.model.generation_step(*self.values, ids)
+
+
+class _RecomputedSteps:
+    """Every step recomputes the whole sequence, as `forward` does (prompts of one length)."""
+
+    def __init__(self, model: GeneratedModel, values: tuple, device):
+        self.model, self.values, self.ids = model, values, None
+
+    def prefill(self, ids, mask):
+        if not bool(mask.all()):
+            raise InputError("generating without a cache takes prompts of one length")
+        self.ids = ids
+        return self.model.generation_step(*self.values, ids)
+
+    def step(self, ids, mask):
+        self.ids = torch.cat([self.ids, ids], dim=1)
+        return self.model.generation_step(*self.values, self.ids)
 
 
 def _note_spec_line(exc: BaseException, module: str) -> None:

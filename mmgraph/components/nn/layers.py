@@ -12,6 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from mmgraph.components.nn import cache as kv_cache
+
 
 class RMSNorm(nn.Module):
     """`rms_norm`, and the norm of every block with norm="rms"."""
@@ -58,6 +60,16 @@ def rope_tables(length: int, dim: int, theta: float, device, dtype):
     return emb.cos().to(dtype), emb.sin().to(dtype)
 
 
+def rope_at(positions, dim: int, theta: float, dtype):
+    """cos/sin of rotary embeddings at given positions [B, N]: [B, 1, N, dim], the same
+    arithmetic as `rope_tables` (a KV-cached step starts past position 0)."""
+    inv = 1.0 / (theta ** (torch.arange(0, dim, 2, device=positions.device,
+                                        dtype=torch.float32) / dim))
+    freqs = positions.to(torch.float32)[..., None] * inv
+    emb = torch.cat([freqs, freqs], dim=-1)[:, None]
+    return emb.cos().to(dtype), emb.sin().to(dtype)
+
+
 def apply_rope(x, cos, sin):
     """Rotate the halves of each head's features (LLaMA's layout). x: [B, H, N, Dh]."""
     half = x.shape[-1] // 2
@@ -71,6 +83,14 @@ def alibi_bias(heads: int, n: int, device, dtype):
     pos = torch.arange(n, device=device)
     distance = (pos[None, :] - pos[:, None]).clamp(max=0).float()
     return (slopes[:, None, None] * distance[None]).to(dtype)
+
+
+def alibi_between(heads: int, query_pos, key_pos, dtype):
+    """`alibi_bias` for given query [B, N] and key [B, M] positions: [B, H, N, M]."""
+    slopes = torch.tensor([2 ** (-8 * (i + 1) / heads) for i in range(heads)],
+                          device=query_pos.device)
+    distance = (key_pos[:, None, :] - query_pos[:, :, None]).clamp(max=0).float()
+    return (slopes[None, :, None, None] * distance[:, None]).to(dtype)
 
 
 # ---------------------------------------------------------------- attention
@@ -98,12 +118,17 @@ class Attention(nn.Module):
         self.o = nn.Linear(inner, width, bias=bias if out_bias is None else out_bias)
 
     def forward(self, x, ctx=None, mask=None):
+        cache = kv_cache.current()
+        if cache is not None and ctx is None and self.causal:
+            return self.cached_step(x, cache)
         b, n, _ = x.shape
         src = x if ctx is None else ctx
         m = src.shape[1]
         q = self.q(x).view(b, n, self.heads, self.dim_head).transpose(1, 2)
-        k = self.k(src).view(b, m, self.kv_heads, self.dim_head).transpose(1, 2)
-        v = self.v(src).view(b, m, self.kv_heads, self.dim_head).transpose(1, 2)
+        if cache is not None:  # cross-attention while generating: project the context once
+            k, v = cache.context(lambda: self.keys_values(src))
+        else:
+            k, v = self.keys_values(src)
         if self.pos == "rope" and ctx is None:
             cos, sin = rope_tables(n, self.dim_head, self.rope_theta, x.device, q.dtype)
             q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
@@ -128,6 +153,36 @@ class Attention(nn.Module):
             out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, is_causal=causal,
                                                  dropout_p=self.dropout if self.training
                                                  else 0.0)
+        return self.o(out.transpose(1, 2).reshape(b, n, -1))
+
+    def keys_values(self, src):
+        b, m, _ = src.shape
+        k = self.k(src).view(b, m, self.kv_heads, self.dim_head).transpose(1, 2)
+        v = self.v(src).view(b, m, self.kv_heads, self.dim_head).transpose(1, 2)
+        return k, v
+
+    def cached_step(self, x, cache):
+        """Causal self-attention of a generation step: the new positions attend to the
+        cached keys/values and themselves; positions continue from the cache."""
+        b, n, _ = x.shape
+        q = self.q(x).view(b, n, self.heads, self.dim_head).transpose(1, 2)
+        k, v = self.keys_values(x)
+        if self.pos == "rope":
+            cos, sin = rope_at(cache.positions(n), self.dim_head, self.rope_theta, q.dtype)
+            q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        k, v = cache.extend(k, v)
+        m = k.shape[2]
+        if self.kv_heads != self.heads:
+            k = k.repeat_interleave(self.heads // self.kv_heads, dim=1)
+            v = v.repeat_interleave(self.heads // self.kv_heads, dim=1)
+        bias = cache.attention_bias(n, m, q.dtype)
+        if self.pos == "alibi":
+            bias = bias + alibi_between(self.heads, cache.positions(n),
+                                        cache.key_positions(m), q.dtype)
+        if q.dtype != torch.float32 and torch.onnx.is_in_onnx_export():
+            out = softmax_fp32_attention(q, k, v, bias)
+        else:
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
         return self.o(out.transpose(1, 2).reshape(b, n, -1))
 
 
