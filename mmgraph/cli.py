@@ -99,7 +99,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="leave out bad examples (named, and counted) instead of stopping")
     p.add_argument("--allow-outside-data", action="store_true",
                    help="let data files lie outside the data folder (absolute paths, ..)")
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--device", default="auto",
+                   help="auto (CUDA when present, else cpu), cpu, cuda, cuda:N, mps; under "
+                        "torchrun each process uses cuda:LOCAL_RANK")
+    p.add_argument("--fsdp", action="store_true",
+                   help="shard weights, gradients and optimizer state over the processes "
+                        "(FSDP2) instead of replicating them (DDP); checkpoints are sharded")
     p.add_argument("--quiet", action="store_true", help="no progress line")
     p.add_argument("--json", action="store_true")
     _common(p)
@@ -139,6 +144,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-compile", action="store_true", help="skip torch.compile")
     p.add_argument("--json", action="store_true")
     _common(p)
+
+    p = sub.add_parser("convert-checkpoint",
+                       help="gather a sharded (--fsdp) checkpoint into one model.safetensors")
+    p.add_argument("checkpoint", metavar="DIR", help="a run folder or one of its checkpoints")
 
     p = sub.add_parser("components", help="list the registered components")
     p.add_argument("name", nargs="?", help="show one component's parameters")
@@ -331,7 +340,7 @@ def cmd_train(args) -> int:
                    overwrite=args.overwrite, tokenizer=args.tokenizer, skip_bad=args.skip_bad,
                    allow_outside_data=args.allow_outside_data, dims=_dims(args.dims),
                    quiet=args.quiet or args.json, model_name=args.model, device=args.device,
-                   lib_dirs=args.lib_dirs, init=args.init)
+                   lib_dirs=args.lib_dirs, init=args.init, fsdp=args.fsdp)
     if result["rank"] != 0:  # under torchrun, the first process reports for all
         return EXIT_OK
     done = result["already_finished"]
@@ -471,9 +480,17 @@ def cmd_components(args) -> int:
     return EXIT_OK
 
 
+def cmd_convert_checkpoint(args) -> int:
+    from mmgraph.train.checkpoint import consolidate
+
+    path = consolidate(args.checkpoint)
+    print(f"wrote {path / 'model.safetensors'}")
+    return EXIT_OK
+
+
 COMMANDS = {"check": cmd_check, "graph": cmd_graph, "compile": cmd_compile, "stats": cmd_stats,
             "train": cmd_train, "eval": cmd_eval, "export": cmd_export, "bench": cmd_bench,
-            "components": cmd_components}
+            "components": cmd_components, "convert-checkpoint": cmd_convert_checkpoint}
 
 
 def _say(message: str) -> None:

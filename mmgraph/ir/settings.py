@@ -42,6 +42,8 @@ class TrainSettings(Settings):
     ckpt_every: int | None = Field(None, gt=0)
     keep: int = Field(3, gt=0)
     ema: float | None = Field(None, gt=0, lt=1)
+    # recompute each block's activations in the backward pass: less memory, ~1 more forward
+    activation_checkpointing: bool = False
 
 
 class ExportSettings(Settings):

@@ -53,8 +53,13 @@ def available_devices() -> list[str]:
 
 
 def check_device(name: str) -> torch.device:
-    """The device `name` names, refused before any work when it is not one or not here."""
+    """The device `name` names, refused before any work when it is not one or not here.
+
+    `auto` (the default) is CUDA when this machine has it, else the CPU. Under torchrun each
+    rank then takes its own GPU, cuda:LOCAL_RANK (mmgraph.train.distributed.local_device)."""
     here = ", ".join(available_devices())
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
         device = torch.device(name)
     except (RuntimeError, ValueError):
@@ -95,12 +100,15 @@ def train(spec: str | Path, *, data: str = "digits", out: str | Path | None = No
           stage: str | None = None, max_steps: int | None = None, resume: bool = False,
           overwrite: bool = False, tokenizer: str | None = None, skip_bad: bool = False,
           allow_outside_data: bool = False, dims: dict | None = None, quiet: bool = False,
-          model_name: str | None = None, device: str = "cpu", lib_dirs=(),
-          init: str | Path | None = None) -> dict:
+          model_name: str | None = None, device: str = "auto", lib_dirs=(),
+          init: str | Path | None = None, fsdp: bool = False) -> dict:
     """Train a spec into the run folder `out`.
 
     `init` (a run folder or one of its checkpoints) gives the starting weights of a fresh run:
     every tensor, matched by name and shape; the optimizer and the step start anew.
+
+    `fsdp` shards the model over the processes of a torchrun launch (or one process) with
+    FSDP2 instead of replicating it with DDP (mmgraph.train.distributed).
 
     Everything that can be refused is checked before the folder is touched: the arguments,
     the settings, the device, the data (every example against the spec) and the batch size
@@ -135,7 +143,8 @@ def train(spec: str | Path, *, data: str = "digits", out: str | Path | None = No
     tok = make_tokenizer(tokenizer or pretrained_tokenizer(g))
     source = open_source(data, "train", skip_bad, allow_outside=allow_outside_data)
     dataset = SpecDataset(source, g, tok, dims, skip_bad=skip_bad)
-    world = World() if env_world_size() > 1 else None
+    world = World(torch_device, fsdp=fsdp) if env_world_size() > 1 or fsdp else None
+    torch_device = world.device if world else torch_device  # each rank its own GPU
     main_process = world is None or world.is_main
     if main_process:
         report_skipped(source.problems + dataset.problems)

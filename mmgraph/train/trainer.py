@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import sys
 import time
 from collections.abc import Callable
@@ -23,10 +22,10 @@ import torch
 from torch import nn
 
 from mmgraph.backends.torch import weights
-from mmgraph.errors import UsageError
 from mmgraph.ir.graph import Graph, Stage
 from mmgraph.train import checkpoint as ckpt
 from mmgraph.train.checkpoint import Position
+from mmgraph.train.distributed import World, checkpoint_activations, env_world_size  # noqa: F401
 from mmgraph.train.progress import Progress
 from mmgraph.train.sources import DataError
 
@@ -181,8 +180,10 @@ class Trainer:
         position = Position()
         ckpt_dir = self.out / "checkpoints"
         resume_from = weights.latest(ckpt_dir) if resume else None
+        if self.settings.get("activation_checkpointing"):
+            checkpoint_activations(self.model)
         if resume_from is not None:
-            state = weights.load_weights(resume_from, self.model, self.g)
+            state = ckpt.load_model_for_resume(resume_from, self.model, self.g, fsdp=self.fsdp)
             position = Position(**state["position"])
             last = len(plans) - 1
             if position.stage > last or (position.stage == last and
@@ -214,19 +215,24 @@ class Trainer:
         total = sum(p.numel() for p in self.model.parameters())
         self.say(f"stage {plan.name}: {plan.steps} steps, {count:,} of {total:,} parameters "
                  f"trainable ({', '.join(plan.trainable) or 'none'})")
+        amp = autocast_dtype(s["precision"], self.device)
+        # wrapped before the optimizer is made: FSDP replaces the parameters by their shards
+        step_module = self.world.wrap(self.model, amp) if self.world else self.model
         params = [p for p in self.model.parameters() if p.requires_grad]
         if not params:
             raise RuntimeError(f"stage {plan.name} has nothing to train")
         optimizer = make_optimizer(s, params)
         scheduler = torch.optim.lr_scheduler.LambdaLR(
             optimizer, schedule_fn(s["schedule"], s["warmup"], plan.steps))
-        if resume_from is not None:
+        if resume_from is not None and self.fsdp:
+            pos = ckpt.load_sharded(resume_from, self.model, optimizer, scheduler)
+        elif resume_from is not None:
             pos = ckpt.load_training_state(resume_from, optimizer, scheduler)
         elif index == 0 and pos.global_step == 0:
             torch.manual_seed(s["seed"])
         resumed_at = pos.step if resume_from is not None else None
-        amp = autocast_dtype(s["precision"], self.device)
-        step_module = self.world.wrap(self.model) if self.world else self.model
+        if self.fsdp:
+            amp = None  # FSDP computes in the precision of its MixedPrecisionPolicy
         step_module.train()
         progress = Progress(plan.name, plan.steps, quiet=self.quiet)
         progress.start(pos.step)
@@ -270,7 +276,7 @@ class Trainer:
                 self.save(pos, optimizer, scheduler)
         progress.close()
         if pos.step != resumed_at:  # a stage resumed at its end has nothing new to save
-            self.save(pos, optimizer, scheduler)
+            self.save(pos, optimizer, scheduler, stage_end=True)
         if self.on_stage_end:
             self.on_stage_end(plan.name)
         return {"stage": plan.name, "steps": plan.steps, "trainable_params": count,
@@ -295,8 +301,17 @@ class Trainer:
                                 "batch_size")
             epoch, start = epoch + 1, 0
 
-    def save(self, pos: Position, optimizer, scheduler) -> None:
+    @property
+    def fsdp(self) -> bool:
+        return bool(self.world and self.world.fsdp)
+
+    def save(self, pos: Position, optimizer, scheduler, stage_end: bool = False) -> None:
         self.flush_metrics()
+        if self.fsdp:  # every rank writes its shards; a stage's end also as one file
+            ckpt.save_sharded(self.out / "checkpoints", self.model, optimizer, scheduler, pos,
+                              self.g, self.settings, self.world, keep=self.settings["keep"],
+                              full=stage_end)
+            return
         if self.world and not self.world.is_main:
             return
         ckpt.save(self.out / "checkpoints", self.model, optimizer, scheduler, pos, self.g,
@@ -356,49 +371,3 @@ def _naming(exc: OSError, path: Path) -> OSError:
     if exc.filename is None:
         exc.filename = str(path)
     return exc
-
-
-class World:
-    """Data-parallel training under torchrun: gloo on CPU, NCCL on GPU.
-
-    Each global batch is cut into equal slices, one per process; DistributedDataParallel
-    averages the gradients, so k steps on N processes match k steps of one process on the
-    same global batch (for losses that average over examples).
-    """
-
-    def __init__(self):
-        import torch.distributed as dist
-
-        self.dist = dist
-        backend = "nccl" if torch.cuda.is_available() else "gloo"
-        if not dist.is_initialized():
-            dist.init_process_group(backend)
-        self.rank, self.size = dist.get_rank(), dist.get_world_size()
-        self.is_main = self.rank == 0
-
-    def wrap(self, module: nn.Module) -> nn.Module:
-        from torch.nn.parallel import DistributedDataParallel
-
-        return DistributedDataParallel(module, find_unused_parameters=False)
-
-    def shard(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        n = next(iter(batch.values())).shape[0]
-        if n % self.size:
-            raise UsageError(f"batch size {n} does not divide over {self.size} processes; "
-                             f"use a multiple of {self.size}")
-        per = n // self.size
-        return {k: v[self.rank * per:(self.rank + 1) * per] for k, v in batch.items()}
-
-    def mean(self, values: dict[str, float]) -> dict[str, float]:
-        keys = sorted(values)
-        t = torch.tensor([values[k] for k in keys], dtype=torch.float64)
-        self.dist.all_reduce(t)
-        return {k: float(v) / self.size for k, v in zip(keys, t)}
-
-    def close(self) -> None:
-        self.dist.barrier()  # every process done (checkpoints written) before teardown
-        self.dist.destroy_process_group()
-
-
-def env_world_size() -> int:
-    return int(os.environ.get("WORLD_SIZE", "1"))
