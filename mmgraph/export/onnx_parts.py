@@ -211,6 +211,11 @@ def simplify(path: Path) -> tuple[int, int]:
         portable = all(n.domain in ("", "ai.onnx") for n in simplified.graph.node)
     except onnx.checker.ValidationError:
         portable = False
+    # The CPU provider runs fp16 ops it has no fp16 kernel for in fp32, by inserting Casts
+    # (InsertCastTransformer): saved, they would make an fp16 graph compute in fp32.
+    casts = sum(n.op_type == "Cast" for n in simplified.graph.node)
+    portable = portable and casts <= sum(n.op_type == "Cast" for n in onnx.load(str(path))
+                                         .graph.node)
     if portable and len(simplified.graph.node) <= before:
         onnx.save(simplified, str(path))
     path.with_suffix(".opt.onnx").unlink()

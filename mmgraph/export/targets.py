@@ -44,9 +44,14 @@ class Target(BaseModel):
     workspace_mb: PositiveInt = 1024
     backend: Literal["onnxruntime", "tensorrt"] = "onnxruntime"
     templates: tuple[str, ...] = Field((), strict=False)
+    # fp16 targets: ONNX node-name prefixes ("/part/lm/head") whose MatMul/Gemm/Conv stay fp32
+    # on purpose. Every other one computes in fp16 (tests/test_fp16_compute.py holds it to that).
+    fp32_compute: tuple[str, ...] = Field((), strict=False)
 
     def to_json(self) -> dict:
-        return self.model_dump(mode="json")
+        # fp32_compute only where a target sets it, so manifests of other targets stay as were
+        return self.model_dump(mode="json", exclude=set() if self.fp32_compute
+                               else {"fp32_compute"})
 
 
 def _folder() -> Path:
