@@ -22,6 +22,7 @@ import hashlib
 import json
 import os
 import shutil
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -366,7 +367,9 @@ def consolidate(path: str | Path) -> Path:
     try:
         tensors = {k: torch.empty(shape, dtype=getattr(torch, state["dtypes"][k]))
                    for k, shape in state["shapes"].items()}
-        dcp.load({"model": tensors}, checkpoint_id=path / SHARDED, no_dist=True)
+        with warnings.catch_warnings():  # "assuming the intent is to load in a single process"
+            warnings.simplefilter("ignore", UserWarning)
+            dcp.load({"model": tensors}, checkpoint_id=path / SHARDED, no_dist=True)
     except (KeyError, ValueError, TypeError, RuntimeError, AttributeError) as exc:
         raise CheckpointError(f"checkpoint {path}: cannot read its shards "
                               f"({type(exc).__name__}: {exc})") from None

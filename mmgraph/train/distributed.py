@@ -95,6 +95,7 @@ class World:
         self.rank, self.size = dist.get_rank(), dist.get_world_size()
         self.is_main = self.rank == 0
         self._sharded: nn.Module | None = None
+        self.replicated: list[nn.Parameter] = []  # scalars FSDP cannot shard (see shard_model)
 
     def wrap(self, module: nn.Module, precision: torch.dtype | None = None) -> nn.Module:
         """DDP around the module (anew each stage: which parameters train may change), or the
@@ -108,19 +109,61 @@ class World:
 
     def shard_model(self, module: nn.Module, precision: torch.dtype | None) -> nn.Module:
         """fully_shard each block, then the root; bf16/fp16 compute with fp32 gradient
-        reduction when the spec's precision asks for it (MixedPrecisionPolicy)."""
+        reduction when the spec's precision asks for it (MixedPrecisionPolicy).
+
+        FSDP2 shards no 0-dim parameter (a contrastive loss's learnable temperature): those
+        stay whole on every rank, and `average_replicated_grads` averages their gradients."""
         if self._sharded is module:
             return module
         from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
         mp = MixedPrecisionPolicy(param_dtype=precision, reduce_dtype=torch.float32) \
             if precision is not None else MixedPrecisionPolicy()
+        self.replicated = [p for p in module.parameters() if p.dim() == 0]
+        scalars = set(self.replicated)
         for _, block in blocks(module):
-            if any(True for _ in block.parameters()) and not _is_sharded(block):
-                fully_shard(block, mp_policy=mp)
-        fully_shard(module, mp_policy=mp)
+            if any(p not in scalars for p in block.parameters()) and not _is_sharded(block):
+                fully_shard(block, mp_policy=mp, ignored_params=scalars)
+        fully_shard(module, mp_policy=mp, ignored_params=scalars)
         self._sharded = module
         return module
+
+    def param_groups(self, params: list[nn.Parameter]) -> list:
+        """The optimizer's parameter groups: under FSDP the shards (DTensors) apart from the
+        replicated scalars, since one fused update cannot mix the two kinds."""
+        if not self.fsdp:
+            return params
+        sharded = [p for p in params if _is_dtensor(p)]
+        plain = [p for p in params if not _is_dtensor(p)]
+        return [{"params": group} for group in (sharded, plain) if group]
+
+    def average_replicated_grads(self) -> None:
+        """The mean over ranks of the gradients FSDP does not reduce (the replicated scalars);
+        DDP averages every gradient itself."""
+        for p in self.replicated:
+            if p.grad is not None:
+                dist.all_reduce(p.grad)
+                p.grad.div_(self.size)
+
+    def clip_grad_norm(self, params: list[nn.Parameter], max_norm: float) -> None:
+        """clip_grad_norm_ over sharded and replicated gradients together: the norm of the
+        whole (global) gradient, then one scale for all."""
+        if not self.fsdp:
+            torch.nn.utils.clip_grad_norm_(params, max_norm)
+            return
+        norms = []
+        for kind in (True, False):
+            grads = [p.grad for p in params if p.grad is not None and _is_dtensor(p) == kind]
+            if grads:
+                norm = torch.nn.utils.get_total_norm(grads)
+                norms.append(norm.full_tensor() if _is_dtensor(norm) else norm)
+        if not norms:
+            return
+        total = float(torch.linalg.vector_norm(torch.stack(norms)))
+        scale = min(1.0, max_norm / (total + 1e-6))
+        for p in params:
+            if p.grad is not None:
+                p.grad.mul_(scale)
 
     def batch_slice(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         n = next(iter(batch.values())).shape[0]
@@ -148,6 +191,12 @@ class World:
         dist.barrier()
         if self.owns_group:
             dist.destroy_process_group()
+
+
+def _is_dtensor(t) -> bool:
+    from torch.distributed.tensor import DTensor
+
+    return isinstance(t, DTensor)
 
 
 def _is_sharded(module: nn.Module) -> bool:

@@ -130,7 +130,11 @@ class Trainer:
                  settings: dict, stages: list[Stage], batches: Callable, n_examples: int,
                  max_steps: int | None = None, log: Callable[[dict], None] | None = None,
                  quiet: bool = False, device: str | torch.device = "cpu", world=None,
-                 on_stage_end: Callable | None = None):
+                 on_stage_end: Callable | None = None,
+                 validate: Callable[[int], Any] | None = None, extra_state: dict | None = None):
+        """`batches(batch_size, seed, epoch, start)` gives an epoch's batches from `start` on;
+        `validate(batch_size)` the validation data's batches (None: no validation); the
+        checkpoints record `extra_state` (what data trained them)."""
         self.model, self.g = model, g
         self.out = Path(out_dir)
         self.settings, self.stages = settings, stages
@@ -141,6 +145,7 @@ class Trainer:
         self.world = world  # a torch.distributed setup, or None
         self.log = log
         self.on_stage_end = on_stage_end
+        self.validate, self.extra_state = validate, extra_state
         self._metrics = None  # the open metrics.jsonl
 
     # ------------------------------------------------------------ planning
@@ -221,7 +226,7 @@ class Trainer:
         params = [p for p in self.model.parameters() if p.requires_grad]
         if not params:
             raise RuntimeError(f"stage {plan.name} has nothing to train")
-        optimizer = make_optimizer(s, params)
+        optimizer = make_optimizer(s, self.world.param_groups(params) if self.world else params)
         scheduler = torch.optim.lr_scheduler.LambdaLR(
             optimizer, schedule_fn(s["schedule"], s["warmup"], plan.steps))
         if resume_from is not None and self.fsdp:
@@ -258,7 +263,10 @@ class Trainer:
                                                                    if self.world else 1)
             if self.world:
                 logged = self.world.mean(logged)
-            if s.get("clip"):
+                self.world.average_replicated_grads()
+            if s.get("clip") and self.world:
+                self.world.clip_grad_norm(params, s["clip"])
+            elif s.get("clip"):
                 torch.nn.utils.clip_grad_norm_(params, s["clip"])
             optimizer.step()
             scheduler.step()
@@ -270,8 +278,12 @@ class Trainer:
             record = {"stage": plan.name, "step": pos.step, "global_step": pos.global_step,
                       "epoch": pos.epoch, "lr": scheduler.get_last_lr()[0],
                       "samples_per_s": rate, **{f"loss/{k}": v for k, v in logged.items()}}
+            every = s.get("eval_every")
+            if self.validate and (pos.step == plan.steps or (every and pos.step % every == 0)):
+                record.update({f"val/{k}": v for k, v in self.validation(s, amp).items()})
             self.emit(record)
-            progress.update(pos.step, logged["total"], record["lr"], rate)
+            progress.update(pos.step, logged["total"], record["lr"], rate,
+                            record.get("val/total"))
             if ckpt_every and pos.step % ckpt_every == 0 and pos.step < plan.steps:
                 self.save(pos, optimizer, scheduler)
         progress.close()
@@ -301,6 +313,30 @@ class Trainer:
                                 "batch_size")
             epoch, start = epoch + 1, 0
 
+    def validation(self, s: dict, amp) -> dict[str, float]:
+        """Each loss's mean over the validation data (weighted by batch size): eval mode, no
+        gradients, and the training's random numbers left as they were, so a run with
+        validation trains the same weights as one without. Every process computes it (FSDP
+        needs them all for a forward pass); only the first writes it."""
+        devices = [self.device.index or 0] if self.device.type == "cuda" else []
+        sums: dict[str, float] = {}
+        count = 0
+        was_training = self.model.training
+        with torch.random.fork_rng(devices=devices), torch.no_grad():
+            self.model.eval()
+            try:
+                for batch in self.validate(s["batch_size"]):
+                    batch = {k: v.to(self.device) for k, v in batch.items()}
+                    n = next(iter(batch.values())).shape[0]
+                    with torch.autocast(self.device.type, dtype=amp, enabled=amp is not None):
+                        _, losses = self.model(**batch, return_losses=True)
+                    for k, v in losses.items():
+                        sums[k] = sums.get(k, 0.0) + float(v) * n
+                    count += n
+            finally:
+                self.model.train(was_training)
+        return {k: v / max(count, 1) for k, v in sums.items()}
+
     @property
     def fsdp(self) -> bool:
         return bool(self.world and self.world.fsdp)
@@ -315,7 +351,7 @@ class Trainer:
         if self.world and not self.world.is_main:
             return
         ckpt.save(self.out / "checkpoints", self.model, optimizer, scheduler, pos, self.g,
-                  self.settings, keep=self.settings["keep"])
+                  self.settings, keep=self.settings["keep"], extra=self.extra_state)
 
     def truncate_metrics(self, global_step: int) -> None:
         """Drop the log lines of steps after the checkpoint: they are about to be redone
