@@ -105,6 +105,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fsdp", action="store_true",
                    help="shard weights, gradients and optimizer state over the processes "
                         "(FSDP2) instead of replicating them (DDP); checkpoints are sharded")
+    p.add_argument("--val", metavar="FRACTION|PATH",
+                   help="validation data: a fraction of --data held out (e.g. 0.1) or a .jsonl "
+                        "file / image folder; its losses go to metrics.jsonl every eval_every "
+                        "steps and at each stage's end")
+    p.add_argument("--workers", type=int, metavar="N",
+                   help="DataLoader worker processes (the workers train setting; default: 0 "
+                        "for in-memory data, up to 4 when files are decoded)")
+    p.add_argument("--tensorboard", action="store_true",
+                   help="also log metrics to RUN/tensorboard (needs mmgraph[tensorboard])")
     p.add_argument("--quiet", action="store_true", help="no progress line")
     p.add_argument("--json", action="store_true")
     _common(p)
@@ -115,7 +124,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="a run directory or one checkpoint folder (without it: the weights of "
                    "the spec's pretrained(...) parts)")
     p.add_argument("--data", default="digits", metavar="NAME|PATH")
-    p.add_argument("--split", default="test")
+    p.add_argument("--split", default="test",
+                   help="the split to evaluate (D.test.jsonl, DIR/test); data without one is "
+                        "read whole unless the checkpoint was trained on it; train: the "
+                        "training data, only when asked")
     p.add_argument("--tokenizer", metavar="byte|DIR")
     p.add_argument("--allow-outside-data", action="store_true",
                    help="let data files lie outside the data folder (absolute paths, ..)")
@@ -148,6 +160,38 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("convert-checkpoint",
                        help="gather a sharded (--fsdp) checkpoint into one model.safetensors")
     p.add_argument("checkpoint", metavar="DIR", help="a run folder or one of its checkpoints")
+
+    p = sub.add_parser("generate", help="generate text from a spec's model or an export folder")
+    p.add_argument("target", metavar="SPEC|DIR",
+                   help="a spec (with --checkpoint RUN) or a folder `mmgraph export` wrote")
+    p.add_argument("--checkpoint", metavar="RUN", help="a run folder or checkpoint (spec only)")
+    p.add_argument("--prompt", action="append", default=[], metavar="TEXT",
+                   help="a prompt (repeatable: one row each; default one empty prompt)")
+    p.add_argument("--image", action="append", default=[], metavar="PATH",
+                   help="the picture (one for every prompt, or one per prompt)")
+    p.add_argument("--audio", action="append", default=[], metavar="PATH.npy",
+                   help="the audio input, a numpy array (one, or one per prompt)")
+    p.add_argument("--max-new-tokens", type=int, default=32, metavar="N")
+    p.add_argument("--temperature", type=float, default=0.0,
+                   help="0 (the default) is greedy; above 0 samples")
+    p.add_argument("--top-k", type=int, metavar="K")
+    p.add_argument("--top-p", type=float, default=1.0, metavar="P")
+    p.add_argument("--repetition-penalty", type=float, default=1.0, metavar="R")
+    p.add_argument("--stop", action="append", default=[], metavar="TEXT",
+                   help="a token that ends the text (repeatable; the tokenizer's end of text "
+                        "always does)")
+    p.add_argument("--stop-id", action="append", default=[], type=int, metavar="ID")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--tokenizer", metavar="byte|DIR",
+                   help="the tokenizer the model trained with (default: byte, or the "
+                        "pretrained part's)")
+    p.add_argument("--chat", action="store_true",
+                   help="wrap the prompt in the tokenizer's (or the spec's) chat template")
+    p.add_argument("--no-cache", action="store_true",
+                   help="recompute every position at each step (spec only; for comparison)")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--json", action="store_true", help="print the token ids and the text")
+    _common(p)
 
     p = sub.add_parser("components", help="list the registered components")
     p.add_argument("name", nargs="?", help="show one component's parameters")
@@ -340,7 +384,8 @@ def cmd_train(args) -> int:
                    overwrite=args.overwrite, tokenizer=args.tokenizer, skip_bad=args.skip_bad,
                    allow_outside_data=args.allow_outside_data, dims=_dims(args.dims),
                    quiet=args.quiet or args.json, model_name=args.model, device=args.device,
-                   lib_dirs=args.lib_dirs, init=args.init, fsdp=args.fsdp)
+                   lib_dirs=args.lib_dirs, init=args.init, fsdp=args.fsdp, val=args.val,
+                   workers=args.workers, tensorboard=args.tensorboard)
     if result["rank"] != 0:  # under torchrun, the first process reports for all
         return EXIT_OK
     done = result["already_finished"]
@@ -357,33 +402,28 @@ def cmd_train(args) -> int:
                   f"{st['trainable_params']:,} trainable parameters; last losses: {losses}")
         if result["init"]:
             print(f"started from the weights of {result['init']}")
-        print(f"trained {result['model']} on {result['examples']} examples in "
+        held = (f" (validation: {result['validation_examples']})"
+                if result["validation_examples"] else "")
+        print(f"trained {result['model']} on {result['examples']} examples{held} in "
               f"{result['seconds']:.1f} s; run in {result['out']}")
     return EXIT_OK
 
 
 def cmd_eval(args) -> int:
-    from mmgraph.train.evaluate import evaluate, headline
-    from mmgraph.train.preprocess import pretrained_tokenizer
-    from mmgraph.train.run import load_trained, write_json
-    from mmgraph.train.sources import open_source
-    from mmgraph.train.spec_dataset import SpecDataset
-    from mmgraph.train.tokenize import make_tokenizer
+    from mmgraph.train.evaluate import headline
+    from mmgraph.train.run import evaluate_spec, write_json
 
     _plugins(args.plugin)
-    model, g, path = load_trained(args.spec, args.checkpoint, _overrides(args.overrides),
-                                  args.model, args.lib_dirs)
-    tok = make_tokenizer(args.tokenizer or pretrained_tokenizer(g))
-    source = open_source(args.data, args.split, allow_outside=args.allow_outside_data)
-    dataset = SpecDataset(source, g, tok, _dims(args.dims))
-    results = evaluate(model, g, source, dataset, tok)
-    results = {"model": g.name, "checkpoint": str(path) if path else None, "data": args.data,
-               "split": args.split, **results}
+    results = evaluate_spec(args.spec, args.checkpoint, data=args.data, split=args.split,
+                            tokenizer=args.tokenizer, dims=_dims(args.dims),
+                            allow_outside_data=args.allow_outside_data,
+                            overrides=_overrides(args.overrides), model_name=args.model,
+                            lib_dirs=args.lib_dirs)
     if args.json:
         print(write_json(results))
     else:
-        print(f"{g.name} from {path or 'its pretrained parts'} on {args.data}/{args.split} "
-              f"({results['examples']} examples)")
+        print(f"{results['model']} from {results['checkpoint'] or 'its pretrained parts'} on "
+              f"{results['evaluated_on']} ({results['examples']} examples)")
         for line in headline(results):
             print("  " + line)
     return EXIT_OK
@@ -488,9 +528,51 @@ def cmd_convert_checkpoint(args) -> int:
     return EXIT_OK
 
 
+def cmd_generate(args) -> int:
+    from pathlib import Path
+
+    from mmgraph import generation
+
+    _plugins(args.plugin)
+    sampling = {"max_new_tokens": args.max_new_tokens, "temperature": args.temperature,
+                "top_k": args.top_k, "top_p": args.top_p,
+                "repetition_penalty": args.repetition_penalty, "seed": args.seed,
+                "stop": tuple(args.stop_id)}
+    req = generation.Request(prompts=args.prompt or [""],
+                             files={"image": args.image, "audio": args.audio},
+                             sampling=sampling, stop_texts=args.stop,
+                             tokenizer=args.tokenizer, chat=args.chat)
+    stream = not args.json and len(req.prompts) == 1
+
+    def on_text(row: int, text: str) -> None:
+        print(text, end="", flush=True)
+
+    target = Path(args.target)
+    if target.is_dir():
+        if args.checkpoint or args.overrides or args.no_cache:
+            raise UsageError("--checkpoint, --set and --no-cache go with a spec, not with an "
+                             "export folder (it holds its weights and sizes)")
+        results = generation.from_export(args.target, req, on_text=on_text if stream else None)
+    else:
+        results = generation.from_spec(
+            args.target, req, checkpoint=args.checkpoint, overrides=_overrides(args.overrides),
+            model_name=args.model, lib_dirs=args.lib_dirs, device=args.device,
+            cache=not args.no_cache, on_text=on_text if stream else None)
+    if args.json:
+        print(json.dumps({"generated": [{"prompt": r.prompt, "ids": r.ids, "text": r.text}
+                                        for r in results]}))
+    elif stream:
+        print()
+    else:
+        for r in results:
+            print(f"{r.prompt!r} -> {r.text}")
+    return EXIT_OK
+
+
 COMMANDS = {"check": cmd_check, "graph": cmd_graph, "compile": cmd_compile, "stats": cmd_stats,
             "train": cmd_train, "eval": cmd_eval, "export": cmd_export, "bench": cmd_bench,
-            "components": cmd_components, "convert-checkpoint": cmd_convert_checkpoint}
+            "components": cmd_components, "convert-checkpoint": cmd_convert_checkpoint,
+            "generate": cmd_generate}
 
 
 def _say(message: str) -> None:

@@ -63,12 +63,14 @@ def test_generated_code_imports_only_torch_and_mmgraph_components():
 
 def test_every_forward_line_points_at_the_spec():
     source = generate(build_graph(ROOT / "specs" / "llava.mmg"), "specs/llava.mmg").source
-    body = source.split("def forward")[1].splitlines()[2:]
+    body = source.split("def forward")[1].split("\n    def ")[0].splitlines()[2:]
     bookkeeping = ("self.check_inputs(", "outputs = {", "if not return_losses:", "return ",
                    "losses = {", 'losses["total"] = ')
     statements = [line for line in body if line.strip() and
                   not line.strip().startswith(bookkeeping)]
     assert len(statements) == 4 and all("llava.mmg:" in line for line in statements)
+    step = source.split("def generation_step")[1].splitlines()[2:]
+    assert any("self.lm(" in line and "llava.mmg:37" in line for line in step)
 
 
 def test_runtime_errors_name_the_spec_line(tmp_path):

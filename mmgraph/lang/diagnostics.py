@@ -72,6 +72,7 @@ CODES: dict[str, str] = {
     "E601": "bad dim range",
     "E602": "bad part",
     "E603": "bad export setting",
+    "E701": "model cannot generate text",
     # E9xx: mmgraph itself
     "E901": "internal error",
 }

@@ -21,6 +21,7 @@ class Clip(mm.GeneratedModel):
     }
     outputs = {"img": "Vec<image>[B, 512]", "txt": "Vec<text>[B, 512]"}
     loss_weights = {"itc": 1.0}
+    cannot_generate = "model clip has no output Logits[B, N, V] whose positions N grow with a Tokens input, so there is no text to generate (clip.mmg:23)"
 
     def __init__(self):
         super().__init__()

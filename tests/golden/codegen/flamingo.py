@@ -54,6 +54,13 @@ class Flamingo(mm.GeneratedModel):
     }
     outputs = {"logits": "Logits<image,text>[B, T, 50432]"}
     loss_weights = {"lm_loss": 1.0}
+    decoding = {
+        "tokens": "text",
+        "logits": "logits",
+        "vocab": 50432,
+        "context": ["image"],
+        "max_len": 2048,
+    }
 
     def __init__(self):
         super().__init__()
@@ -114,3 +121,19 @@ class Flamingo(mm.GeneratedModel):
         losses = {"lm_loss": lm_loss}
         losses["total"] = sum(self.loss_weights[name] * value for name, value in losses.items())
         return outputs, losses
+
+    def generation_context(self, image):
+        """The values every generation step reads, computed once per request."""
+        vision = self.vision(image)  # Seq<image>[B, 256, 1024]  flamingo.mmg:52
+        media = self.resampler(vision)  # Seq<image>[B, 64, 1024]  flamingo.mmg:52
+        return (media,)
+
+    def generation_step(self, media, text):
+        """Logits of the new tokens; run inside mm.cache.decoding(cache)."""
+        embed = self.embed(text)  # Seq<text>[B, T, 4096]  flamingo.mmg:53
+        h = embed
+        for layer in self.lm:  # flamingo.mmg:53
+            h = layer(h, media)
+        final_norm = self.final_norm(h)  # Seq<image,text>[B, T, 4096]  flamingo.mmg:54
+        logits = self.lm_head(final_norm)  # Logits<image,text>[B, T, 50432]  flamingo.mmg:54
+        return logits

@@ -21,6 +21,13 @@ class Llava(mm.GeneratedModel):
     }
     outputs = {"logits": "Logits<image,text>[B, 576 + T, 32064]"}
     loss_weights = {"lm_loss": 1.0}
+    decoding = {
+        "tokens": "prompt",
+        "logits": "logits",
+        "vocab": 32064,
+        "context": ["image"],
+        "max_len": 4096,
+    }
 
     def __init__(self):
         super().__init__()
@@ -79,3 +86,14 @@ class Llava(mm.GeneratedModel):
         losses = {"lm_loss": lm_loss}
         losses["total"] = sum(self.loss_weights[name] * value for name, value in losses.items())
         return outputs, losses
+
+    def generation_context(self, image):
+        """The values every generation step reads, computed once per request."""
+        vision = self.vision(image)  # Seq<image>[B, 576, 1024]  llava.mmg:36
+        v = self.proj(vision)  # Seq<image>[B, 576, 4096]  llava.mmg:36
+        return (v,)
+
+    def generation_step(self, v, prompt):
+        """Logits of the new tokens; run inside mm.cache.decoding(cache)."""
+        logits, logits_hidden = self.lm(tokens=prompt, prefix=v)  # Logits<image,text>[B, 576 + T, 32064]  llava.mmg:37
+        return logits
