@@ -20,7 +20,7 @@ from helpers import graph
 from tiny import TINY
 
 ROOT = Path(__file__).resolve().parents[1]
-GENERATORS = ["llava", "blip2", "flamingo"]
+GENERATORS = ["llava", "blip2", "flamingo", "llamafusion"]
 
 
 def tiny_model(name: str, seed: int = 0, **extra):
@@ -58,7 +58,6 @@ def test_plan_of_flamingo_steps_through_every_gated_group():
     # Zipper's speech tower cross-attends to the text: every text token sees later ones
     ("zipper", 36, 36, "layer 'towers.0.speech_from_text' (gated_cross_attention) reads 'ctx' "
                        "from a value that depends on text"),
-    ("llamafusion", 48, 27, "layer 'concat' (concat) mixes positions in both directions"),
     ("clip", 23, 1, "model clip has no output Logits[B, N, V]"),
 ])
 def test_models_that_cannot_generate_say_where(spec, line, col, words, capsys):
@@ -67,6 +66,30 @@ def test_models_that_cannot_generate_say_where(spec, line, col, words, capsys):
     assert f"{spec}.mmg:{line}:{col}: error[E701]: cannot generate: " in err
     assert words in err
     assert "^" in err and "Traceback" not in err
+
+
+def test_a_context_joined_after_the_tokens_is_refused():
+    g = graph("""
+        model m {
+          input t: Tokens[B, T]
+          input v: Seq[B, 4, 8]
+          layer emb: token_embedding(vocab=10, width=8)
+          layer lm: transformer_layer(heads=2, causal=true)
+          head out: lm_head(vocab=10)
+          logits = out(lm(concat(emb(t), v)))
+          output logits
+        }
+    """)
+    assert "layer 'concat' (concat) puts a value that does not depend on t after the " \
+           "tokens' positions" in g.decoding_problem.message
+    assert (g.decoding_problem.span.line, g.decoding_problem.span.col) == (8, 19)
+
+
+def test_llamafusion_joins_the_picture_once_and_slices_by_position():
+    plan = check_file(ROOT / "specs" / "llamafusion.mmg", TINY["llamafusion"])\
+        .graphs["llamafusion"].decoding
+    assert plan.joins == (("concat", 1),)  # the latents' tokens come first
+    assert plan.slices == (("slice", 16),)  # h[image_tokens:] with 16 picture positions
 
 
 def test_a_bidirectional_layer_is_named_with_its_reason():

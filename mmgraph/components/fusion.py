@@ -12,6 +12,7 @@ from mmgraph.components.common import (
     Pos,
     PosInt,
     Prob,
+    causal_if_asked,
     check_heads,
     ctx_width,
     in_width,
@@ -209,6 +210,7 @@ class ModalityFFN(_Routed):
     summary = "Modality-routed FFN: each token goes through its own modality's FFN (LlamaFusion)"
     inputs = (Port("x"),)
     torch = "mmgraph.components.nn.fusion:ModalityFFN"
+    sequence = "pointwise"
 
     class Params(_RoutedParams):
         hidden: PosInt | None = None
@@ -229,6 +231,7 @@ class ModalityAttention(_Routed):
                "and norms (LlamaFusion)")
     inputs = (Port("x"), Port("mask", optional=True))
     torch = "mmgraph.components.nn.fusion:ModalityAttention"
+    sequence_rule = causal_if_asked
 
     class Params(_RoutedParams):
         heads: PosInt

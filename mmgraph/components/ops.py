@@ -162,6 +162,13 @@ class Concat(Component):
     has_weights = False
     inputs = (Port("xs", variadic=True),)
     torch = "mmgraph.components.nn.ops:concat"
+    sequence = "joins"
+
+    def torch_call_args(self, p, x, node, graph):
+        """While generating, the leading inputs that do not depend on the tokens (a picture's
+        tokens before the text) are joined on the first step only."""
+        joins = dict(graph.decoding.joins) if graph.decoding is not None else {}
+        return {"context_parts": joins[node.name]} if node.name in joins else {}
 
     def infer(self, p, x, ctx):
         parts = x["xs"]

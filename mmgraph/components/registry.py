@@ -140,7 +140,8 @@ class Component:
     # How the component treats positions along a sequence, which decides whether a model can
     # generate one token at a time (mmgraph/ir/passes/decoding.py): "pointwise" (each position
     # on its own), "causal" (attends backwards only; its torch face keeps a KV cache while
-    # generating) or "mixing" (anything else, the safe default).
+    # generating), "joins" (concatenates positions: inputs computed without the tokens come
+    # first and are read on the first step only) or "mixing" (anything else, the default).
     sequence: ClassVar[str] = "mixing"
     # ports whose value must not depend on the generated tokens (cross-attention's context, a
     # decoder's prefix): generation computes them once per request

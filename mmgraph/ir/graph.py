@@ -247,6 +247,11 @@ class DecodePlan:
     context_nodes: tuple[str, ...]  # nodes computing the frontier from the context inputs
     step_nodes: tuple[str, ...]  # nodes computing the logits from the frontier and tokens
     max_len: int | None  # the most positions a decoder of the step takes (its max_len)
+    # concat nodes of the step and how many of their leading inputs are context (read on the
+    # first step only); slice nodes of the step and the positions their input has before the
+    # tokens (a one-token step slices by absolute position)
+    joins: tuple[tuple[str, int], ...] = ()
+    slices: tuple[tuple[str, int], ...] = ()
 
 
 @dataclass(frozen=True)

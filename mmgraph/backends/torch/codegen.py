@@ -361,8 +361,14 @@ class ScopeCode:
                 text = f"{out} = {a} {sym} {b}"
         elif node.op == "slice":
             lo, hi = node.attrs["start"], node.attrs["stop"]
-            text = (f"{out} = {self.var(node.inputs[0][1])}[:, {'' if lo is None else int(lo)}:"
-                    f"{'' if hi is None else int(hi)}]")
+            leads = dict(self.g.decoding.slices) if self.g.decoding is not None else {}
+            if node.name in leads:  # by absolute position, so a generation step can run it
+                text = call_text("mm.cache.window", [self.var(node.inputs[0][1]),
+                                                     literal(lo), literal(hi)],
+                                 [("before", literal(leads[node.name]))], lead=f"{out} = ")
+            else:
+                text = (f"{out} = {self.var(node.inputs[0][1])}"
+                        f"[:, {'' if lo is None else int(lo)}:{'' if hi is None else int(hi)}]")
         elif node.op == "select":
             text = f"{out} = {self.var(node.inputs[0][1])}[:, {int(node.attrs['index'])}]"
         else:

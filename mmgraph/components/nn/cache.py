@@ -43,6 +43,32 @@ def decoding(cache: KVCache) -> Iterator[KVCache]:
         _ACTIVE.reset(token)
 
 
+def window(x: torch.Tensor, start: int | None, stop: int | None, *, before: int):
+    """`x[:, start:stop]` by absolute position while generating. `x` holds `before` positions
+    ahead of the tokens' and, in a one-token step, only its newest positions: the slice is
+    taken of those it holds. Outside generation it is the plain slice."""
+    cache = current()
+    if cache is None:
+        return x[:, start:stop]
+    held_from = before + cache.token_mask.shape[1] - x.shape[1]  # the first position x holds
+    lo = None if start is None else max(start - held_from, 0)
+    hi = None if stop is None else max(stop - held_from, 0)
+    return x[:, lo:hi]
+
+
+def runs_held(runs: list[tuple[int, int]], held: int) -> list[tuple[int, int]]:
+    """The (modality, length) runs of the last `held` positions of a sequence laid out as
+    `runs`: what a generation step holds of a sequence routed by modality."""
+    skip = sum(length for _, length in runs) - held
+    out = []
+    for index, length in runs:
+        take = min(length, max(length - skip, 0))
+        skip = max(skip - length, 0)
+        if take:
+            out.append((index, take))
+    return out
+
+
 class KVCache:
     """Past keys/values per cached self-attention call (in call order), projected context
     keys/values per cross-attention call, and the token mask."""

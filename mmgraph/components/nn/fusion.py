@@ -7,11 +7,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from mmgraph.components.nn import cache as kv_cache
 from mmgraph.components.nn.layers import (
     Attention,
     Block,
     FeedForward,
     apply_rope,
+    attend_cached,
     make_norm,
     rope_tables,
     softmax_fp32_attention,
@@ -112,6 +114,16 @@ def runs(segments, n):
     return [(index, n - known if length is None else length) for index, length in segments]
 
 
+def held_runs(segments, n):
+    """The runs of a routed sequence of n positions; while generating, of the positions a
+    step holds (the free-length run is the tokens', which grow by one each step)."""
+    cache = kv_cache.current()
+    if cache is None:
+        return runs(segments, n)
+    known = sum(length for _, length in segments if length is not None)
+    return kv_cache.runs_held(runs(segments, known + cache.token_mask.shape[1]), n)
+
+
 class _Routed(nn.Module):
     """Per-modality copies of a sub-layer; each token goes through its modality's copy.
 
@@ -129,7 +141,7 @@ class _Routed(nn.Module):
 
     def route(self, x, segments, fn):
         outs, start = [], 0
-        for index, length in runs(segments, x.shape[1]):
+        for index, length in held_runs(segments, x.shape[1]):
             piece = x[:, start:start + length]
             outs.append(fn(self.per[self.modalities[index]], piece))
             start += length
@@ -167,7 +179,7 @@ class ModalityAttention(nn.Module):
 
     def forward(self, x, segments, mask=None):
         b, n, _ = x.shape
-        segments = runs(segments, n)
+        segments = held_runs(segments, n)
         qs, ks, vs, start = [], [], [], 0
         for index, length in segments:
             layer = self.per[self.modalities[index]]
@@ -180,6 +192,10 @@ class ModalityAttention(nn.Module):
         q = torch.cat(qs, 1).view(b, n, self.heads, self.dim_head).transpose(1, 2)
         k = torch.cat(ks, 1).view(b, n, self.kv_heads, self.dim_head).transpose(1, 2)
         v = torch.cat(vs, 1).view(b, n, self.kv_heads, self.dim_head).transpose(1, 2)
+        cache = kv_cache.current()
+        if cache is not None:  # a generation step: attend over the cached positions
+            out = attend_cached(q, k, v, cache, pos=self.pos, rope_theta=10000.0)
+            return self.project_out(out, segments)
         if self.pos == "rope":
             cos, sin = rope_tables(n, self.dim_head, 10000.0, x.device, q.dtype)
             q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
@@ -190,6 +206,11 @@ class ModalityAttention(nn.Module):
             out = softmax_fp32_attention(q, k, v, causal=self.causal)
         else:
             out = F.scaled_dot_product_attention(q, k, v, is_causal=self.causal)
+        return self.project_out(out, segments)
+
+    def project_out(self, out, segments):
+        """Each run's heads [B, H, N, Dh] through its modality's output projection."""
+        b, _, n, _ = out.shape
         out = out.transpose(1, 2).reshape(b, n, -1)
         pieces, start = [], 0
         for index, length in segments:

@@ -167,23 +167,29 @@ class Attention(nn.Module):
         b, n, _ = x.shape
         q = self.q(x).view(b, n, self.heads, self.dim_head).transpose(1, 2)
         k, v = self.keys_values(x)
-        if self.pos == "rope":
-            cos, sin = rope_at(cache.positions(n), self.dim_head, self.rope_theta, q.dtype)
-            q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
-        k, v = cache.extend(k, v)
-        m = k.shape[2]
-        if self.kv_heads != self.heads:
-            k = k.repeat_interleave(self.heads // self.kv_heads, dim=1)
-            v = v.repeat_interleave(self.heads // self.kv_heads, dim=1)
-        bias = cache.attention_bias(n, m, q.dtype)
-        if self.pos == "alibi":
-            bias = bias + alibi_between(self.heads, cache.positions(n),
-                                        cache.key_positions(m), q.dtype)
-        if q.dtype != torch.float32 and torch.onnx.is_in_onnx_export():
-            out = softmax_fp32_attention(q, k, v, bias)
-        else:
-            out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
+        out = attend_cached(q, k, v, cache, pos=self.pos, rope_theta=self.rope_theta)
         return self.o(out.transpose(1, 2).reshape(b, n, -1))
+
+
+def attend_cached(q, k, v, cache, *, pos: str, rope_theta: float):
+    """Attention of a generation step's new queries [B, H, N, Dh] over the cached keys and
+    values with the new ones [B, Hkv, N, Dh] appended to the cache: rotary or ALiBi positions
+    from where the cache is, causal, padding keys masked."""
+    heads, n = q.shape[1], q.shape[2]
+    if pos == "rope":
+        cos, sin = rope_at(cache.positions(n), q.shape[-1], rope_theta, q.dtype)
+        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+    k, v = cache.extend(k, v)
+    m = k.shape[2]
+    if k.shape[1] != heads:
+        k = k.repeat_interleave(heads // k.shape[1], dim=1)
+        v = v.repeat_interleave(heads // v.shape[1], dim=1)
+    bias = cache.attention_bias(n, m, q.dtype)
+    if pos == "alibi":
+        bias = bias + alibi_between(heads, cache.positions(n), cache.key_positions(m), q.dtype)
+    if q.dtype != torch.float32 and torch.onnx.is_in_onnx_export():
+        return softmax_fp32_attention(q, k, v, bias)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
 
 
 def softmax_fp32_attention(q, k, v, bias=None, causal: bool = False):

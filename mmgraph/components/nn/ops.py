@@ -10,6 +10,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from mmgraph.components.nn import cache as kv_cache
 from mmgraph.components.nn.global_batch import gather, gather_with_grad, world
 
 
@@ -49,8 +50,13 @@ def dropout(x, *, p: float, training: bool):
     return F.dropout(x, p=p, training=training)
 
 
-def concat(*xs):
-    return torch.cat(xs, dim=1)
+def concat(*xs, context_parts: int = 0):
+    """Along positions. While generating, the first `context_parts` inputs (computed once per
+    request) are joined on the first step only: later steps hold only new positions."""
+    cache = kv_cache.current()
+    if cache is not None and not cache.at_start:
+        xs = xs[context_parts:]
+    return torch.cat(xs, dim=1) if len(xs) > 1 else xs[0]
 
 
 def concat_width(*xs):

@@ -68,7 +68,21 @@ def plan(g: Graph) -> DecodePlan | DecodeProblem:
         frontier=tuple((r.node, r.port) for r in frontier),
         context_nodes=tuple(n for n in g.nodes if n in context),
         step_nodes=tuple(n for n in g.nodes if n in dynamic),
-        max_len=min((m for m in limits if isinstance(m, int)), default=None))
+        max_len=min((m for m in limits if isinstance(m, int)), default=None),
+        joins=tuple((n, [r.node in dynamic for r in g.nodes[n].refs()].index(True))
+                    for n in g.nodes if n in dynamic and g.nodes[n].op == "call"
+                    and registry.get(g.instances[g.nodes[n].target].component)
+                    .sequence_rule(g.instances[g.nodes[n].target].params) == "joins"),
+        slices=tuple((n, _lead(g, g.nodes[n].inputs[0][1], tokens))
+                     for n in g.nodes if n in dynamic and g.nodes[n].op == "slice"))
+
+
+def _lead(g: Graph, ref: Ref, tokens: str) -> int | None:
+    """How many positions of `ref` come before the tokens' (its length minus T), or None
+    when that is not a fixed number."""
+    length = g.type_of(ref).dims[1]
+    lead = length - g.nodes[tokens].type.dims[1]
+    return int(lead) if lead.is_Integer and int(lead) >= 0 else None
 
 
 def _logits_and_tokens(g: Graph) -> tuple[str, str] | DecodeProblem:
@@ -100,16 +114,31 @@ def _step_problem(g: Graph, node: Node, dynamic: set[str], tokens: str) -> Decod
                     f"that does not depend on {tokens} position by position, which a "
                     "one-token step cannot reproduce", span)
         return None
-    if node.op in ("slice", "select"):
+    if node.op == "select":
         return DecodeProblem(
-            f"this {node.op} picks positions of a value computed from {tokens}; a "
+            f"this select picks one position of a value computed from {tokens}; a "
             "one-token generation step sees only the newest position", span)
+    if node.op == "slice":
+        if _lead(g, node.inputs[0][1], tokens) is None:
+            return DecodeProblem(
+                f"this slice cuts a value whose length is not a fixed number of positions "
+                f"plus those of {tokens}, so a generation step cannot tell which positions "
+                "it holds", span)
+        return None
     if node.op != "call":
         return DecodeProblem(f"generation cannot step through a '{node.op}' node", span)
     inst = g.instances[node.target]
     comp = registry.get(inst.component)
     layer = f"layer '{inst.name}' ({inst.component})"
     rule = comp.sequence_rule(inst.params)
+    if rule == "joins":
+        ports = [ref.node in dynamic for _, ref in node.inputs]
+        if True in ports and False in ports[ports.index(True):]:
+            return DecodeProblem(
+                f"{layer} puts a value that does not depend on {tokens} after the tokens' "
+                "positions; generation can only join such values before them (a prefix)",
+                span)
+        return None
     if rule == "mixing":
         why = ("has causal=false: each position attends to later ones too"
                if getattr(inst.params, "causal", None) is False
