@@ -6,14 +6,25 @@ Throughput is the training loop's (what mmgraph reports as samples/s at its last
 step's logging, scheduling and bookkeeping included); the one-off costs of a run (building
 the module, the final checkpoint and loss plot) are printed separately as wall time.
 
+Then data parallelism on two processes (gloo on CPUs, NCCL on GPUs): DDP against FSDP2
+(`--fsdp`), samples/s, and the peak memory of a rank with and without activation
+checkpointing, each configuration a fresh pair of processes on the same larger CLIP, printed
+as ratios side by side (peak RSS on CPUs, where the process's baseline is the same for all;
+peak allocated memory on GPUs).
+
     .venv/bin/python bench/train_throughput.py [--steps 60] [--rounds 3] [--json]
+                                               [--no-distributed] [--dist-steps 20]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import resource
+import socket
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -67,11 +78,74 @@ def with_mmgraph(steps: int, batch_size: int) -> float:
         return json.loads(last)["samples_per_s"]
 
 
+# a CLIP large enough that weights and activations outweigh the interpreter, small enough for
+# a laptop: about 4.8M parameters
+WIDE = {"width": 256, "text_width": 256, "depth": 4, "text_depth": 4, "embed": 128}
+PROCESSES = 2
+DIST_MODES = {"ddp": (False, False), "fsdp": (True, False), "ddp+ac": (False, True),
+              "fsdp+ac": (True, True)}
+
+
+def distributed_worker(out: Path, mode: str, steps: int, batch: int) -> None:
+    """One rank of one configuration: train, then report its samples/s and peak memory."""
+    from mmgraph.train.run import train
+
+    fsdp, ac = DIST_MODES[mode]
+    torch.set_num_threads(1)
+    result = train(SPEC, out=out / mode, overrides=WIDE, max_steps=steps, quiet=True,
+                   fsdp=fsdp, settings_overrides={"batch_size": batch, "warmup": 0,
+                                                  "precision": "fp32",
+                                                  "activation_checkpointing": ac})
+    if torch.cuda.is_available():
+        peak = torch.cuda.max_memory_allocated()
+    else:
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
+    record = {"rank": result["rank"], "peak_bytes": peak}
+    if result["rank"] == 0:
+        last = (out / mode / "metrics.jsonl").read_text().splitlines()[-1]
+        record["samples_per_s"] = json.loads(last)["samples_per_s"]
+    (out / f"{mode}.rank{result['rank']}.json").write_text(json.dumps(record))
+
+
+def launch(out: Path, mode: str, steps: int, batch: int) -> dict:
+    """Two processes with the environment torchrun gives them; their reports."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    procs = []
+    for rank in range(PROCESSES):
+        env = {**os.environ, "RANK": str(rank), "LOCAL_RANK": str(rank),
+               "WORLD_SIZE": str(PROCESSES), "MASTER_ADDR": "127.0.0.1",
+               "MASTER_PORT": str(port), "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+        procs.append(subprocess.Popen([sys.executable, __file__, "--worker", str(out), mode,
+                                       str(steps), str(batch)], env=env, cwd=ROOT,
+                                      stdout=subprocess.DEVNULL, stderr=subprocess.PIPE))
+    errors = [p.communicate(timeout=600)[1].decode(errors="replace") for p in procs]
+    for p, err in zip(procs, errors):
+        if p.returncode:
+            raise SystemExit(f"{mode}: a rank failed (exit {p.returncode}):\n{err[-2000:]}")
+    ranks = [json.loads((out / f"{mode}.rank{r}.json").read_text()) for r in range(PROCESSES)]
+    return {"samples_per_s": ranks[0]["samples_per_s"],
+            "peak_bytes_per_rank": max(r["peak_bytes"] for r in ranks)}
+
+
+def distributed(steps: int, batch: int) -> dict:
+    with tempfile.TemporaryDirectory() as out:
+        return {mode: launch(Path(out), mode, steps, batch) for mode in DIST_MODES}
+
+
 def main() -> int:
+    if sys.argv[1:2] == ["--worker"]:
+        out, mode, steps, batch = sys.argv[2:6]
+        distributed_worker(Path(out), mode, int(steps), int(batch))
+        return 0
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--steps", type=int, default=60)
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--no-distributed", action="store_true",
+                    help="skip DDP vs FSDP and activation checkpointing on two processes")
+    ap.add_argument("--dist-steps", type=int, default=20)
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
     ours, theirs = [], []
@@ -85,6 +159,17 @@ def main() -> int:
               "rounds": args.rounds, "mmgraph_samples_per_s": a,
               "hand_written_samples_per_s": b, "ratio": a / b,
               "threads": torch.get_num_threads()}
+    if not args.no_distributed:
+        d = distributed(args.dist_steps, args.batch)
+        mem = {m: d[m]["peak_bytes_per_rank"] for m in d}
+        result["distributed"] = {
+            "processes": PROCESSES, "steps": args.dist_steps, "model": WIDE, **d,
+            "fsdp_over_ddp_samples_per_s": d["fsdp"]["samples_per_s"] / d["ddp"]["samples_per_s"],
+            "fsdp_over_ddp_peak_memory": mem["fsdp"] / mem["ddp"],
+            "ac_over_none_peak_memory_ddp": mem["ddp+ac"] / mem["ddp"],
+            "ac_over_none_peak_memory_fsdp": mem["fsdp+ac"] / mem["fsdp"],
+            "ac_over_none_samples_per_s_ddp": d["ddp+ac"]["samples_per_s"] /
+            d["ddp"]["samples_per_s"]}
     if args.json:
         print(json.dumps(result, indent=2))
     else:
@@ -94,7 +179,24 @@ def main() -> int:
               f"{statistics.median(WALL[1:]):.2f} s with setup, checkpoint and plot)")
         print(f"  hand-written    {b:8.1f} samples/s")
         print(f"  ratio           {a / b:8.3f}")
+        if "distributed" in result:
+            print_distributed(result["distributed"])
     return 0
+
+
+def print_distributed(d: dict) -> None:
+    where = "GPU allocated" if torch.cuda.is_available() else "CPU RSS"
+    print(f"\ndata parallel on {d['processes']} processes, {d['steps']} steps, same global batch "
+          f"(one fresh pair of processes per configuration)")
+    print(f"  {'':10} {'samples/s':>10} {'peak ' + where + ' per rank':>26}")
+    for mode in DIST_MODES:
+        print(f"  {mode:10} {d[mode]['samples_per_s']:10.1f} "
+              f"{d[mode]['peak_bytes_per_rank'] / 2**20:22.1f} MiB")
+    print(f"  FSDP / DDP samples/s            {d['fsdp_over_ddp_samples_per_s']:6.3f}")
+    print(f"  FSDP / DDP peak memory          {d['fsdp_over_ddp_peak_memory']:6.3f}")
+    print(f"  with / without activation checkpointing, peak memory: DDP "
+          f"{d['ac_over_none_peak_memory_ddp']:.3f}, FSDP {d['ac_over_none_peak_memory_fsdp']:.3f}"
+          f"; samples/s (DDP) {d['ac_over_none_samples_per_s_ddp']:.3f}")
 
 
 if __name__ == "__main__":
