@@ -320,3 +320,39 @@ def test_generate_command_words_bad_settings(llava_run, tmp_path, capsys):
                  "--stop", "xyz"]) == 1
     assert "stop token 'xyz' is 3 tokens for tokenizer byte, not one" in \
         capsys.readouterr().err
+
+
+def test_a_captioning_transformer_decoder_caches_self_and_cross_attention(tmp_path):
+    """token embedding with learned positions -> causal transformer_decoder cross-attending
+    to image features -> lm_head: the cached steps give the full pass's logits."""
+    spec = tmp_path / "cap.mmg"
+    spec.write_text("""
+model cap {
+  input image: Image[B, 3, 16, 16]
+  input text: Tokens[B, T]
+  encoder vision: vit(patch=8, width=16, depth=1, heads=2)
+  layer embed: token_embedding(vocab=20, width=16, pos="learned", max_len=32)
+  decoder dec: transformer_decoder(depth=2, heads=2, causal=true)
+  head out: lm_head(vocab=20)
+  logits = out(dec(embed(text), vision(image)))
+  output logits
+}
+""")
+    cls, g = load_class(spec, None)
+    assert g.decoding.frontier == (("vision", "out"),)
+    torch.manual_seed(0)
+    model = instantiate(cls, g, pretrained=False).eval()
+    image = torch.randn(1, 3, 16, 16)
+    tokens = torch.randint(0, 20, (1, 7))
+    with torch.no_grad():
+        full = model(image=image, text=tokens)["logits"]
+        values = model.generation_context(image)
+        cache = KVCache(torch.ones(1, 3, dtype=torch.bool))
+        with decoding(cache):
+            steps = [model.generation_step(*values, tokens[:, :3])]
+        for i in range(3, 7):
+            cache.extend_tokens(torch.ones(1, 1))
+            with decoding(cache):
+                steps.append(model.generation_step(*values, tokens[:, i:i + 1]))
+    assert len(cache.cross_kv) == 2  # the image's keys/values, projected once per layer
+    assert (torch.cat(steps, 1) - full).abs().max().item() < 1e-5
