@@ -38,12 +38,18 @@ class TrainSettings(Settings):
     clip: float | None = Field(None, gt=0)
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     seed: int = 0
-    eval_every: int | None = Field(None, gt=0)
+    eval_every: int | None = Field(None, gt=0)  # validation loss every N steps (with --val)
     ckpt_every: int | None = Field(None, gt=0)
     keep: int = Field(3, gt=0)
     ema: float | None = Field(None, gt=0, lt=1)
+    # data: None means automatic (workers: 0 for in-memory data, up to 4 when files are
+    # decoded; chat_template: the tokenizer's own, else "vicuna"; truncation: "report")
+    workers: int | None = Field(None, ge=0, le=64)  # DataLoader worker processes
+    chat_template: str | None = None  # "vicuna", "chatml", "plain" or a jinja2 template
+    truncation: Literal["report", "refuse"] | None = None  # text longer than its input
     # recompute each block's activations in the backward pass: less memory, ~1 more forward
-    activation_checkpointing: bool = False
+    # (None: off, and left out of the IR's text like the other unset settings)
+    activation_checkpointing: bool | None = None
 
 
 class ExportSettings(Settings):
