@@ -11,6 +11,7 @@ from PIL import Image
 
 from mmgraph.compiler import check_text
 from mmgraph.train.batching import batches, collate, len_batches
+from mmgraph.train.chat import Conversation
 from mmgraph.train.sources import (
     DIGIT_NAMES,
     DataError,
@@ -229,15 +230,17 @@ def test_jsonl_relative_images_and_conversations(tmp_path, graph):
     # run from elsewhere: paths are relative to the .jsonl file, not the working directory
     src = open_source(str(path), "train")
     assert isinstance(src, JsonlSource) and len(src) == 2 and src.skipped == 0
-    assert src[1]["text"] == "human: <image>\nWhat is it?\ngpt: A grey square."
-    assert "conversations" not in src.fields
+    # the turns are kept (for the chat template), the <image> placeholder dropped: the picture
+    # is the model's prefix
+    assert src[1]["text"] == src[1]["conversations"] == Conversation(
+        (("user", "What is it?"), ("assistant", "A grey square.")))
     assert src.where(1) == f"{path}:3"
     ds = SpecDataset(src, graph, ByteTokenizer(), dims={"T": 64})
     x = ds[0]
     assert x["image"].shape == (3, 16, 16)
     red = (200 / 255 - 0.5) / 0.5
     assert torch.allclose(x["image"][0], torch.full((16, 16), red), atol=1e-5)
-    assert ByteTokenizer().decode(ds[1]["text"]).startswith("human: ")
+    assert ByteTokenizer().decode(ds[1]["text"]).startswith("A chat between")  # vicuna
 
 
 def test_jsonl_split_files(tmp_path):

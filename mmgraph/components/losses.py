@@ -67,7 +67,8 @@ class ITM(_Loss):
 class NextToken(_Loss):
     name = "next_token"
     summary = ("Causal LM loss: logits at position i predict token i+1; `skip` prefix positions "
-               "(e.g. visual tokens) have no targets")
+               "(e.g. visual tokens) have no targets; `mask` marks the tokens that are "
+               "(training data fills a Mask input with a conversation's answer tokens)")
     inputs = (Port("logits"), Port("tokens"), Port("mask", optional=True))
     torch = "mmgraph.components.nn.losses:next_token"
 
@@ -83,6 +84,9 @@ class NextToken(_Loss):
             ctx.fail(f"{ctx.name} needs per-token logits Logits[B, N, V] but "
                      f"{ctx.source('logits')} gives {lg}", "logits", code="E302")
         ctx.expect_same("logits", lg.dim("B"), "tokens", tok.dim("B"), "batch")
+        if "mask" in x:  # which tokens are targets (a conversation's answers, no padding)
+            ctx.expect_kind("mask", x["mask"], "Mask")
+            ctx.expect_same("tokens", tok.dim("T"), "mask", x["mask"].dim("N"), "length")
         n, t = lg.dim("N"), tok.dim("T")
         if T.differ(n, t + p.skip):
             ctx.fail(f"{ctx.name}: logits cover {T.format_dim(n)} positions but skip={p.skip} "

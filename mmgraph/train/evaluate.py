@@ -73,6 +73,27 @@ def ordered_batches(dataset, batch_size: int):
                                                              len(dataset)))])
 
 
+def eval_source(data: str, split: str, trained_on: dict | None, allow_outside: bool = False):
+    """The data `mmgraph eval` reads, and how to say what it is: the `split` of `data`; when
+    the data has no such split, the whole file or folder, refused when it is what the
+    checkpoint was trained on (`trained_on`: the checkpoint's record of its data), since
+    evaluating on training data is asked for only with split "train"."""
+    from mmgraph.train.sources import DataError, open_source, split_file
+
+    source = open_source(data, split, allow_outside=allow_outside)
+    if source.split == split:
+        return source, f"{source.name}, split {split}"
+    if split == "train":
+        return source, f"{source.name}, split train (the whole file, the training data)"
+    where = split_file(data, split)
+    if trained_on and source.origin in (trained_on.get("train"), trained_on.get("val")):
+        raise DataError(f"{data} has no {split} split ({where} not found), and {source.name} "
+                        f"is the data the checkpoint was trained on; give held-out data with "
+                        f"--data, or evaluate on the training data with --split train")
+    known = "" if trained_on else "; the checkpoint does not record its training data"
+    return source, f"{source.name}, the whole file (no {split} split: {where} not found{known})"
+
+
 def evaluate(model, g: Graph, source, dataset, tokenizer, batch_size: int = 128) -> dict:
     data = list(ordered_batches(dataset, batch_size))
     results: dict = {"examples": len(dataset)}

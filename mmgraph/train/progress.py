@@ -1,4 +1,5 @@
-"""A progress line for long work: steps, loss, learning rate, samples/s, time left.
+"""A progress line for long work: steps, loss (and the last validation loss), learning rate,
+samples/s, time left.
 
 Redrawn in place on a terminal; on a pipe or in CI, one plain line every ~10% instead of
 hundreds of carriage returns.
@@ -19,12 +20,14 @@ class Progress:
         self.first = 0
         self.last_print = 0.0
         self.shown_tenth = -1
+        self.val: float | None = None  # the last validation loss, shown until the next
 
     def start(self, done: int = 0) -> None:
         self.first = done
         self.began = time.perf_counter()
 
-    def update(self, done: int, loss: float, lr: float, rate: float) -> None:
+    def update(self, done: int, loss: float, lr: float, rate: float,
+               val: float | None = None) -> None:
         if self.quiet:
             return
         elapsed = time.perf_counter() - self.began
@@ -33,8 +36,11 @@ class Progress:
         width = 24
         filled = int(width * done / self.total)
         bar = "#" * filled + "-" * (width - filled)
-        line = (f"{self.label} [{bar}] {done}/{self.total}  loss {loss:.4f}  lr {lr:.2e}  "
-                f"{rate:,.0f} samples/s  {left:4.0f}s left")
+        if val is not None:
+            self.val = val
+        shown = f"  val {self.val:.4f}" if self.val is not None else ""
+        line = (f"{self.label} [{bar}] {done}/{self.total}  loss {loss:.4f}{shown}  "
+                f"lr {lr:.2e}  {rate:,.0f} samples/s  {left:4.0f}s left")
         if self.tty:
             now = time.perf_counter()
             if now - self.last_print > 0.1 or done == self.total:

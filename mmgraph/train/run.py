@@ -79,11 +79,18 @@ def check_device(name: str) -> torch.device:
     return device
 
 
-def tensorboard_logger(out: Path):
-    """A TensorBoard writer when the tensorboard package is installed, else None."""
+TENSORBOARD_MISSING = ("--tensorboard: the tensorboard package is not installed, so no "
+                      "TensorBoard log is written (metrics.jsonl and loss.png are); install it "
+                      "with pip install 'mmgraph[tensorboard]'")
+
+
+def tensorboard_logger(out: Path, say=lambda text: print(text, file=sys.stderr)):
+    """A TensorBoard writer into out/tensorboard; None, said in one line, when the
+    tensorboard package (the `tensorboard` extra) is not installed."""
     try:
         from torch.utils.tensorboard import SummaryWriter
     except ImportError:
+        say(TENSORBOARD_MISSING)
         return None
     writer = SummaryWriter(str(out / "tensorboard"))
 
@@ -101,8 +108,14 @@ def train(spec: str | Path, *, data: str = "digits", out: str | Path | None = No
           overwrite: bool = False, tokenizer: str | None = None, skip_bad: bool = False,
           allow_outside_data: bool = False, dims: dict | None = None, quiet: bool = False,
           model_name: str | None = None, device: str = "auto", lib_dirs=(),
-          init: str | Path | None = None, fsdp: bool = False) -> dict:
+          init: str | Path | None = None, fsdp: bool = False, val: str | None = None,
+          workers: int | None = None, tensorboard: bool = False) -> dict:
     """Train a spec into the run folder `out`.
+
+    `val` is a fraction of the data held out (e.g. "0.1") or a data set (.jsonl file, image
+    folder) whose losses are computed every `eval_every` steps and at each stage's end into
+    metrics.jsonl. `workers` (the `workers` train setting) reads data in that many processes.
+    `tensorboard` also logs every metric into out/tensorboard.
 
     `init` (a run folder or one of its checkpoints) gives the starting weights of a fresh run:
     every tensor, matched by name and shape; the optimizer and the step start anew.
@@ -114,10 +127,10 @@ def train(spec: str | Path, *, data: str = "digits", out: str | Path | None = No
     the settings, the device, the data (every example against the spec) and the batch size
     against the data. The folder is then claimed for this run (see runfolder.claim).
     """
-    from mmgraph.train.batching import batches
+    from mmgraph.train.batching import Loader, auto_workers
     from mmgraph.train.preprocess import pretrained_tokenizer
     from mmgraph.train.sources import open_source
-    from mmgraph.train.spec_dataset import SpecDataset
+    from mmgraph.train.spec_dataset import SpecDataset, hold_out
     from mmgraph.train.tokenize import make_tokenizer
 
     if max_steps is not None and max_steps < 1:
@@ -129,8 +142,11 @@ def train(spec: str | Path, *, data: str = "digits", out: str | Path | None = No
         raise UsageError("--resume continues the run in the folder (its weights, optimizer "
                          "and step) and --init starts a new one from a checkpoint's weights: "
                          "give one of them")
+    fraction = val_fraction(val)
     torch_device = check_device(device)
     cls, g = load_class(spec, model_name, lib_dirs=lib_dirs, **(overrides or {}))
+    if workers is not None:
+        settings_overrides = {**(settings_overrides or {}), "workers": workers}
     settings = train_settings(g, settings_overrides or {})
     stages = g.train.stages if g.train else []
     names = stage_names(stages)
@@ -141,16 +157,36 @@ def train(spec: str | Path, *, data: str = "digits", out: str | Path | None = No
     out = Path(out or Path("runs") / g.name)
     # no --tokenizer: the one saved with the pretrained text parts, else bytes
     tok = make_tokenizer(tokenizer or pretrained_tokenizer(g))
+    text = {"chat_template": settings["chat_template"], "truncation": settings["truncation"]}
     source = open_source(data, "train", skip_bad, allow_outside=allow_outside_data)
-    dataset = SpecDataset(source, g, tok, dims, skip_bad=skip_bad)
+    full = SpecDataset(source, g, tok, dims, skip_bad=skip_bad, **text)
+    dataset, val_set, val_source, val_full = full, None, None, None
+    if fraction is not None:
+        dataset, val_set = hold_out(full, fraction, settings["seed"])
+    elif val is not None:
+        val_source = open_source(val, "val", skip_bad, allow_outside=allow_outside_data)
+        if val_source.origin == source.origin:
+            raise UsageError(f"--val {val}: that is the training data itself ({source.name}); "
+                             "give a held-out file, or a fraction such as --val 0.1")
+        val_set = val_full = SpecDataset(val_source, g, tok, dims, skip_bad=skip_bad, **text)
     world = World(torch_device, fsdp=fsdp) if env_world_size() > 1 or fsdp else None
     torch_device = world.device if world else torch_device  # each rank its own GPU
     main_process = world is None or world.is_main
+    problems = source.problems + full.problems
     if main_process:
-        report_skipped(source.problems + dataset.problems)
-
-    def make_batches(batch_size, seed, epoch, start):
-        return batches(dataset, batch_size, seed, epoch, start)
+        report_skipped(problems)
+        if val_full is not None:
+            report_skipped(val_source.problems + val_full.problems)
+        for data_set in filter(None, (full, val_full)):
+            for line in data_set.cut_report() + data_set.padding_notes():
+                print(f"note: {line}", file=sys.stderr)
+    n_workers = settings["workers"] if settings["workers"] is not None else auto_workers(source)
+    pin = torch_device.type == "cuda"
+    loader = Loader(dataset, n_workers, settings["seed"], pin_memory=pin)
+    val_loader = Loader(val_set, n_workers, settings["seed"], pin_memory=pin, drop_last=False) \
+        if val_set is not None else None
+    provenance = {"data": {"train": source.origin, "val": None if val is None else (
+        f"{fraction:g} of the training data" if fraction is not None else val_source.origin)}}
 
     torch.manual_seed(settings["seed"])
     # pretrained parts start a fresh run; a resumed one takes every weight from its checkpoint
@@ -160,25 +196,48 @@ def train(spec: str | Path, *, data: str = "digits", out: str | Path | None = No
     init_path = init_weights(init, model) if init is not None else None
     model = model.to(torch_device)
     trainer = Trainer(model, g, out, settings=settings, stages=stages,
-                      batches=make_batches, n_examples=len(dataset), max_steps=max_steps,
+                      batches=loader.epoch, n_examples=len(dataset), max_steps=max_steps,
                       quiet=quiet, device=torch_device, world=world,
-                      on_stage_end=lambda name: main_process and loss_png(out))
+                      on_stage_end=lambda name: main_process and loss_png(out),
+                      validate=(lambda size: val_loader.epoch(size, 0, 0)) if val_loader
+                      else None, extra_state=provenance)
     trainer.plans(stage)  # refuses a batch larger than the data, before the folder is touched
     folder = claim(out, resume=resume, overwrite=overwrite, say=trainer.say) if main_process \
         else nullcontext()
-    with folder:
-        trainer.log = tensorboard_logger(out) if main_process else None
-        result = trainer.run(resume=resume, only_stage=stage)
+    try:
+        with folder:
+            trainer.log = tensorboard_logger(out) if main_process and tensorboard else None
+            result = trainer.run(resume=resume, only_stage=stage)
+    finally:
+        loader.close()
+        if val_loader:
+            val_loader.close()
     rank, size = (world.rank, world.size) if world else (0, 1)
     if world:
         world.close()
     done = result.finished_before
     return {"model": g.name, "out": str(out), "seconds": result.seconds,
             "stages": result.stages, "final_losses": result.final_losses,
-            "examples": len(dataset), "skipped": len(source.problems + dataset.problems),
-            "settings": settings, "rank": rank, "processes": size,
+            "examples": len(dataset), "validation_examples": len(val_set) if val_set else 0,
+            "skipped": len(problems), "cut": {c.input: len(c.cut) for c in full.cuts.values()},
+            "workers": n_workers, "settings": settings, "rank": rank, "processes": size,
             "init": None if init_path is None else str(init_path),
             "already_finished": None if done is None else vars(done)}
+
+
+def val_fraction(val: str | None) -> float | None:
+    """--val as a fraction of the training data to hold out, or None when it names data (or
+    is not given); a number outside (0, 1) is refused."""
+    if val is None:
+        return None
+    try:
+        number = float(val)
+    except ValueError:
+        return None
+    if not 0 < number < 1:
+        raise UsageError(f"--val {val}: a fraction of the data to hold out is between 0 and 1 "
+                         "(e.g. --val 0.1); or name a held-out .jsonl file or image folder")
+    return number
 
 
 def init_weights(init: str | Path, model: torch.nn.Module) -> Path:
@@ -218,6 +277,33 @@ def report_skipped(problems: list[str]) -> None:
         print(f"  {problem}", file=sys.stderr)
     if len(problems) > SKIPPED_SHOWN:
         print(f"  ... and {len(problems) - SKIPPED_SHOWN} more", file=sys.stderr)
+
+
+def evaluate_spec(spec: str | Path, checkpoint: str | Path | None, *, data: str = "digits",
+                  split: str = "test", tokenizer: str | None = None, dims: dict | None = None,
+                  allow_outside_data: bool = False, overrides: dict | None = None,
+                  model_name: str | None = None, lib_dirs=()) -> dict:
+    """`mmgraph eval`: the metrics of a checkpoint (or of the pretrained parts) on the
+    `split` of `data`, never on the data it was trained on unless `split` is "train"; the
+    result's "evaluated_on" says which file and split were read."""
+    from mmgraph.train.evaluate import eval_source, evaluate
+    from mmgraph.train.preprocess import pretrained_tokenizer
+    from mmgraph.train.spec_dataset import SpecDataset
+    from mmgraph.train.tokenize import make_tokenizer
+
+    model, g, path = load_trained(spec, checkpoint, overrides, model_name, lib_dirs)
+    trained_on = weights.read_state(path).get("data") if path is not None else None
+    settings = train_settings(g, {})
+    tok = make_tokenizer(tokenizer or pretrained_tokenizer(g))
+    source, described = eval_source(data, split, trained_on, allow_outside_data)
+    dataset = SpecDataset(source, g, tok, dims, chat_template=settings["chat_template"],
+                          truncation=settings["truncation"])
+    for line in dataset.cut_report():
+        print(f"note: {line}", file=sys.stderr)
+    results = evaluate(model, g, source, dataset, tok)
+    return {"model": g.name, "checkpoint": str(path) if path else None, "data": data,
+            "split": split if source.split == split or split == "train" else None,
+            "evaluated_on": described, **results}
 
 
 def load_trained(spec: str | Path, checkpoint: str | Path | None, overrides: dict | None = None,

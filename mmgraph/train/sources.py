@@ -24,6 +24,7 @@ import numpy as np
 
 from mmgraph.errors import UserError
 from mmgraph.suggest import did_you_mean
+from mmgraph.train.chat import parse_conversation
 
 
 class DataError(UserError):
@@ -38,6 +39,13 @@ class Source:
     classes: list[str] | None = None
     skipped: int = 0  # bad examples left out at open time (skip_bad=True)
     problems: list[str] = []  # why they were left out
+    split: str | None = None  # the split open_source found (None: a whole file or folder)
+
+    @property
+    def origin(self) -> str:
+        """What the examples are, for telling one data set from another: the resolved file
+        or folder, or a built-in set and its split."""
+        return self.name
 
     def __len__(self) -> int:
         raise NotImplementedError
@@ -136,6 +144,10 @@ class DigitsSource(Source):
     def where(self, i: int) -> str:
         return f"digits/{self.split}[{i}]"
 
+    @property
+    def origin(self) -> str:
+        return f"digits/{self.split}"
+
 
 def _open_image(path: Path):
     """The decoded image at path (loaded now, so a broken file fails here)."""
@@ -182,7 +194,8 @@ def _outside(path: Path, folder: Path) -> bool:
 
 class JsonlSource(Source):
     """One JSON object per line. "image"/"audio" strings are paths relative to the .jsonl
-    file (audio: .npy arrays only); a LLaVA-style "conversations" list becomes "text".
+    file (audio: .npy arrays only); a LLaVA-style "conversations" list becomes a
+    chat.Conversation, also under "text" when the line has no text of its own.
     Everything is checked at open time, so a bad line fails early with its file:line, or,
     with skip_bad, is left out and counted in `skipped` (and len() is exact). Files must lie
     in the .jsonl file's folder unless `allow_outside`."""
@@ -233,13 +246,12 @@ class JsonlSource(Source):
         if not isinstance(record, dict):
             raise DataError(f"{at}: expected a JSON object, got {type(record).__name__}")
         if "conversations" in record:
-            turns = record.pop("conversations")
-            if not isinstance(turns, list) or not all(
-                    isinstance(t, dict) and "value" in t for t in turns):
-                raise DataError(f'{at}: "conversations" must be a list of '
-                                '{"from": ..., "value": ...} objects')
-            record.setdefault("text", "\n".join(f"{t.get('from', 'human')}: {t['value']}"
-                                                for t in turns))
+            try:
+                conversation = parse_conversation(record["conversations"])
+            except ValueError as exc:
+                raise DataError(f"{at}: {exc}") from None
+            record["conversations"] = conversation
+            record.setdefault("text", conversation)
         for key, verify in _FILE_FIELDS.items():
             value = record.get(key)
             if isinstance(value, str):
@@ -276,6 +288,10 @@ class JsonlSource(Source):
 
     def where(self, i: int) -> str:
         return f"{self.name}:{self.lines[i]}"
+
+    @property
+    def origin(self) -> str:
+        return str(self.path.resolve())
 
 
 class FileRef:
@@ -343,6 +359,10 @@ class ImageFolderSource(Source):
     def where(self, i: int) -> str:
         return str(self.items[i][0])
 
+    @property
+    def origin(self) -> str:
+        return str(self.root.resolve())
+
 
 def open_source(name_or_path: str, split: str = "train", skip_bad: bool = False,
                 allow_outside: bool = False) -> Source:
@@ -350,7 +370,8 @@ def open_source(name_or_path: str, split: str = "train", skip_bad: bool = False,
 
     Splits: digits has a fixed train/test split. A .jsonl path `data/x.jsonl` reads
     `data/x.<split>.jsonl` when that file exists, else `data/x.jsonl` for every split. An image
-    folder `DIR` reads `DIR/<split>` when that folder exists, else `DIR` for every split.
+    folder `DIR` reads `DIR/<split>` when that folder exists, else `DIR` for every split. The
+    source's `split` says which: the split, or None for the whole file or folder.
     """
     if name_or_path == "digits":
         return DigitsSource(split)
@@ -358,14 +379,26 @@ def open_source(name_or_path: str, split: str = "train", skip_bad: bool = False,
     if path.suffix == ".jsonl":
         per_split = path.with_name(f"{path.stem}.{split}.jsonl")
         if per_split.is_file():
-            return JsonlSource(per_split, skip_bad, allow_outside)
+            source = JsonlSource(per_split, skip_bad, allow_outside)
+            source.split = split
+            return source
         if not path.is_file():
             raise DataError(f"dataset file {name_or_path} " +
                             ("is not a regular file" if path.exists() else "not found"))
         return JsonlSource(path, skip_bad, allow_outside)
     if path.is_dir():
         sub = path / split
-        return ImageFolderSource(sub if sub.is_dir() else path, skip_bad, allow_outside)
+        source = ImageFolderSource(sub if sub.is_dir() else path, skip_bad, allow_outside)
+        source.split = split if sub.is_dir() else None
+        return source
     hint = did_you_mean(name_or_path, ["digits"])
     raise DataError(f"unknown dataset {name_or_path!r}: expected 'digits', a .jsonl file or "
                     f"an image folder" + (f"; {hint}" if hint else ""))
+
+
+def split_file(name_or_path: str, split: str) -> str:
+    """Where open_source looks for a split of a .jsonl file or an image folder."""
+    path = Path(name_or_path)
+    if path.suffix == ".jsonl":
+        return str(path.with_name(f"{path.stem}.{split}.jsonl"))
+    return str(path / split)

@@ -1,8 +1,10 @@
 """Tokenizers for `Tokens` inputs: a built-in byte tokenizer and local Hugging Face ones.
 
 Both give `encode(text, length) -> list[int]` of exactly `length` ids (special tokens added,
-truncated or right-padded), plus `vocab_size`, `pad_id` and `eos_id`. Nothing here downloads:
-a Hugging Face tokenizer is read only from a local directory.
+truncated or right-padded), `ids(text)` (the same before truncation and padding, so cuts can
+be counted), `ids_and_offsets(text)` (no special tokens added; each id's character span, for
+chat templates' answer masks), plus `vocab_size`, `pad_id` and `eos_id`. Nothing here
+downloads: a Hugging Face tokenizer is read only from a local directory.
 """
 
 from __future__ import annotations
@@ -21,10 +23,14 @@ class Tokenizer(Protocol):
 
     def encode(self, text: str, length: int) -> list[int]: ...
 
+    def ids(self, text: str) -> list[int]: ...
+
+    def ids_and_offsets(self, text: str) -> tuple[list[int], list[tuple[int, int]]]: ...
+
     def decode(self, ids) -> str: ...
 
 
-def _fit(ids: list[int], length: int, pad_id: int, keep_last: bool) -> list[int]:
+def fit(ids: list[int], length: int, pad_id: int, keep_last: bool = False) -> list[int]:
     """Truncate (keeping the final special token when asked) or right-pad to `length`."""
     if length < 1:
         raise ValueError(f"token length must be at least 1, got {length}")
@@ -45,10 +51,31 @@ class ByteTokenizer:
     bos_id = 257
     eos_id = 258
     vocab_size = 259
+    # how chat templates write BOS and EOS; ids_and_offsets reads them back as 257 and 258
+    bos_token, eos_token = "<s>", "</s>"
+
+    def ids(self, text: str) -> list[int]:
+        return [self.bos_id] + [b + 1 for b in text.encode("utf-8")] + [self.eos_id]
 
     def encode(self, text: str, length: int) -> list[int]:
-        ids = [self.bos_id] + [b + 1 for b in text.encode("utf-8")] + [self.eos_id]
-        return _fit(ids, length, self.pad_id, keep_last=True)
+        return fit(self.ids(text), length, self.pad_id, keep_last=True)
+
+    def ids_and_offsets(self, text: str) -> tuple[list[int], list[tuple[int, int]]]:
+        """Byte ids with the character span of each; `<s>` and `</s>` are BOS and EOS."""
+        specials = {self.bos_token: self.bos_id, self.eos_token: self.eos_id}
+        ids, offsets, i = [], [], 0
+        while i < len(text):
+            special = next((t for t in specials if text.startswith(t, i)), None)
+            if special is not None:
+                ids.append(specials[special])
+                offsets.append((i, i + len(special)))
+                i += len(special)
+                continue
+            for b in text[i].encode("utf-8"):
+                ids.append(b + 1)
+                offsets.append((i, i + 1))
+            i += 1
+        return ids, offsets
 
     def decode(self, ids) -> str:
         """The text of the byte ids, stopping at EOS; special ids and PAD are dropped."""
@@ -89,11 +116,24 @@ class HFTokenizer:
         self.eos_id = self.tok.eos_token_id if self.tok.eos_token_id is not None else -1
         self.pad_id = pad if pad is not None else (self.eos_id if self.eos_id >= 0 else 0)
         self._special = set(self.tok.all_special_ids)
+        self.bos_token, self.eos_token = self.tok.bos_token, self.tok.eos_token
+
+    def ids(self, text: str) -> list[int]:
+        return list(self.tok.encode(text, add_special_tokens=True))
 
     def encode(self, text: str, length: int) -> list[int]:
-        ids = list(self.tok.encode(text, add_special_tokens=True))
+        ids = self.ids(text)
         keep_last = bool(ids) and ids[-1] in self._special
-        return _fit(ids, length, self.pad_id, keep_last=keep_last)
+        return fit(ids, length, self.pad_id, keep_last=keep_last)
+
+    def ids_and_offsets(self, text: str) -> tuple[list[int], list[tuple[int, int]]]:
+        """Ids of text that already holds its special tokens (a rendered chat template)."""
+        if not self.tok.is_fast:
+            raise DataError(f"tokenizer {self.name} is a slow (Python) tokenizer, which cannot "
+                            "say where each token comes from; conversations need its fast "
+                            "version (a tokenizer.json in the folder)")
+        enc = self.tok(text, add_special_tokens=False, return_offsets_mapping=True)
+        return list(enc["input_ids"]), [tuple(o) for o in enc["offset_mapping"]]
 
     def decode(self, ids) -> str:
         return self.tok.decode([int(i) for i in ids], skip_special_tokens=True)

@@ -76,11 +76,16 @@ def itm(pos, neg):
 
 
 def next_token(logits, tokens, mask=None, *, skip: int, ignore_index: int):
-    """Logits at position skip + i - 1 predict token i (i >= 1)."""
+    """Logits at position skip + i - 1 predict token i (i >= 1). With a mask, only the tokens
+    it marks are targets (a conversation's answers, never padding), and a batch without any
+    gives 0 rather than the 0/0 of a plain mean."""
     pred = logits[:, skip:-1] if tokens.shape[1] > 1 else logits[:, skip:skip]
     target = tokens[:, 1:]
     if mask is not None:
-        target = target.masked_fill(~mask[:, 1:].bool(), ignore_index)
+        target = target.masked_fill(~mask[:, 1:].bool(), ignore_index).reshape(-1)
+        per = F.cross_entropy(pred.reshape(-1, pred.shape[-1]).float(), target,
+                              ignore_index=ignore_index, reduction="none")
+        return share_of_mean(per.sum(), (target != ignore_index).sum())
     return token_mean(pred.reshape(-1, pred.shape[-1]).float(), target.reshape(-1),
                       ignore_index=ignore_index)
 
