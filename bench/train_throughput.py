@@ -12,8 +12,12 @@ checkpointing, each configuration a fresh pair of processes on the same larger C
 as ratios side by side (peak RSS on CPUs, where the process's baseline is the same for all;
 peak allocated memory on GPUs).
 
+Then DataLoader worker processes on against off on a .jsonl of PNG files (`--no-loader`
+skips it).
+
     .venv/bin/python bench/train_throughput.py [--steps 60] [--rounds 3] [--json]
                                                [--no-distributed] [--dist-steps 20]
+                                               [--no-loader]
 """
 
 from __future__ import annotations
@@ -134,6 +138,44 @@ def distributed(steps: int, batch: int) -> dict:
         return {mode: launch(Path(out), mode, steps, batch) for mode in DIST_MODES}
 
 
+def loader_workers(steps: int, batch: int, rounds: int, workers: int = 2,
+                   picture: int = 224) -> dict:
+    """samples/s of `mmgraph train` on a .jsonl of PNG files (the digits drawn at `picture`
+    pixels, so decoding and resizing cost what real pictures do) read in the training
+    process (workers=0) against `workers` DataLoader processes; runs alternate."""
+    import numpy as np
+    from PIL import Image
+
+    from mmgraph.train.run import train
+    from mmgraph.train.sources import open_source
+
+    digits = open_source("digits", "train")
+    rates: dict[int, list[float]] = {0: [], workers: []}
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        rows = []
+        for i in range(min(len(digits), batch * 8)):
+            ex = digits[i]
+            pixels = (np.kron(ex["image"], np.ones((picture // 8, picture // 8))) * 255)
+            Image.fromarray(pixels.astype(np.uint8)).convert("RGB").save(root / f"{i}.png")
+            rows.append({"image": f"{i}.png", "text": ex["text"]})
+        data = root / "d.jsonl"
+        data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+        for i in range(rounds + 1):  # the first round warms up and is dropped
+            order = [0, workers] if i % 2 == 0 else [workers, 0]
+            for w in order:
+                out = root / f"run-{i}-{w}"
+                train(SPEC, data=str(data), out=out, max_steps=steps, quiet=True, workers=w,
+                      settings_overrides={"batch_size": batch, "warmup": 0})
+                last = json.loads((out / "metrics.jsonl").read_text().splitlines()[-1])
+                if i:
+                    rates[w].append(last["samples_per_s"])
+    off, on = statistics.median(rates[0]), statistics.median(rates[workers])
+    return {"workers": workers, "picture": picture, "examples": len(rows), "steps": steps,
+            "samples_per_s_without_workers": off, "samples_per_s_with_workers": on,
+            "workers_over_none": on / off, "cpus": os.cpu_count()}
+
+
 def main() -> int:
     if sys.argv[1:2] == ["--worker"]:
         out, mode, steps, batch = sys.argv[2:6]
@@ -146,6 +188,8 @@ def main() -> int:
     ap.add_argument("--no-distributed", action="store_true",
                     help="skip DDP vs FSDP and activation checkpointing on two processes")
     ap.add_argument("--dist-steps", type=int, default=20)
+    ap.add_argument("--no-loader", action="store_true",
+                    help="skip DataLoader workers on vs off on a .jsonl of PNG files")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
     ours, theirs = [], []
@@ -170,6 +214,8 @@ def main() -> int:
             "ac_over_none_peak_memory_fsdp": mem["fsdp+ac"] / mem["fsdp"],
             "ac_over_none_samples_per_s_ddp": d["ddp+ac"]["samples_per_s"] /
             d["ddp"]["samples_per_s"]}
+    if not args.no_loader:
+        result["loader"] = loader_workers(min(args.steps, 20), args.batch, args.rounds)
     if args.json:
         print(json.dumps(result, indent=2))
     else:
@@ -181,6 +227,14 @@ def main() -> int:
         print(f"  ratio           {a / b:8.3f}")
         if "distributed" in result:
             print_distributed(result["distributed"])
+        if "loader" in result:
+            d = result["loader"]
+            print(f"\nDataLoader on {d['examples']} PNG files of {d['picture']} px, "
+                  f"{d['steps']} steps, {d['cpus']} CPUs")
+            print(f"  no workers      {d['samples_per_s_without_workers']:8.1f} samples/s")
+            with_workers = f"{d['workers']} workers"
+            print(f"  {with_workers:15} {d['samples_per_s_with_workers']:8.1f} samples/s")
+            print(f"  ratio           {d['workers_over_none']:8.3f}")
     return 0
 
 
