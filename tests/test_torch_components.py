@@ -102,6 +102,18 @@ CASES = {
     "feature_distill": (VEC + "\n  input y: Vec[B, 8]", "feature_distill(linear(out=8)(x), y)"),
     "mse": (VEC, "mse(linear(out=8)(x), linear(out=8)(x))"),
     "moe_aux": (SEQ, "moe_aux(moe_ffn(experts=2, top_k=1)(x))"),
+    "similarity": ("input x: Vec[B, 16]\n  input c: Vec[C, 16]",
+                   "similarity(learnable=true)(x, c)"),
+    "mask_features": (SEQ, "linear(out=4)(mask_features(x, prob=0.5))"),
+    "token_contrastive": ("input x: Seq[B, 6, 16]\n  input c: Seq[B, 4, 16]\n"
+                          "  input p: Tensor<bool>[B, 6, 4]",
+                          "token_contrastive(linear(out=8)(x), linear(out=8)(c), p)"),
+    "word_region_ot": (SEQ2, "word_region_ot(linear(out=8)(x), linear(out=8)(c), "
+                             "iterations=5)"),
+    "prototypes": (VEC, "prototypes(prototypes=5)(linear(out=8)(x), linear(out=8)(x))"),
+    "set_loss": (SEQ + "\n  input lab: Labels[B, 3]\n  input tb: Boxes[B, 3, 4]",
+                 "set_loss(classifier(classes=9)(x), box_head()(x), lab, tb)"),
+    "ctc": (SEQ + "\n  input t: Tokens[B, 3]", "ctc(lm_head(vocab=9)(x), t, blank=8)"),
 }
 
 # parameters that rightly get no gradient in a case, and why

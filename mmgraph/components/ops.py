@@ -125,6 +125,35 @@ class MaskTokens(Component):
 
 
 @register
+class MaskFeatures(Component):
+    name = "mask_features"
+    category = "op"
+    summary = ("Masked region modelling (LXMERT/UNITER): while training, zero each feature "
+               "vector with probability `prob`; extra output `mask` marks the zeroed ones "
+               "(none at inference)")
+    has_weights = False
+    inputs = (Port("x"),)
+    torch = "mmgraph.components.nn.ops:mask_features"
+
+    class Params(Params):
+        prob: Prob = 0.15
+
+    def outputs(self, p):
+        return ("out", "mask")
+
+    def infer(self, p, x, ctx):
+        t = x["x"]
+        ctx.expect_kind("x", t, "Seq")
+        if t.dtype not in T.FLOAT_DTYPES:
+            ctx.fail(f"{ctx.name} masks feature vectors but {ctx.source('x')} gives {t}",
+                     "x", code="E307", hint="mask token ids with mask_tokens(...)")
+        return {"out": t, "mask": T.make("Mask", (t.dim("B"), t.dim("N")), tags=t.tags)}
+
+    def torch_call_args(self, p, x, node, graph):
+        return {"training": Training()}
+
+
+@register
 class TokenMask(Component):
     name = "token_mask"
     category = "op"

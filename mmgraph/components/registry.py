@@ -228,7 +228,9 @@ def _load_builtins() -> None:
     if not _BUILTINS_LOADED:
         _BUILTINS_LOADED = True
         from mmgraph.components import (  # noqa: F401
+            alignment,
             connectors,
+            ctc,
             decoders,
             encoders,
             fusion,
@@ -237,6 +239,9 @@ def _load_builtins() -> None:
             layers,
             losses,
             ops,
+            prototypes,
+            sets,
+            similarity,
         )
         _load_entry_points()
 

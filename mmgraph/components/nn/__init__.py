@@ -9,8 +9,10 @@ a plugin's through `mm.face("name")`.
 
 from mmgraph.components import registry
 from mmgraph.components.nn import (  # noqa: F401  (the faces, as `mm.<module>.<face>`)
+    alignment,
     cache,
     connectors,
+    ctc,
     decoders,
     encoders,
     fusion,
@@ -19,6 +21,9 @@ from mmgraph.components.nn import (  # noqa: F401  (the faces, as `mm.<module>.<
     layers,
     losses,
     ops,
+    prototypes,
+    sets,
+    similarity,
 )
 from mmgraph.components.nn.generated import DeclaredInput, GeneratedModel, GeneratedPart
 from mmgraph.components.nn.modifiers import freeze, lora

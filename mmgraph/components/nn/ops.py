@@ -106,6 +106,17 @@ def mask_tokens(tokens, *, prob: float, mask_id: int, vocab: int | None,
     return out, picked
 
 
+def mask_features(x, *, prob: float, training: bool,
+                  generator: torch.Generator | None = None):
+    """LXMERT/UNITER: while training, each feature vector (a region) is zeroed with
+    probability `prob`, drawn for the global batch like `mask_tokens`. Returns the masked
+    features and the mask of zeroed positions; at inference nothing is masked."""
+    if not training:
+        return x, torch.zeros(x.shape[:2], dtype=torch.bool, device=x.device)
+    picked = _drawn(torch.rand, x, generator, shape=x.shape[:2]) < prob
+    return x.masked_fill(picked[..., None], 0), picked
+
+
 def token_mask(x, *, keep: int, training: bool, generator: torch.Generator | None = None):
     """Keep `keep` tokens per example (MAE): a random subset while training, evenly spaced
     tokens in eval mode (deterministic, so exported graphs agree with PyTorch). Returns the
