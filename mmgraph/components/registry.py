@@ -240,6 +240,7 @@ def _load_builtins() -> None:
             losses,
             ops,
             prototypes,
+            recurrent,
             sets,
             similarity,
         )

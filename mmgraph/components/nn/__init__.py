@@ -22,6 +22,7 @@ from mmgraph.components.nn import (  # noqa: F401  (the faces, as `mm.<module>.<
     losses,
     ops,
     prototypes,
+    recurrent,
     sets,
     similarity,
 )
