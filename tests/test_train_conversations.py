@@ -16,7 +16,13 @@ import torch.nn.functional as F
 from mmgraph.build import load_class
 from mmgraph.cli import main
 from mmgraph.compiler import check_text
-from mmgraph.train.chat import BUILTIN_TEMPLATES, ChatError, ChatTemplate, parse_conversation
+from mmgraph.train.chat import (
+    BUILTIN_TEMPLATES,
+    ChatError,
+    ChatTemplate,
+    parse_conversation,
+    render_prompt,
+)
 from mmgraph.train.plots import loss_png, read_series
 from mmgraph.train.run import train
 from mmgraph.train.sources import DataError, ListSource, open_source
@@ -77,6 +83,14 @@ def test_vicuna_targets_include_eos_and_never_the_system_text():
     assert chosen[-1] == ByteTokenizer.eos_id  # the model learns to stop
     assert ByteTokenizer().decode(chosen[:-1]) == " Red."
     assert ByteTokenizer().decode(enc.ids) == "Be brief. USER: Colour? ASSISTANT: Red."
+
+
+@pytest.mark.parametrize("template", [None, "chatml", "plain"])
+def test_a_generation_prompt_is_the_trained_text_up_to_the_answer(template):
+    tok = ByteTokenizer()
+    enc = ChatTemplate(template, tok).encode(parse_conversation(conversation("Why?", "Because.")))
+    prompt = tok.ids(render_prompt(tok, "Why?", template))[:-1]  # generate drops the EOS
+    assert prompt == enc.ids[:enc.targets.index(True)]
 
 
 def test_a_jinja_template_from_the_spec_and_bad_ones():
@@ -189,22 +203,22 @@ def test_plain_text_without_a_mask_is_told_that_padding_counts():
 def test_cuts_are_counted_and_answerless_conversations_left_out():
     rows = [{"conversations": parse_conversation(conversation("Q?", "A" * n))}
             for n in (1, 30, 200)]
-    ds = SpecDataset(ListSource(rows), graph_of(CHAT_LM), ByteTokenizer(), dims={"T": 64},
+    ds = SpecDataset(ListSource(rows), graph_of(CHAT_LM), ByteTokenizer(), dims={"T": 65},
                      chat_template="chatml")
-    cut = ds.cuts["text"]  # ChatML around the answer is 63 bytes: 64, 93 and 263 tokens
-    assert cut.cut == [("examples[1]", 93), ("examples[2]", 263)]
+    cut = ds.cuts["text"]  # BOS and ChatML around the answer: 64 tokens
+    assert cut.cut == [("examples[1]", 94), ("examples[2]", 264)]
     assert cut.answerless == [] and len(ds) == 3
-    assert "2 of 3 texts are longer than its 64 tokens and were cut" in ds.cut_report()[0]
+    assert "2 of 3 texts are longer than its 65 tokens and were cut" in ds.cut_report()[0]
     # an answer that starts after the cut leaves nothing to learn: left out, and said
     rows.append({"conversations": parse_conversation(conversation("Q" * 80, "late"))})
-    ds = SpecDataset(ListSource(rows), graph_of(CHAT_LM), ByteTokenizer(), dims={"T": 64},
+    ds = SpecDataset(ListSource(rows), graph_of(CHAT_LM), ByteTokenizer(), dims={"T": 65},
                      chat_template="chatml")
     assert ds.cuts["text"].answerless == ["examples[3]"] and len(ds) == 3
     assert "lost every answer and are left out (examples[3])" in ds.cut_report()[0]
-    with pytest.raises(DataError, match=r"spec input 'text'.*texts are longer than its 64 "
-                                        r"tokens and were cut: examples\[1\] \(93 tokens\).*"
+    with pytest.raises(DataError, match=r"spec input 'text'.*texts are longer than its 65 "
+                                        r"tokens and were cut: examples\[1\] \(94 tokens\).*"
                                         r"truncation = \"report\""):
-        SpecDataset(ListSource(rows), graph_of(CHAT_LM), ByteTokenizer(), dims={"T": 64},
+        SpecDataset(ListSource(rows), graph_of(CHAT_LM), ByteTokenizer(), dims={"T": 65},
                     chat_template="chatml", truncation="refuse")
 
 

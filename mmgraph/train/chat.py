@@ -173,8 +173,28 @@ class ChatTemplate:
         return text, spans
 
     def encode(self, conv: Conversation) -> Encoded:
-        """Token ids of the rendered conversation; targets: the tokens inside an answer."""
+        """Token ids of the rendered conversation; targets: the tokens inside an answer. When
+        the tokenizer starts every text with BOS and the template wrote none, BOS comes first,
+        as it does for plain text and for a generation prompt (render_prompt)."""
         text, spans = self.answer_spans(conv)
         ids, offsets = self.tokenizer.ids_and_offsets(text)
         targets = [any(s < end and e > start for start, end in spans) for s, e in offsets]
+        bos = getattr(self.tokenizer, "bos_id", None)
+        if bos is not None and ids[:1] != [bos] and self.tokenizer.ids("")[:1] == [bos]:
+            ids, targets = [bos] + ids, [False] + targets
         return Encoded(ids, targets)
+
+
+def render_prompt(tokenizer, text: str, template: str | None = None) -> str:
+    """`text` as one user turn rendered the way training renders the turns before an answer
+    (with the generation prompt): what `mmgraph generate --chat` continues. A BOS the
+    template writes is left out when `tokenizer.ids` adds its own, so the prompt's ids are a
+    trained conversation's up to its answer."""
+    chat = ChatTemplate(template, tokenizer)
+    rendered = chat.render([{"role": "user", "content": text}], generation_prompt=True)
+    bos = getattr(tokenizer, "bos_token", None)
+    bos_id = getattr(tokenizer, "bos_id", None)
+    if bos and bos_id is not None and rendered.startswith(bos) and \
+            tokenizer.ids("")[:1] == [bos_id]:
+        rendered = rendered[len(bos):]
+    return rendered

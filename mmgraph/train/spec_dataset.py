@@ -13,7 +13,7 @@ from mmgraph.backends.torch.inputs import TORCH_DTYPES
 from mmgraph.ir.graph import Graph, Ref
 from mmgraph.ir.types import TensorType
 from mmgraph.suggest import did_you_mean
-from mmgraph.train.chat import ChatTemplate, Conversation, parse_conversation
+from mmgraph.train.chat import ChatError, ChatTemplate, Conversation, parse_conversation
 from mmgraph.train.convert import Mismatch, to_tensor
 from mmgraph.train.preprocess import image_norms
 from mmgraph.train.sources import DataError, FileRef, Source
@@ -21,8 +21,8 @@ from mmgraph.train.tokenize import fit
 
 # Which field feeds an input of each kind when no field has the input's own name.
 KIND_FIELDS: dict[str, tuple[str, ...]] = {
-    "Image": ("image",), "Tokens": ("text", "caption", "prompt", "conversations"), "Labels": ("label",),
-    "Audio": ("audio",), "Mel": ("audio",), "Mask": ("mask",),
+    "Image": ("image",), "Tokens": ("text", "caption", "prompt", "conversations"),
+    "Labels": ("label",), "Audio": ("audio",), "Mel": ("audio",), "Mask": ("mask",),
 }
 
 
@@ -251,7 +251,10 @@ class SpecDataset:
                     "...): the data fills it with the answer tokens")
             if learned and not any(role == "assistant" for role, _ in text.turns):
                 return "the conversation has no answer (no \"gpt\" turn) to learn"
-        ids, targets = self._encode(text)
+        try:
+            ids, targets = self._encode(text)
+        except ChatError as exc:  # this conversation: the template refuses its turns
+            return str(exc)
         cut = self.cuts[name]
         cut.texts += 1
         if len(ids) > cut.length:
@@ -297,9 +300,9 @@ class SpecDataset:
             ids, targets = ids[:length], targets[:length]
             ids = fit(ids, length, self.tokenizer.pad_id)
         else:
-            ids = self.tokenizer.encode(text, length)
-            n = min(len(self.tokenizer.ids(text)), length)
-            targets = [True] * n
+            full = self.tokenizer.ids(text)
+            ids = self.tokenizer.fit(full, length)
+            targets = [True] * min(len(full), length)
         targets = targets + [False] * (length - len(targets))
         return torch.tensor(ids, dtype=torch.long), torch.tensor(targets, dtype=torch.bool)
 

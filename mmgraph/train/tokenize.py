@@ -25,6 +25,8 @@ class Tokenizer(Protocol):
 
     def ids(self, text: str) -> list[int]: ...
 
+    def fit(self, ids: list[int], length: int) -> list[int]: ...
+
     def ids_and_offsets(self, text: str) -> tuple[list[int], list[tuple[int, int]]]: ...
 
     def decode(self, ids) -> str: ...
@@ -58,7 +60,11 @@ class ByteTokenizer:
         return [self.bos_id] + [b + 1 for b in text.encode("utf-8")] + [self.eos_id]
 
     def encode(self, text: str, length: int) -> list[int]:
-        return fit(self.ids(text), length, self.pad_id, keep_last=True)
+        return self.fit(self.ids(text), length)
+
+    def fit(self, ids: list[int], length: int) -> list[int]:
+        """`ids(text)` cut (keeping EOS) or padded to `length`: what encode gives."""
+        return fit(ids, length, self.pad_id, keep_last=True)
 
     def ids_and_offsets(self, text: str) -> tuple[list[int], list[tuple[int, int]]]:
         """Byte ids with the character span of each; `<s>` and `</s>` are BOS and EOS."""
@@ -117,12 +123,16 @@ class HFTokenizer:
         self.pad_id = pad if pad is not None else (self.eos_id if self.eos_id >= 0 else 0)
         self._special = set(self.tok.all_special_ids)
         self.bos_token, self.eos_token = self.tok.bos_token, self.tok.eos_token
+        self.bos_id = self.tok.bos_token_id
 
     def ids(self, text: str) -> list[int]:
         return list(self.tok.encode(text, add_special_tokens=True))
 
     def encode(self, text: str, length: int) -> list[int]:
-        ids = self.ids(text)
+        return self.fit(self.ids(text), length)
+
+    def fit(self, ids: list[int], length: int) -> list[int]:
+        """`ids(text)` cut (keeping a final special token) or padded: what encode gives."""
         keep_last = bool(ids) and ids[-1] in self._special
         return fit(ids, length, self.pad_id, keep_last=keep_last)
 
