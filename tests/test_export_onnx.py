@@ -93,6 +93,12 @@ def _stable(manifest: dict) -> dict:
         part.pop("seconds")
         part["parity"] = {precision: sorted(outputs) for precision, outputs
                           in part["parity"].items()}
+    generate = out.get("generate") or {}
+    generate.pop("seconds", None)
+    for graph in (generate.get(k) for k in ("context", "prefill", "decode")):
+        if graph and "parity" in graph:
+            graph["parity"] = {precision: sorted(outputs) for precision, outputs
+                               in graph["parity"].items()}
     return out
 
 

@@ -3,7 +3,9 @@
 Each exported part becomes one Triton model (`<model>_<part>/config.pbtxt` + `1/model.onnx`
 or `1/model.plan`) and an ensemble model `<model>/` chains them, so a client sends the
 model's external inputs once and Triton moves the intermediate tensors (e.g. the visual
-features `v`) between parts on the server.
+features `v`) between parts on the server. A model that generates also gets its context,
+prefill and decode graphs as models, and GENERATE.md: the client-side loop that drives them
+(`_generation_models` says why the loop is not a server-side BLS model).
 
 The configs are protobuf text of Triton's `ModelConfig`. `validate_repository` parses them
 with Triton's own schema (shipped by the `tritonclient` package) instead of a home-made
@@ -92,7 +94,7 @@ def write_repository(manifest: dict, dist: Path, out: Path, backend: str = "onnx
     """
     if backend not in BACKENDS:
         raise ValueError(f"unknown Triton backend {backend!r} (known: {sorted(BACKENDS)})")
-    platform, filename = BACKENDS[backend]
+    platform = BACKENDS[backend][0]
     kind = instance_kind(backend, providers)
     dist, out = Path(dist), Path(out)
     model = manifest["model"]
@@ -102,35 +104,79 @@ def write_repository(manifest: dict, dist: Path, out: Path, backend: str = "onnx
     origin = f"{model}, {manifest.get('precision', '?')}"
 
     configs = []
+    dims = manifest.get("dims", {})
     for part in parts:
         name = f"{model}_{part['name']}"
-        configs.append(_part_config(part, name, platform, manifest.get("dims", {}),
-                                    instances, kind, origin))
-        version = out / name / "1"
-        version.mkdir(parents=True, exist_ok=True)
-        if backend == "onnxruntime":
-            # an fp16 export keeps fp32 inputs/outputs (keep_io_types), so the config holds
-            source = part.get("onnx_fp16") or part.get("onnx", f"{part['name']}.onnx")
-            shutil.copyfile(inside(dist, source, f"part '{part['name']}'"), version / filename)
-        else:
-            engine_name = part.get("engine", f"{part['name']}.engine")
-            engine = dist / engine_name
-            if engine.exists() or engine.is_symlink():
-                shutil.copyfile(inside(dist, engine_name, f"part '{part['name']}'"),
-                                version / filename)
-                (version / "README.txt").unlink(missing_ok=True)
-            else:
-                (version / "README.txt").write_text(_env().get_template(
-                    "triton_plan_readme.txt.j2").render(
-                        part=part["name"], model=model, name=name, engine=engine,
-                        engine_name=engine.name, target=f"{name}/1/{filename}"))
+        configs.append(_part_config(part, name, platform, dims, instances, kind, origin))
+        _place_model(part, name, model, dist, out, backend)
     configs.append(_ensemble_config(model, parts, configs, origin))
+    configs += _generation_models(manifest, dist, out, backend, instances, kind, origin)
 
     template = _env().get_template("triton_config.pbtxt.j2")
     for config in configs:
         (out / config["name"]).mkdir(parents=True, exist_ok=True)
         (out / config["name"] / "config.pbtxt").write_text(template.render(m=config))
     return out
+
+
+def _place_model(part: dict, name: str, model: str, dist: Path, out: Path,
+                 backend: str) -> None:
+    """The model file of one Triton model: the part's ONNX, or its engine (or a README
+    saying how to build it)."""
+    filename = BACKENDS[backend][1]
+    version = out / name / "1"
+    version.mkdir(parents=True, exist_ok=True)
+    if backend == "onnxruntime":
+        # an fp16 export keeps fp32 inputs/outputs (keep_io_types), so the config holds
+        source = part.get("onnx_fp16") or part.get("onnx", f"{part['name']}.onnx")
+        shutil.copyfile(inside(dist, source, f"part '{part['name']}'"), version / filename)
+        return
+    engine_name = part.get("engine", f"{part['name']}.engine")
+    engine = dist / engine_name
+    if engine.exists() or engine.is_symlink():
+        shutil.copyfile(inside(dist, engine_name, f"part '{part['name']}'"),
+                        version / filename)
+        (version / "README.txt").unlink(missing_ok=True)
+    else:
+        (version / "README.txt").write_text(_env().get_template(
+            "triton_plan_readme.txt.j2").render(
+                part=part["name"], model=model, name=name, engine=engine,
+                engine_name=engine.name, target=f"{name}/1/{filename}"))
+
+
+def _generation_models(manifest: dict, dist: Path, out: Path, backend: str, instances: int,
+                       kind: str, origin: str) -> list[dict]:
+    """`<model>_generate_context`, `_prefill` and `_decode` (context: unless a part computes
+    it) and GENERATE.md, the client-side loop that drives them.
+
+    The loop runs in the client, not in a BLS (python backend) model: the next token is
+    chosen by `mmgraph.sampling`, the numpy code every backend shares so that torch,
+    onnxruntime, TensorRT and Triton pick the same tokens; a BLS model would run a second
+    copy of it inside Triton's Python stub (which has neither mmgraph nor pydantic) and
+    could be checked only against a running server, whereas these three plain ONNX/plan
+    models are validated here like the parts. The price: the KV cache travels between
+    client and server at every step (keep them on one host, or use Triton's shared memory,
+    for large models).
+    """
+    section = manifest.get("generate")
+    if not section:
+        return []
+    model, platform = manifest["model"], BACKENDS[backend][0]
+    configs, names = [], {}
+    for key in ("context", "prefill", "decode"):
+        graph = section[key]
+        if graph is None:
+            continue
+        if graph.get("reuses_part"):
+            names[key] = f"{model}_{graph['reuses_part']}"
+            continue
+        name = names[key] = f"{model}_{graph['name']}"
+        configs.append(_part_config(graph, name, platform, manifest.get("dims", {}), instances,
+                                    kind, origin))
+        _place_model(graph, name, model, dist, out, backend)
+    (out / "GENERATE.md").write_text(_env().get_template("triton_generate_readme.md.j2").render(
+        model=model, names=names, g=section))
+    return configs
 
 
 def _part_config(part: dict, name: str, platform: str, dims: dict, instances: int,

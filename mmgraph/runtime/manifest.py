@@ -86,6 +86,34 @@ class Part(_Model):
         return [self.onnx] + ([self.onnx_fp16] if self.onnx_fp16 else [])
 
 
+class Generate(_Model):
+    """The `generate` section: the graphs a generation loop runs (mmgraph/export/decoder.py).
+
+    `context` (context inputs -> the values every step reads; it may be one of the parts,
+    `reuses_part`) runs once per request, `prefill` once on the prompts, `decode` once per
+    new token; `dims` are the ranges of the decoder's own dims (past_len, mask_len, new_len).
+    """
+
+    tokens: str = Field(min_length=1)  # the tokens input
+    logits: str = Field(min_length=1)
+    vocab: int = Field(ge=1)
+    max_len: int | None = Field(default=None, ge=1)  # positions the decoder takes at most
+    tokens_dim: str  # the export dim a prompt and its new tokens share
+    batch_dim: str | int
+    prefix: int | None = Field(default=None, ge=0)  # positions before the tokens (visual)
+    context_inputs: list[str]
+    frontier: list[str]  # the context values the prefill (and decode) graphs take
+    self_layers: int = Field(ge=1)
+    cross_layers: int = Field(ge=0)
+    dims: dict[str, DimRange]
+    context: Part | None = None
+    prefill: Part
+    decode: Part
+
+    def parts(self) -> list[Part]:
+        return [p for p in (self.context, self.prefill, self.decode) if p is not None]
+
+
 class Manifest(_Model):
     format: Literal[FORMAT]
     model: str = Field(pattern=NAME)
@@ -98,6 +126,8 @@ class Manifest(_Model):
     dims: dict[str, DimRange]
     parts: list[Part] = Field(min_length=1)
     files: dict[str, FileRecord]
+    generate: Generate | None = None  # a model that generates (absent in older folders)
+    cannot_generate: str | None = None  # else why not, with its spec line
 
     @model_validator(mode="after")
     def _consistent(self):
@@ -105,7 +135,7 @@ class Manifest(_Model):
         twice = sorted({n for n in names if names.count(n) > 1})
         if twice:
             raise ValueError(f"part '{twice[0]}' appears twice")
-        for part in self.parts:
+        for part in self.parts + (self.generate.parts() if self.generate else []):
             for file in part.files():
                 if file not in self.files:
                     raise ValueError(f"part '{part.name}': {file} has no entry in 'files' "

@@ -17,7 +17,14 @@ from typing import Any
 import numpy as np
 
 from mmgraph.errors import InputError
-from mmgraph.runtime.manifest import REEXPORT, ManifestError, TensorInfo, open_folder
+from mmgraph.runtime.manifest import (
+    REEXPORT,
+    ExportFolder,
+    ManifestError,
+    Part,
+    TensorInfo,
+    open_folder,
+)
 from mmgraph.suggest import did_you_mean
 
 
@@ -220,10 +227,23 @@ class TensorRTSession(Session):
 
 
 class Pipeline:
-    """Parts in order: each part's outputs feed the later parts' inputs of the same name."""
+    """Parts in order: each part's outputs feed the later parts' inputs of the same name.
 
-    def __init__(self, sessions: list[Session]):
+    `generation` is the export's generator (`mmgraph.runtime.generation.Generator`: its
+    tokens input, vocab, context inputs, max_tokens...) when the export holds prefill/decode
+    graphs, else None and `cannot_generate` says why; `generate(...)` runs it.
+    """
+
+    def __init__(self, sessions: list[Session], generation=None, cannot_generate: str = ""):
         self.sessions = sessions
+        self.generation = generation
+        self.cannot_generate = cannot_generate
+
+    def generate(self, tokens, **kwargs) -> list[list[int]]:
+        """The new token ids of each prompt: see `Generator.generate`."""
+        if self.generation is None:
+            raise InputError(f"this export cannot generate: {self.cannot_generate}")
+        return self.generation.generate(tokens, **kwargs)
 
     @property
     def inputs(self) -> list[TensorSpec]:
@@ -245,33 +265,50 @@ class Pipeline:
         return {k: v for k, v in results.items() if k not in consumed or k not in produced}
 
 
-def open_export(dist: str | Path, backend: str = "onnxruntime", precision: str = "fp32",
-                providers=None) -> Pipeline:
-    """The parts of `mmgraph export`'s output directory as a pipeline, once the folder is
-    validated (manifest, files inside the folder and unchanged since export)."""
+def check_choices(backend: str, precision: str) -> None:
     if backend not in ("onnxruntime", "tensorrt"):
         raise ValueError(f"backend {backend!r}: choose onnxruntime or tensorrt")
     if precision not in ("fp32", "fp16"):
         raise ValueError(f"precision {precision!r}: choose fp32 or fp16")
+
+
+def part_session(folder: ExportFolder, part: Part, ranges: dict, backend: str = "onnxruntime",
+                 precision: str = "fp32", providers=None) -> Session:
+    """One graph of an export folder (a part, or a generation graph) as a session: its
+    engine for TensorRT, else its ONNX file at the precision asked."""
+    inputs = [TensorSpec.of(i) for i in part.inputs]
+    outputs = [TensorSpec.of(o) for o in part.outputs]
+    what = f"part '{part.name}'"
+    if backend == "tensorrt":
+        engine = folder.path / f"{part.name}.engine"
+        if not engine.exists():
+            raise ManifestError(f"{engine} ({what}) is not built yet: run build_engine.sh "
+                                "(or build_engine.py) on the target GPU")
+        return TensorRTSession(folder.file(engine.name, what), inputs, outputs, ranges,
+                               part.name)
+    if precision == "fp16" and part.onnx_fp16 is None:
+        raise ManifestError(f"{folder.path} has no fp16 ONNX file for {what} (it was "
+                            f"exported at {folder.manifest.precision}): open it with "
+                            "precision='fp32' or export with an fp16 target")
+    path = folder.file(part.onnx_fp16 if precision == "fp16" else part.onnx, what)
+    return OnnxSession(path, inputs, outputs, ranges, part.name, providers)
+
+
+def open_export(dist: str | Path, backend: str = "onnxruntime", precision: str = "fp32",
+                providers=None) -> Pipeline:
+    """The parts of `mmgraph export`'s output directory as a pipeline, once the folder is
+    validated (manifest, files inside the folder and unchanged since export), with its
+    generator when the export can generate (its sessions open on the first `generate`)."""
+    from mmgraph.runtime.generation import Generator
+
+    check_choices(backend, precision)
     folder = open_folder(dist)
     ranges = {name: r.model_dump() for name, r in folder.manifest.dims.items()}
-    sessions: list[Session] = []
-    for part in folder.manifest.parts:
-        inputs = [TensorSpec.of(i) for i in part.inputs]
-        outputs = [TensorSpec.of(o) for o in part.outputs]
-        what = f"part '{part.name}'"
-        if backend == "tensorrt":
-            engine = folder.path / f"{part.name}.engine"
-            if not engine.exists():
-                raise ManifestError(f"{engine} ({what}) is not built yet: run build_engine.sh "
-                                    "(or build_engine.py) on the target GPU")
-            sessions.append(TensorRTSession(folder.file(engine.name, what), inputs, outputs,
-                                            ranges, part.name))
-            continue
-        if precision == "fp16" and part.onnx_fp16 is None:
-            raise ManifestError(f"{folder.path} has no fp16 ONNX file for {what} (it was "
-                                f"exported at {folder.manifest.precision}): open it with "
-                                "precision='fp32' or export with an fp16 target")
-        path = folder.file(part.onnx_fp16 if precision == "fp16" else part.onnx, what)
-        sessions.append(OnnxSession(path, inputs, outputs, ranges, part.name, providers))
-    return Pipeline(sessions)
+    sessions = [part_session(folder, part, ranges, backend, precision, providers)
+                for part in folder.manifest.parts]
+    manifest = folder.manifest
+    generation = Generator(folder, backend, precision, providers) if manifest.generate else None
+    why = manifest.cannot_generate or ("it holds no prefill/decode graphs (exported by an "
+                                       "mmgraph without generation, or a model that does "
+                                       "not generate): " + REEXPORT)
+    return Pipeline(sessions, generation, why)

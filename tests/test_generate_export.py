@@ -1,0 +1,274 @@
+"""Generation from an export folder: the prefill/decode ONNX graphs pick the same tokens as the
+torch model with and without its KV cache (per-step logits within 1e-4), batched prompts of
+different lengths get their own tokens, seeded sampling agrees, the manifest describes the
+graphs (and TensorRT profiles span the past length, Triton gets the models and the loop),
+and a user's mistakes are InputErrors naming the input."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import onnx
+import pytest
+import torch
+
+from mmgraph import sampling
+from mmgraph.build import instantiate, load_class
+from mmgraph.errors import InputError
+from mmgraph.export import decoder, targets, tensorrt
+from mmgraph.export.onnx_parts import export
+from mmgraph.runtime import open_export
+from mmgraph.runtime.manifest import ManifestError
+
+from conftest import ROOT
+from tiny import TINY
+
+GENERATORS = ["llava", "blip2", "flamingo"]
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    """name -> (export folder, manifest, the torch model with the exported weights)."""
+    cache = {}
+
+    def get(name):
+        if name not in cache:
+            out = tmp_path_factory.mktemp(name)
+            manifest = export(ROOT / "specs" / f"{name}.mmg", out, targets.load("onnx"),
+                              overrides=TINY[name], log=lambda _: None)
+            cls, g = load_class(ROOT / "specs" / f"{name}.mmg", None, **TINY[name])
+            torch.manual_seed(0)  # export's seed: the same weights
+            model = instantiate(cls, g, pretrained=False).eval()
+            cache[name] = (out, manifest, model)
+        return cache[name]
+
+    return get
+
+
+def image(seed: int = 1, size: int = 28, rows: int = 1) -> np.ndarray:
+    return np.random.default_rng(seed).standard_normal((rows, 3, size, size)).astype(np.float32)
+
+
+def recorded(monkeypatch):
+    """Every logits array the sampling loop chooses from, in order."""
+    seen: list[np.ndarray] = []
+    choose = sampling.choose
+
+    def spy(logits, history, s, rng):
+        seen.append(np.array(logits, dtype=np.float64))
+        return choose(logits, history, s, rng)
+
+    monkeypatch.setattr(sampling, "choose", spy)
+    return seen
+
+
+@pytest.mark.parametrize("name", GENERATORS)
+def test_greedy_tokens_agree_on_torch_with_and_without_cache_and_onnxruntime(
+        name, exported, monkeypatch):
+    out, _, model = exported(name)
+    pipeline = open_export(out)
+    prompts = [[5, 9, 2, 7], [1, 3, 3, 8]]  # one length: torch without a cache takes no padding
+    logits = {}
+    tokens = {}
+    for backend, run in (
+            ("cache", lambda: model.generate(prompts, image=torch.from_numpy(image()),
+                                             max_new_tokens=6)),
+            ("recompute", lambda: model.generate(prompts, image=torch.from_numpy(image()),
+                                                 max_new_tokens=6, cache=False)),
+            ("onnxruntime", lambda: pipeline.generate(prompts, image=image(),
+                                                      max_new_tokens=6))):
+        seen = recorded(monkeypatch)
+        tokens[backend] = run()
+        logits[backend] = np.stack(seen)
+        monkeypatch.undo()
+    assert tokens["cache"] == tokens["recompute"] == tokens["onnxruntime"]
+    assert all(len(row) == 6 for row in tokens["onnxruntime"])
+    assert logits["onnxruntime"].shape == (6, 2, 64)
+    for backend in ("recompute", "onnxruntime"):
+        diff = np.abs(logits[backend] - logits["cache"]).max()
+        assert diff <= 1e-4, (name, backend, diff)
+
+
+@pytest.mark.parametrize("name", GENERATORS)
+def test_batched_prompts_of_different_lengths_get_their_own_tokens(name, exported):
+    out, _, model = exported(name)
+    pipeline = open_export(out)
+    prompts = [[4, 8, 15, 16, 23, 42], [7], [9, 9, 1]]
+    together = pipeline.generate(prompts, image=image(), max_new_tokens=5, pad_id=0)
+    alone = [pipeline.generate([p], image=image(), max_new_tokens=5)[0] for p in prompts]
+    assert together == alone
+    assert together == model.generate(prompts, image=torch.from_numpy(image()),
+                                      max_new_tokens=5)
+    # one image per prompt: row i of the batch is prompt i with image i
+    images = image(seed=3, rows=3)
+    per_row = pipeline.generate(prompts, image=images, max_new_tokens=4)
+    assert per_row == [pipeline.generate([p], image=images[i:i + 1], max_new_tokens=4)[0]
+                       for i, p in enumerate(prompts)]
+
+
+@pytest.mark.parametrize("name", GENERATORS)
+def test_seeded_sampling_picks_the_same_tokens_on_torch_and_onnxruntime(name, exported):
+    out, _, model = exported(name)
+    pipeline = open_export(out)
+    prompts = [[2, 4, 6], [1, 1]]
+    settings = dict(max_new_tokens=8, temperature=0.9, top_k=20, top_p=0.95,
+                    repetition_penalty=1.2, seed=7)
+    got = pipeline.generate(prompts, image=image(), **settings)
+    assert got == model.generate(prompts, image=torch.from_numpy(image()), **settings)
+    assert got != pipeline.generate(prompts, image=image(), **{**settings, "seed": 8})
+
+
+def test_streaming_and_stop_tokens(exported):
+    out, _, model = exported("llava")
+    pipeline = open_export(out)
+    full = pipeline.generate([[3, 1, 4]], image=image(), max_new_tokens=6)[0]
+    stop = full[2]
+    streamed = []
+    got = pipeline.generate([[3, 1, 4]], image=image(), max_new_tokens=6, stop=(stop,),
+                            on_token=lambda row, t: streamed.append((row, t)))
+    assert got == [full[:full.index(stop) + 1]] and streamed == [(0, t) for t in got[0]]
+
+
+@pytest.mark.parametrize("name", GENERATORS)
+def test_the_manifest_describes_the_decoder_graphs(name, exported):
+    out, manifest, _ = exported(name)
+    section = manifest["generate"]
+    assert json.loads((out / "manifest.json").read_text())["generate"]["vocab"] == 64
+    prefill, decode = section["prefill"], section["decode"]
+    assert section["context"]["reuses_part"] == "visual"  # the spec's visual part serves
+    for graph in (prefill, decode):
+        for output, errors in graph["parity"]["fp32"].items():
+            assert set(errors["at"]) == {"min", "opt", "max"}, output
+            assert errors["max_abs"] <= 1e-4, (graph["name"], output, errors)
+        proto = onnx.load(str(out / graph["onnx"]))
+        assert [i.name for i in proto.graph.input] == [i["name"] for i in graph["inputs"]]
+        assert [o.name for o in proto.graph.output] == [o["name"] for o in graph["outputs"]]
+    layers = section["self_layers"]
+    assert [o["name"] for o in prefill["outputs"]][:3] == ["logits", "present.0.key",
+                                                           "present.0.value"]
+    past = [i for i in decode["inputs"] if i["name"].startswith("past_key_values.")]
+    assert len(past) == 2 * layers and past[0]["shape"][2] == "past_len"
+    prefix = section["prefix"]
+    assert prefix == (0 if name == "flamingo" else 4)
+    # the past length spans a prompt of 1 token to T max - 1 tokens after the prefix
+    assert (past[0]["min"][2], past[0]["max"][2]) == (prefix + 1, prefix + 2047 if name != "blip2"
+                                                      else prefix + 511)
+    cross = [i["name"] for i in decode["inputs"] if i["name"].startswith("cross.")]
+    assert len(cross) == (2 * section["cross_layers"]) and bool(cross) == (name == "flamingo")
+    assert section["frontier"][0] not in [i["name"] for i in decode["inputs"]]
+
+
+def test_tensorrt_gets_the_decoder_graphs_with_past_length_profiles(exported, tmp_path):
+    out, manifest, _ = exported("llava")
+    graphs = decoder.trt_graphs(manifest)
+    assert [g["name"] for g in graphs] == ["generate_prefill", "generate_decode"]
+    for graph in graphs:
+        report = tensorrt.check_compatibility(out / graph["onnx"], "10.3", manifest["layers"])
+        assert report.ok, report.render()
+    sh, py = tensorrt.build_script(graphs, targets.load("tensorrt-fp16").to_json(), out)
+    script = sh.read_text()
+    assert "generate_decode.engine" in script
+    assert "past_key_values.0.key:1x2x5x16" in script  # min: a 1-token prompt after 4 visual
+    assert "past_key_values.0.key:8x2x2051x16" in script  # max: T max - 1 tokens
+
+
+def test_triton_repository_serves_the_decoder_graphs_and_documents_the_loop(exported,
+                                                                             tmp_path):
+    pytest.importorskip("tritonclient")
+    from mmgraph.export.triton import validate_repository, write_repository
+
+    out, manifest, _ = exported("flamingo")
+    repo = write_repository(manifest, out, tmp_path / "triton")
+    assert validate_repository(repo) == []
+    assert (repo / "flamingo_generate_decode" / "1" / "model.onnx").is_file()
+    assert not (repo / "flamingo_generate_context").exists()  # the visual part serves
+    readme = (repo / "GENERATE.md").read_text()
+    assert "flamingo_generate_prefill" in readme and "cross.N.key/value" in readme
+
+
+def test_a_model_without_a_matching_part_gets_its_own_context_graph(tmp_path):
+    """No export block: the one part takes the tokens too, so the context graph is written."""
+    from mmgraph.compiler import build_graph
+
+    spec = tmp_path / "llava_one_part.mmg"
+    text = (ROOT / "specs" / "llava.mmg").read_text()
+    spec.write_text(text.replace("    part visual: image -> v", "")
+                    .replace("    part text:   v, prompt -> logits", "")
+                    .replace("dim T = 1..2048 @ 256", "dim T = 1..16 @ 4"))
+    assert build_graph(spec, TINY["llava"]).decoding is not None
+    manifest = export(spec, tmp_path / "out", targets.load("onnx"), overrides=TINY["llava"],
+                      log=lambda _: None)
+    context = manifest["generate"]["context"]
+    assert context["name"] == "generate_context" and "reuses_part" not in context
+    assert context["parity"]["fp32"]["v"]["max_abs"] <= 1e-4
+    pipeline = open_export(tmp_path / "out")
+    cls, g = load_class(spec, None, **TINY["llava"])
+    torch.manual_seed(0)
+    model = instantiate(cls, g, pretrained=False).eval()
+    assert pipeline.generate([[1, 2, 3]], image=image(), max_new_tokens=5) == \
+        model.generate([[1, 2, 3]], image=torch.from_numpy(image()), max_new_tokens=5)
+    assert pipeline.generation.max_tokens == 16
+    with pytest.raises(InputError, match=r"input 'prompt'.*need 17 token positions"):
+        pipeline.generate([[1] * 12], image=image(), max_new_tokens=6)
+
+
+# ---------------------------------------------------------------- what the CLI reads
+
+
+def test_the_pipeline_says_what_generating_needs(exported):
+    out, _, _ = exported("blip2")
+    info = open_export(out).generation
+    assert (info.tokens, info.vocab, info.max_tokens, info.max_batch) == ("prompt", 64, 512, 8)
+    (ctx,) = info.context
+    assert (ctx.name, ctx.kind, ctx.dtype, ctx.shape) == ("image", "Image", "float32",
+                                                          ("B", 3, 28, 28))
+
+
+# ---------------------------------------------------------------- mistakes
+
+
+@pytest.mark.parametrize("call, match", [
+    (dict(tokens=[[1] * 2048], max_new_tokens=2), r"input 'prompt'.*2049 token positions"),
+    (dict(tokens=[[1, 2]], image=image(size=32)), r"input 'image': axis 2 must be 28, got 32"),
+    (dict(tokens=[[1, 2]], stop=(64,)), r"stop tokens: token id 64"),
+    (dict(tokens=[[1, 64]]), r"input 'prompt': token id 64 at \[0, 1\]"),
+    (dict(tokens=[[1, 2]], imag=image()), r"no input or sampling setting 'imag'.*'image'"),
+    (dict(tokens=[[1, 2]], temperature=-1), r"temperature"),
+    (dict(tokens=[[1, 2]], image=image(rows=2)), r"input 'image' has 2 rows for 1 prompts"),
+    (dict(tokens=[[1]] * 9), r"9 prompts, but the export takes at most 8"),
+    (dict(tokens=[[1, 2]], pad_id=99), r"pad_id 99"),
+    (dict(tokens=[[]]), r"at least one token"),
+])
+def test_mistakes_are_input_errors_naming_the_input(exported, call, match):
+    out, _, _ = exported("llava")
+    pipeline = open_export(out)
+    tokens = call.pop("tokens")
+    call.setdefault("image", image())
+    if "imag" in call:
+        call.pop("image")
+    with pytest.raises(InputError, match=match):
+        pipeline.generate(tokens, **call)
+
+
+def test_an_export_that_cannot_generate_says_why(tmp_path):
+    export(ROOT / "specs" / "zipper.mmg", tmp_path, targets.load("onnx"),
+           overrides=TINY["zipper"], log=lambda _: None)
+    pipeline = open_export(tmp_path)
+    assert pipeline.generation is None
+    with pytest.raises(InputError, match=r"cannot generate: layer 'towers.0.speech_from_text'"
+                                         r".*zipper.mmg:\d+"):
+        pipeline.generate([[1, 2]])
+
+
+def test_a_damaged_decoder_graph_is_a_manifest_error(exported, tmp_path):
+    import shutil
+
+    out, _, _ = exported("llava")
+    copy = tmp_path / "copy"
+    shutil.copytree(out, copy)
+    with open(copy / "generate_decode.onnx", "ab") as f:
+        f.write(b"x")
+    pipeline = open_export(copy)  # the parts are fine; the decoder opens on first use
+    with pytest.raises(ManifestError, match="generate_decode.onnx"):
+        pipeline.generate([[1, 2]], image=image())
