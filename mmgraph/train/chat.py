@@ -142,6 +142,14 @@ class ChatTemplate:
         self.specials = {"bos_token": getattr(tokenizer, "bos_token", "") or "",
                          "eos_token": getattr(tokenizer, "eos_token", "") or ""}
 
+    def __getstate__(self) -> dict:  # a compiled jinja2 template does not cross a spawn
+        return {k: v for k, v in self.__dict__.items() if k != "template"}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        if self.source is not None:
+            self.template = _sandbox().from_string(self.source)
+
     def render(self, messages: list[dict], generation_prompt: bool = False) -> str:
         from jinja2.exceptions import TemplateError
         try:
