@@ -7,9 +7,10 @@ the L1 and GIoU sums are divided by is the global batch's (DETR's all-reduced `n
 from __future__ import annotations
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 
-from mmgraph.components.nn.global_batch import share_of_mean
+from mmgraph.components.nn.global_batch import share_of_mean, world
 
 
 def xyxy(boxes, fmt: str):
@@ -36,6 +37,16 @@ def generalized_box_iou(a, b):
     wh = (rb - lt).clamp(min=0)
     enclosing = wh[..., 0] * wh[..., 1]
     return iou - (enclosing - union) / enclosing
+
+
+def _weighted_mean(total, weights):
+    """This process's share of a weighted mean over the global batch (`share_of_mean` for a
+    count that is a sum of weights, which may be below 1)."""
+    _, size = world()
+    weights = weights.detach().to(torch.float32).clone()
+    if size > 1:
+        dist.all_reduce(weights)
+    return total * size / weights.clamp(min=1e-12)
 
 
 @torch.no_grad()
@@ -75,7 +86,9 @@ def set_loss(logits, boxes, labels, target_boxes, *, class_weight: float, l1_wei
         true.append(tgt[cols])
     weight = torch.ones(classes, device=logits.device)
     weight[-1] = no_object_weight
-    ce = F.cross_entropy(logits.float().transpose(1, 2), target_classes, weight)
+    per = F.cross_entropy(logits.float().transpose(1, 2), target_classes, weight,
+                          reduction="none")  # weighted, as DETR's mean; of the global batch
+    ce = _weighted_mean(per.sum(), weight[target_classes].sum())
     if pred:
         src, tgt = torch.cat(pred).float(), torch.cat(true).float()
         l1 = F.l1_loss(src, tgt, reduction="none").sum()
