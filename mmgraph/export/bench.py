@@ -30,8 +30,12 @@ def _percentile(xs: list[float], q: float) -> float:
 
 def bench(source: str | Path, dims: dict[str, int] | None = None, runs: int = 50,
           warmup: int = 5, compile: bool = True, overrides: dict | None = None,
-          model_name: str | None = None, lib_dirs=(), log=print) -> dict:
-    """Benchmark a spec (exported on the fly) or an `mmgraph export` folder."""
+          model_name: str | None = None, lib_dirs=(), log=print, opset23: bool = True) -> dict:
+    """Benchmark a spec (exported on the fly) or an `mmgraph export` folder.
+
+    A spec is exported twice, at opset 18 (attention as MatMul/Softmax) and at opset 23
+    (attention as one fused `Attention` node), and onnxruntime runs both: rows `onnxruntime`
+    and `onnxruntime@23`, measured side by side in the same interleaved rounds."""
     source = Path(source)
     if source.is_dir():
         if overrides or model_name or lib_dirs:
@@ -40,10 +44,15 @@ def bench(source: str | Path, dims: dict[str, int] | None = None, runs: int = 50
         return _bench(open_folder(source), source, dims, runs, warmup, compile, log)
     if not source.exists():
         raise UserError(f"{source}: no such spec file or export folder")
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory() as tmp, tempfile.TemporaryDirectory() as tmp23:
         export(source, tmp, targets.load("onnx"), overrides=overrides, model_name=model_name,
                lib_dirs=lib_dirs, log=lambda _: None)
-        return _bench(open_folder(tmp), source, dims, runs, warmup, compile, log)
+        fused = None
+        if opset23:  # the same model with attention as ONNX's fused Attention op
+            export(source, tmp23, targets.load("onnxruntime-fused"), overrides=overrides,
+                   model_name=model_name, lib_dirs=lib_dirs, log=lambda _: None)
+            fused = open_folder(tmp23)
+        return _bench(open_folder(tmp), source, dims, runs, warmup, compile, log, fused)
 
 
 def _sizes(folder: ExportFolder, source: Path, dims: dict[str, int]) -> dict[str, int]:
@@ -61,7 +70,7 @@ def _sizes(folder: ExportFolder, source: Path, dims: dict[str, int]) -> dict[str
 
 
 def _bench(folder: ExportFolder, source: Path, dims: dict[str, int] | None, runs: int,
-           warmup: int, compile: bool, log) -> dict:
+           warmup: int, compile: bool, log, fused: ExportFolder | None = None) -> dict:
     manifest = folder.manifest
     use = _sizes(folder, source, dims or {})
     onnx_files = {p.name: folder.file(p.onnx, f"part '{p.name}'") for p in manifest.parts}
@@ -83,6 +92,7 @@ def _bench(folder: ExportFolder, source: Path, dims: dict[str, int] | None, runs
 
     trt_ok, trt_why = tensorrt.engine_available()
     report = {"model": g.name, "dims": use, "runs": runs, "threads": torch.get_num_threads(),
+              "opset": manifest.opset,
               "tensorrt": "available" if trt_ok else trt_why, "parts": []}
     plans = {p.name: p for p in plan_parts(g)}
     for part in manifest.parts:
@@ -108,6 +118,13 @@ def _bench(folder: ExportFolder, source: Path, dims: dict[str, int] | None, runs
         onnx = OnnxSession(onnx_files[part.name], inputs, outputs, name=part.name,
                            providers=["CPUExecutionProvider"])
         backends["onnxruntime"] = lambda s=onnx, a=arrays: s._run(a)
+        if fused is not None:
+            path = fused.file(next(p.onnx for p in fused.manifest.parts if p.name == part.name),
+                              what)
+            onnx23 = OnnxSession(path, inputs, outputs, name=part.name,
+                                 providers=["CPUExecutionProvider"])
+            backends[f"onnxruntime@{fused.manifest.opset}"] = \
+                lambda s=onnx23, a=arrays: s._run(a)
         engine = folder.path / f"{part.name}.engine"
         if trt_ok and engine.exists():
             trt = TensorRTSession(folder.file(engine.name, what), inputs, outputs,
@@ -146,4 +163,10 @@ def table(report: dict) -> str:
             lines.append(f"{part['name']:12} {name:14} {r['p50_ms']:9.3f} {r['p90_ms']:9.3f} "
                          f"{r['p99_ms']:9.3f} {r['samples_per_s']:10.1f} "
                          f"{r['ratio_to_torch']:9.3f}")
+        fused = [k for k in part["backends"] if k.startswith("onnxruntime@")]
+        if fused and "onnxruntime" in part["backends"]:
+            ratio = (part["backends"][fused[0]]["p50_ms"]
+                     / part["backends"]["onnxruntime"]["p50_ms"])
+            lines.append(f"{part['name']:12} onnxruntime opset {fused[0].split('@')[1]} "
+                         f"(fused Attention) / opset {report.get('opset', '?')}: p50 x{ratio:.3f}")
     return "\n".join(lines)

@@ -27,6 +27,8 @@ import sympy
 import torch
 
 from mmgraph.backends.torch.codegen import generate_part
+from mmgraph.backends.torch.fused_attention import OPSET as FUSED_ATTENTION_OPSET
+from mmgraph.backends.torch.fused_attention import fused_attention
 from mmgraph.backends.torch.half import Half
 from mmgraph.backends.torch.inputs import TORCH_DTYPES, concrete_shape
 from mmgraph.backends.torch.load import module_from_source
@@ -161,17 +163,22 @@ def onnx_session(path: Path, providers=("CPUExecutionProvider",)):
 
 
 def write_onnx(module, g: Graph, plan: ExportPart, x: dict, path: Path,
-               opset: int) -> tuple[int, int]:
-    """Export, check (full checker, strict shape inference), simplify; node counts."""
+               opset: int, ranges: dict | None = None) -> tuple[int, int]:
+    """Export, check (full checker, strict shape inference), simplify; node counts.
+    From opset 23 (given the dim `ranges`), attention goes out as the fused `Attention` op."""
     import onnx
 
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            torch.onnx.export(module, tuple(x.values()), str(path), input_names=plan.inputs,
-                              output_names=plan.outputs, opset_version=opset,
-                              dynamic_axes=dynamic_axes(g, plan.inputs + plan.outputs),
-                              dynamo=False, do_constant_folding=True)
+            if opset >= FUSED_ATTENTION_OPSET and ranges is not None:
+                export_fused(module, g, plan, path, opset, ranges)
+            else:
+                torch.onnx.export(module, tuple(x.values()), str(path),
+                                  input_names=plan.inputs, output_names=plan.outputs,
+                                  opset_version=opset,
+                                  dynamic_axes=dynamic_axes(g, plan.inputs + plan.outputs),
+                                  dynamo=False, do_constant_folding=True)
         proto = onnx.load(str(path))
         onnx.checker.check_model(proto, full_check=True)
         onnx.shape_inference.infer_shapes(proto, strict_mode=True)
@@ -194,6 +201,61 @@ def write_onnx(module, g: Graph, plan: ExportPart, x: dict, path: Path,
         ) from exc
 
 
+def export_fused(module, g: Graph, plan: ExportPart, path: Path, opset: int,
+                 ranges: dict) -> None:
+    """torch's dynamo exporter (onnxscript) with attention as one `Attention` node per call.
+
+    Traced at sizes of 2 or more: torch.export would bake a dim of size 1 into the graph.
+    Without onnxscript's rewriting optimizer, which fuses a mixed-precision RMSNorm into an
+    ill-typed `RMSNormalization` (an op TensorRT parses only from 10.15): its constant folding
+    only.
+    Each `Attention` node is told to run its softmax in fp32 (`softmax_precision`), what the
+    decomposed fp16 graph says with its Casts.
+    """
+    import inspect
+
+    import onnx
+    import onnx_ir
+    from onnxscript import optimizer
+
+    dims = {k: min(max(2, v["opt"]), v["max"]) for k, v in ranges.items()}
+    x = random_inputs(g, plan.inputs, dims)
+    axes = dynamic_axes(g, plan.inputs)
+    shapes: tuple = tuple({i: torch.export.Dim.DYNAMIC for i in axes.get(n, {})}
+                          for n in plan.inputs)
+    if any(p.kind is p.VAR_POSITIONAL for p in inspect.signature(module.forward).parameters
+           .values()):
+        shapes = (shapes,)  # Half(part): forward(*args)
+    with fused_attention():
+        torch.onnx.export(module, tuple(x.values()), str(path), input_names=plan.inputs,
+                          output_names=plan.outputs, opset_version=opset,
+                          dynamic_shapes=shapes, dynamo=True, optimize=False,
+                          external_data=False, verbose=False)
+    proto = onnx.load(str(path))
+    # torch.export names dims s0, s1...: the spec's names, as the legacy exporter writes them
+    names = {}
+    for value in list(proto.graph.input) + list(proto.graph.output):
+        for i, dim in enumerate(value.type.tensor_type.shape.dim):
+            want = dynamic_axes(g, plan.inputs + plan.outputs).get(value.name, {}).get(i)
+            if want and dim.dim_param:
+                names.setdefault(dim.dim_param, want)
+    for value in list(proto.graph.input) + list(proto.graph.output) + list(
+            proto.graph.value_info):
+        for dim in value.type.tensor_type.shape.dim:
+            if dim.dim_param in names:
+                dim.dim_param = names[dim.dim_param]
+    for node in proto.graph.node:
+        if node.op_type == "Attention":
+            kept = [a for a in node.attribute if a.name != "softmax_precision"]
+            del node.attribute[:]
+            node.attribute.extend(kept + [onnx.helper.make_attribute(
+                "softmax_precision", onnx.TensorProto.FLOAT)])
+    model = onnx_ir.from_proto(proto)  # fold constants (TensorRT wants constant axes)
+    optimizer.fold_constants(model)
+    optimizer.remove_unused_nodes(model)
+    onnx.save(onnx_ir.to_proto(model), str(path))
+
+
 def simplify(path: Path) -> tuple[int, int]:
     """onnxruntime's basic (portable) graph optimisations, written back; node counts."""
     import onnx
@@ -212,10 +274,10 @@ def simplify(path: Path) -> tuple[int, int]:
     except onnx.checker.ValidationError:
         portable = False
     # The CPU provider runs fp16 ops it has no fp16 kernel for in fp32, by inserting Casts
-    # (InsertCastTransformer): saved, they would make an fp16 graph compute in fp32.
-    casts = sum(n.op_type == "Cast" for n in simplified.graph.node)
-    portable = portable and casts <= sum(n.op_type == "Cast" for n in onnx.load(str(path))
-                                         .graph.node)
+    # (InsertCastTransformer, nodes named InsertedPrecisionFreeCast_*): saved, they would make
+    # an fp16 graph compute in fp32.
+    portable = portable and not any(n.op_type == "Cast" and n.name.startswith("Inserted")
+                                    for n in simplified.graph.node)
     if portable and len(simplified.graph.node) <= before:
         onnx.save(simplified, str(path))
     path.with_suffix(".opt.onnx").unlink()
@@ -317,7 +379,8 @@ def export(spec: str | Path, out: str | Path, target: Target, *, overrides: dict
         x = random_inputs(g, plan.inputs, {k: v["opt"] for k, v in ranges.items()})
         path = out / f"{plan.name}.onnx"
         with writing(path):
-            nodes_before, nodes_after = write_onnx(module, g, plan, x, path, target.opset)
+            nodes_before, nodes_after = write_onnx(module, g, plan, x, path, target.opset,
+                                                   ranges)
             manifest["files"][path.name] = manifest_file.record(path)
         entry = {"name": plan.name, "onnx": path.name,
                  "inputs": [tensor_info(g, n, ranges) for n in plan.inputs],
@@ -328,7 +391,7 @@ def export(spec: str | Path, out: str | Path, target: Target, *, overrides: dict
         if target.precision == "fp16":
             half = out / f"{plan.name}.fp16.onnx"
             with writing(half):
-                write_onnx(Half(module), g, plan, x, half, target.opset)
+                write_onnx(Half(module), g, plan, x, half, target.opset, ranges)
                 manifest["files"][half.name] = manifest_file.record(half)
             entry["onnx_fp16"] = half.name
             entry["parity"]["fp16"] = parity(module, g, plan, half, ranges, target.tolerance,

@@ -150,6 +150,8 @@ class _Checker:
         self._collect_types(inferred.graph)
 
     def _collect_types(self, graph):
+        import numpy as np
+        import onnx
         from onnx import numpy_helper
 
         for vi in list(graph.input) + list(graph.output) + list(graph.value_info):
@@ -160,7 +162,10 @@ class _Checker:
         for init in graph.initializer:
             self.types[init.name] = _dtype_name(init.data_type)
             self.shapes[init.name] = list(init.dims)
-            self.values[init.name] = numpy_helper.to_array(init)
+            small = init.data_location != onnx.TensorProto.EXTERNAL and \
+                int(np.prod(init.dims)) <= 16  # scalars and short vectors (TopK's K)
+            if small:
+                self.values[init.name] = numpy_helper.to_array(init)
         for node in graph.node:
             self.consumed.update(i for i in node.input if i)
             if node.op_type == "Constant" and node.output:

@@ -8,6 +8,8 @@ Linear layers are named `q`, `k`, `v`, `o` (attention) and `fc1`/`fc2` or `gate`
 
 from __future__ import annotations
 
+import contextvars
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -192,9 +194,18 @@ def attend_cached(q, k, v, cache, *, pos: str, rope_theta: float):
     return F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
 
 
+# True while exporting for a runtime that has ONNX's fused `Attention` op (opset 23+, see
+# mmgraph/backends/torch/fused_attention.py): attention then goes out whole, as
+# scaled_dot_product_attention, which the dynamo exporter writes as one `Attention` node.
+FUSED_ATTENTION = contextvars.ContextVar("mmgraph_fused_attention", default=False)
+
+
 def softmax_fp32_attention(q, k, v, bias=None, causal: bool = False):
     """Attention written out with the softmax in fp32: what an fp16 ONNX graph must say so
-    that TensorRT's strongly typed build keeps it accurate."""
+    that TensorRT's strongly typed build keeps it accurate. Exported as a fused `Attention`
+    node, the exporter states the softmax precision on the node instead."""
+    if FUSED_ATTENTION.get():
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=bias, is_causal=causal)
     scores = (q @ k.transpose(-2, -1)).float() * (q.shape[-1] ** -0.5)
     if bias is not None:
         scores = scores + bias.float()
