@@ -21,7 +21,15 @@ import torch.nn.functional as F
 
 from mmgraph.build import load
 from mmgraph.components import registry
-from mmgraph.components.nn import alignment, ctc, ops, prototypes, sets, similarity
+from mmgraph.components.nn import (
+    alignment,
+    ctc,
+    masked_regions,
+    ops,
+    prototypes,
+    sets,
+    similarity,
+)
 
 from helpers import errors, graph
 
@@ -113,6 +121,50 @@ def test_mask_features_type_and_diagnostics():
       output masked
     }
     """)[0][:3] == ("E203", 4, 37)
+
+
+def test_masked_regions_scores_the_masked_regions_only():
+    torch.manual_seed(0)
+    pred, feats = torch.randn(2, 6, 8), torch.randn(2, 6, 8)
+    mask = torch.tensor([[1, 0, 0, 1, 1, 0], [0, 0, 1, 0, 0, 0]]).bool()
+    # UNITER's MRFR, LXMERT's feature regression
+    torch.testing.assert_close(masked_regions.masked_regions(pred, feats, mask, metric="mse"),
+                               F.mse_loss(pred[mask], feats[mask]))
+    torch.testing.assert_close(
+        masked_regions.masked_regions(pred, feats, mask, metric="smooth_l1"),
+        F.smooth_l1_loss(pred[mask], feats[mask]))
+    # UNITER's MRC (the detector's label) and MRC-kl (its class distribution)
+    labels = torch.randint(0, 8, (2, 6))
+    torch.testing.assert_close(masked_regions.masked_regions(pred, labels, mask, metric="ce"),
+                               F.cross_entropy(pred[mask], labels[mask]))
+    probs = torch.softmax(torch.randn(2, 6, 8), -1)
+    torch.testing.assert_close(
+        masked_regions.masked_regions(pred, probs, mask, metric="kl"),
+        F.kl_div(F.log_softmax(pred[mask], -1), probs[mask], reduction="batchmean"))
+    none = masked_regions.masked_regions(pred, feats, torch.zeros_like(mask), metric="mse")
+    assert none.item() == 0
+
+
+def test_masked_regions_in_a_spec_and_diagnostics():
+    src = """
+    model m {
+      input r: Seq<regions>[B, 36, 16]
+      input lab: Labels[B, 36]
+      masked, m = mask_features(r)
+      connector enc: linear(out=16)
+      h = enc(masked)
+      loss mrfr = masked_regions(h, r, m)
+      loss mrc = masked_regions(classifier(h, classes=%s), %s, m, metric="ce")
+    }
+    """
+    assert errors(src % (10, "lab")) == []
+    assert errors(src % (10, "r")) == [
+        ("E302", 9, 56, "mrc expects Labels[B] or Labels[B, N] for 'target' but r gives "
+                        "Seq<regions>[B, 36, 16]")]
+    assert errors(src.replace("masked_regions(h, r, m)", "masked_regions(h, lab, m)")
+                  % (10, "lab")) == [
+        ("E302", 8, 33, "mrfr: metric=\"mse\" needs a target per region of h's shape, but lab "
+                        "gives Labels[B, 36]")]
 
 
 # ---------------------------------------------------------------------------------------------

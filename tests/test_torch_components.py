@@ -117,6 +117,7 @@ CASES = {
     "set_loss": (SEQ + "\n  input lab: Labels[B, 3]\n  input tb: Boxes[B, 3, 4]",
                  "set_loss(classifier(classes=9)(x), box_head()(x), lab, tb)"),
     "ctc": (SEQ + "\n  input t: Tokens[B, 3]", "ctc(lm_head(vocab=9)(x), t, blank=8)"),
+    "masked_regions": (SEQ + "\n  input m: Mask[B, 6]", "masked_regions(linear(out=16)(x), x, m)"),
 }
 
 # parameters that rightly get no gradient in a case, and why

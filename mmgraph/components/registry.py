@@ -238,6 +238,7 @@ def _load_builtins() -> None:
             hf,
             layers,
             losses,
+            masked_regions,
             ops,
             prototypes,
             recurrent,

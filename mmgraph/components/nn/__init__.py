@@ -20,6 +20,7 @@ from mmgraph.components.nn import (  # noqa: F401  (the faces, as `mm.<module>.<
     hf,
     layers,
     losses,
+    masked_regions,
     ops,
     prototypes,
     recurrent,
