@@ -583,6 +583,29 @@ model objectives {
 """
 
 
+def test_the_docs_example_checks_and_trains(tmp_path):
+    from conftest import ROOT
+
+    docs = (ROOT / "docs" / "language.md").read_text()
+    start = docs.index("```mmg\nmodel objectives {") + len("```mmg\n")
+    path = tmp_path / "example.mmg"
+    path.write_text(docs[start:docs.index("```", start)])
+    torch.manual_seed(0)
+    model = load(path).train()
+    gen = torch.Generator().manual_seed(0)
+    x = {"image": torch.randn(2, 64, generator=gen), "classes": torch.randn(3, 64, generator=gen),
+         "regions": torch.randn(2, 36, 64, generator=gen),
+         "words": torch.randn(2, 5, 64, generator=gen),
+         "labels": torch.tensor([[0, 4, 9] + [-100] * 5, [2] + [-100] * 7]),
+         "boxes": torch.rand(2, 8, 4, generator=gen) * 0.3 + 0.2,
+         "frames": torch.randn(2, 50, 64, generator=gen),
+         "transcript": torch.randint(1, 40, (2, 20), generator=gen)}
+    x["transcript"][1, 12:] = -100
+    losses = model.losses(**x)
+    assert all(torch.isfinite(v) for v in losses.values()), losses
+    assert model(image=x["image"], classes=x["classes"])["zero_shot"].shape == (2, 3)
+
+
 def test_the_components_are_listed():
     names = registry.names()
     for name in ("similarity", "mask_features", "token_contrastive", "word_region_ot",
