@@ -30,6 +30,7 @@ from mmgraph.components.nn import (
     sets,
     similarity,
 )
+from mmgraph.errors import InputError
 
 from helpers import errors, graph
 
@@ -493,6 +494,20 @@ def test_set_loss_is_detrs_loss_on_the_matches():
     none.backward()
 
 
+def test_set_loss_data_mistakes_are_input_errors():
+    logits, boxes = torch.randn(1, 4, 4), torch.rand(1, 4, 4) * 0.3 + 0.2
+    kw = dict(class_weight=1.0, l1_weight=5.0, giou_weight=2.0, no_object_weight=0.1,
+              format="cxcywh", ignore_index=-100)
+    with pytest.raises(InputError, match=r"target label 3 is not one of the 3 object classes "
+                                         r"0..2 \(logit 3 is no object"):
+        sets.set_loss(logits, boxes, torch.tensor([[3, -100]]), boxes[:, :2], **kw)
+    with pytest.raises(InputError, match="target label -1 is not one"):
+        sets.set_loss(logits, boxes, torch.tensor([[-1, 0]]), boxes[:, :2], **kw)
+    flat = torch.zeros(1, 2, 4)  # no area, no width: 0 / 0
+    with pytest.raises(InputError, match="a matching cost is not a number"):
+        sets.set_loss(logits, torch.zeros(1, 4, 4), torch.tensor([[0, 1]]), flat, **kw)
+
+
 def test_set_loss_diagnostics():
     src = """
     model m {
@@ -532,6 +547,22 @@ def test_ctc_is_torchs_ctc_with_padding_and_frame_mask():
                       torch.tensor([4, 2, 1]), blank=0)
     torch.testing.assert_close(got, want)
     assert torch.isfinite(got)
+
+
+def test_ctc_data_mistakes_are_input_errors():
+    logits = torch.randn(2, 8, 5)
+    with pytest.raises(InputError, match="holds the blank id 0"):
+        ctc.ctc(logits, torch.tensor([[1, 0, 2], [1, 2, 3]]), blank=0, pad=-100,
+                zero_infinity=False)
+    with pytest.raises(InputError, match="tokens after the padding id -100"):
+        ctc.ctc(logits, torch.tensor([[1, -100, 2], [1, 2, 3]]), blank=0, pad=-100,
+                zero_infinity=False)
+    # padding with the blank id itself is fine: it is never a token
+    got = ctc.ctc(logits, torch.tensor([[1, 2, 0], [1, 2, 3]]), blank=0, pad=0,
+                  zero_infinity=False)
+    want = F.ctc_loss(logits.log_softmax(-1).transpose(0, 1), torch.tensor([[1, 2, 0], [1, 2, 3]]),
+                      torch.tensor([8, 8]), torch.tensor([2, 3]))
+    torch.testing.assert_close(got, want)
 
 
 def test_ctc_diagnostics():

@@ -6,11 +6,13 @@ the L1 and GIoU sums are divided by is the global batch's (DETR's all-reduced `n
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
 from mmgraph.components.nn.global_batch import share_of_mean, world
+from mmgraph.errors import InputError
 
 
 def xyxy(boxes, fmt: str):
@@ -61,7 +63,11 @@ def hungarian_match(logits, boxes, labels, target_boxes, *, class_weight: float,
             + l1_weight * torch.cdist(boxes.float(), target_boxes.float(), p=1)
             + giou_weight * -generalized_box_iou(xyxy(boxes.float(), fmt),
                                                  xyxy(target_boxes.float(), fmt)))
-    rows, cols = linear_sum_assignment(cost.cpu().numpy())
+    cost = cost.cpu().numpy()
+    if not np.isfinite(cost).all():
+        raise InputError("set_loss: a matching cost is not a number: boxes of no area, or "
+                         f"boxes that are not {fmt} (format=\"{fmt}\")?")
+    rows, cols = linear_sum_assignment(cost)
     device = logits.device
     return (torch.as_tensor(rows, dtype=torch.long, device=device),
             torch.as_tensor(cols, dtype=torch.long, device=device))
@@ -72,6 +78,12 @@ def set_loss(logits, boxes, labels, target_boxes, *, class_weight: float, l1_wei
     """class_weight * CE + l1_weight * L1 + giou_weight * (1 - GIoU), DETR's loss with its
     matcher's costs. Unmatched predictions are the no-object class (the last one)."""
     b, q, classes = logits.shape
+    real = labels[labels != ignore_index]
+    if len(real) and (real.min() < 0 or real.max() >= classes - 1):
+        bad = int(real.min() if real.min() < 0 else real.max())
+        raise InputError(f"set_loss: target label {bad} is not one of the {classes - 1} object "
+                         f"classes 0..{classes - 2} (logit {classes - 1} is no object; "
+                         f"ignore_index={ignore_index} pads)")
     target_classes = torch.full((b, q), classes - 1, dtype=torch.long, device=logits.device)
     pred, true = [], []
     for i in range(b):
