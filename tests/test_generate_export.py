@@ -16,7 +16,7 @@ import torch
 from mmgraph import sampling
 from mmgraph.build import instantiate, load_class
 from mmgraph.errors import InputError
-from mmgraph.export import decoder, targets, tensorrt
+from mmgraph.export import decoder, targets
 from mmgraph.export.onnx_parts import export
 from mmgraph.runtime import open_export
 from mmgraph.runtime.manifest import ManifestError
@@ -159,18 +159,29 @@ def test_the_manifest_describes_the_decoder_graphs(name, exported):
     assert section["frontier"][0] not in [i["name"] for i in decode["inputs"]]
 
 
-def test_tensorrt_gets_the_decoder_graphs_with_past_length_profiles(exported, tmp_path):
-    out, manifest, _ = exported("llava")
-    graphs = decoder.trt_graphs(manifest)
-    assert [g["name"] for g in graphs] == ["generate_prefill", "generate_decode"]
-    for graph in graphs:
-        report = tensorrt.check_compatibility(out / graph["onnx"], "10.3", manifest["layers"])
-        assert report.ok, report.render()
-    sh, py = tensorrt.build_script(graphs, targets.load("tensorrt-fp16").to_json(), out)
-    script = sh.read_text()
-    assert "generate_decode.engine" in script
+def test_an_fp16_tensorrt_target_gates_and_profiles_the_decoder_graphs(exported, tmp_path):
+    out = tmp_path / "trt"
+    manifest = export(ROOT / "specs" / "llava.mmg", out, targets.load("tensorrt-fp16"),
+                      overrides=TINY["llava"], log=lambda _: None)
+    section = manifest["generate"]
+    for key in ("prefill", "decode"):
+        graph = section[key]
+        assert (out / graph["onnx_fp16"]).is_file()
+        assert graph["parity"]["fp16"]["logits"]["max_abs"] < 1e-2  # recorded, like parts'
+        report = manifest["tensorrt"]["compatibility"][graph["name"]]
+        assert report["ok"] and report["onnx"].endswith(".fp16.onnx")
+    assert [g["name"] for g in decoder.trt_graphs(manifest)] == ["generate_prefill",
+                                                                 "generate_decode"]
+    script = (out / "build_engine.sh").read_text()
+    assert "--saveEngine=generate_decode.engine" in script
     assert "past_key_values.0.key:1x2x5x16" in script  # min: a 1-token prompt after 4 visual
-    assert "past_key_values.0.key:8x2x2051x16" in script  # max: T max - 1 tokens
+    assert "past_key_values.0.key:8x2x2051x16" in script  # max: T max - 1 tokens after them
+    # the fp16 graphs generate on onnxruntime too (their tokens may differ from fp32's)
+    half = open_export(out, precision="fp16", providers=["CPUExecutionProvider"])
+    tokens = half.generate([[3, 1, 4], [1, 5]], image=image(), max_new_tokens=4)
+    assert [len(row) for row in tokens] == [4, 4]
+    with pytest.raises(ManifestError, match="visual.engine.*not built yet"):
+        open_export(out, backend="tensorrt").generate([[1]], image=image())
 
 
 def test_triton_repository_serves_the_decoder_graphs_and_documents_the_loop(exported,
