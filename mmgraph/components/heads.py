@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 from mmgraph.components.common import InputWidthSized, PosInt
-from mmgraph.components.registry import Component, Params, Port, register
+from mmgraph.components.registry import Component, Layers, Params, Port, register
 from mmgraph.ir import types as T
+from mmgraph.lang.diagnostics import Diagnostic
+from mmgraph.suggest import did_you_mean
 
 
 def _logits(ctx, t, classes):
@@ -48,10 +50,60 @@ class LMHead(_Head):
         vocab: PosInt
         bias: bool = False
         transform: bool = False  # BERT's dense + act + norm before the decoder
+        tie: str | None = None  # a token_embedding layer whose weight is the decoder's
 
     def infer(self, p, x, ctx):
         ctx.expect_kind("x", x["x"], "Seq")
         return _logits(ctx, x["x"], p.vocab)
+
+    def verify(self, node, graph):
+        """`tie` names a token_embedding layer of the same model or block, called somewhere,
+        with the head's vocabulary and input width: its [vocab, width] weight is the head's."""
+        inst = graph.instances[node.target]
+        p = inst.params
+        if p.tie is None:
+            return []
+        span = inst.param_spans.get("tie", inst.span)
+        scope = node.target.rpartition(".")[0]
+        target = f"{scope}.{p.tie}" if scope else p.tie
+        other = graph.instances.get(target)
+        if other is None:
+            here = [n[len(scope) + 1:] if scope else n for n, i in graph.instances.items()
+                    if n.rpartition(".")[0] == scope and i.component == "token_embedding"]
+            return [Diagnostic("E203", f"{inst.name}: tie=\"{p.tie}\" names no layer declared "
+                                       "here", span,
+                               hint=did_you_mean(p.tie, here) or
+                               "name a token_embedding layer of the same model or block")]
+        if other.component != "token_embedding":
+            return [Diagnostic("E203", f"{inst.name} ties its weight to '{p.tie}', a "
+                                       f"{other.component} layer; tie takes a token_embedding "
+                                       "layer, whose weight is [vocab, width]", span)]
+        if not any(n.op == "call" and n.target == target for n in graph.nodes.values()):
+            return [Diagnostic("E203", f"{inst.name} ties its weight to '{p.tie}', which is "
+                                       "declared but never called, so it is never built", span,
+                               hint=f"call {p.tie} (the tokens' embedding), or leave tie out")]
+        problems = []
+        if other.params.vocab != p.vocab:
+            problems.append(f"vocab={p.vocab} vs {other.params.vocab}")
+        width = graph.type_of(node.inputs[0][1]).width
+        if width.is_Integer and int(width) != other.params.width:
+            problems.append(f"input width {int(width)} vs width={other.params.width}")
+        if problems:
+            return [Diagnostic("E203", f"{inst.name} ties its weight to '{p.tie}', but they "
+                                       f"differ: {', '.join(problems)}", span,
+                               hint="a tied head reads the embedding's [vocab, width] weight, "
+                                    "so both sizes must agree")]
+        if inst.lora is not None:
+            return [Diagnostic("E206", f"{inst.name} ties its weight to '{p.tie}' and has no "
+                                       "linear weight of its own to adapt", inst.span,
+                               hint="put lora(...) on the layers around it, or leave tie out")]
+        return []
+
+    def torch_call_args(self, p, x, node, graph):
+        if p.tie is None:
+            return {}
+        scope = node.target.rpartition(".")[0]
+        return {"embedding": Layers((f"{scope}.{p.tie}" if scope else p.tie,))}
 
 
 @register

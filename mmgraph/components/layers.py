@@ -9,11 +9,11 @@ from mmgraph.components.common import (
     FEEDFORWARD,
     Act,
     InputWidthSized,
+    NonNegInt,
     Norm,
     Pos,
     PosInt,
     Prob,
-    causal_if_asked,
     check_heads,
     ctx_width,
     in_width,
@@ -24,6 +24,37 @@ from mmgraph.components.registry import Component, Params, Port, register
 
 def _expect_seq_or_vec(ctx, port, t):
     ctx.expect_kind(port, t, "Seq", "Vec")
+
+
+def _attention_sequence(self, p) -> str:
+    """`sequence_rule` of the attention layers: causal attention generates, unless a prefix
+    attends both ways (the KV cache's steps are causal from the first position)."""
+    return "causal" if p.causal and not p.prefix else "mixing"
+
+
+def _attention_options(p, x, ctx) -> None:
+    """The checks of `prefix` and of the `positions` input, shared by the attention layers."""
+    t = x["x"]
+    if p.prefix and not p.causal:
+        ctx.fail(f"{ctx.name}: prefix={p.prefix} makes the first positions attend to each "
+                 "other in causal attention, but causal=false already attends everywhere",
+                 code="E203", param="prefix", hint="set causal=true, or leave prefix out")
+    n = t.dim("N")
+    if p.prefix and n.is_Integer and p.prefix > int(n):
+        ctx.fail(f"{ctx.name}: prefix={p.prefix} is longer than the {int(n)} positions of "
+                 f"{ctx.source('x')}", code="E203", param="prefix")
+    if "positions" in x:
+        pos = x["positions"]
+        if p.pos == "none":
+            ctx.fail(f"{ctx.name} is given positions but has pos=\"none\", which reads none",
+                     "positions", code="E205",
+                     hint='set pos="rope" (or "alibi") to place the positions it is given')
+        if pos.kind != "Tensor" or pos.rank != 2 or pos.dtype == "bool":
+            ctx.fail(f"{ctx.name} expects Tensor[B, N] positions (one number per position, "
+                     f"fractions allowed) for 'positions' but {ctx.source('positions')} gives "
+                     f"{pos}", "positions", code="E302")
+        ctx.expect_same("x", t.dim("B"), "positions", pos.dim(0), "batch")
+        ctx.expect_same("x", n, "positions", pos.dim(1), "number of positions")
 
 
 @register
@@ -83,9 +114,9 @@ class SelfAttention(InputWidthSized, Component):
     category = "layer"
     lora_targets = ("q", "k", "v", "o")
     summary = "Multi-head self-attention, causal or bidirectional, optional grouped KV heads"
-    inputs = (Port("x"), Port("mask", optional=True))
+    inputs = (Port("x"), Port("mask", optional=True), Port("positions", optional=True))
     torch = "mmgraph.components.nn.layers:SelfAttention"
-    sequence_rule = causal_if_asked
+    sequence_rule = _attention_sequence
 
     class Params(Params):
         heads: PosInt
@@ -94,6 +125,7 @@ class SelfAttention(InputWidthSized, Component):
         bias: bool = True
         pos: Pos = "none"
         dropout: Prob = 0.0
+        prefix: NonNegInt = 0  # causal: the first `prefix` positions see each other
 
     def infer(self, p, x, ctx):
         t = x["x"]
@@ -102,6 +134,7 @@ class SelfAttention(InputWidthSized, Component):
             check_heads(ctx, int(t.width), p.heads)
         if "mask" in x:
             ctx.expect_kind("mask", x["mask"], "Mask")
+        _attention_options(p, x, ctx)
         return t
 
 
@@ -134,9 +167,10 @@ class TransformerLayer(Component):
     lora_targets = ATTENTION
     summary = ("One Transformer block: self-attention (+ optional cross-attention to ctx) and "
                "FFN, pre- or post-norm")
-    inputs = (Port("x"), Port("ctx", optional=True), Port("mask", optional=True))
+    inputs = (Port("x"), Port("ctx", optional=True), Port("mask", optional=True),
+              Port("positions", optional=True))
     torch = "mmgraph.components.nn.layers:TransformerLayer"
-    sequence_rule = causal_if_asked
+    sequence_rule = _attention_sequence
     context_ports = ("ctx",)
 
     class Params(Params):
@@ -151,6 +185,8 @@ class TransformerLayer(Component):
         post_norm: bool = False
         bias: bool = True
         dropout: Prob = 0.0
+        parallel: bool = False  # GPT-J: x + attn(ln(x)) + ffn(ln(x)), one norm
+        prefix: NonNegInt = 0  # causal: the first `prefix` positions see each other
 
     def infer(self, p, x, ctx):
         return _transformer_rule(self, p, x, ctx)
@@ -165,9 +201,10 @@ class Transformer(Component):
     category = "layer"
     lora_targets = ATTENTION
     summary = "A stack of `depth` Transformer blocks with a final norm (a shared encoder)"
-    inputs = (Port("x"), Port("ctx", optional=True), Port("mask", optional=True))
+    inputs = (Port("x"), Port("ctx", optional=True), Port("mask", optional=True),
+              Port("positions", optional=True))
     torch = "mmgraph.components.nn.layers:Transformer"
-    sequence_rule = causal_if_asked
+    sequence_rule = _attention_sequence
     context_ports = ("ctx",)
 
     class Params(TransformerLayer.Params):
@@ -202,4 +239,10 @@ def _transformer_rule(comp, p, x, ctx):
         t = t.with_(tags=tags_of(t, x["ctx"]))
     if "mask" in x:
         ctx.expect_kind("mask", x["mask"], "Mask")
+    if p.parallel and (p.post_norm or p.cross):
+        ctx.fail(f"{ctx.name}: parallel=true is GPT-J's pre-norm block without "
+                 f"cross-attention, so it cannot be {'post_norm' if p.post_norm else 'cross'}"
+                 "=true", code="E203", param="parallel",
+                 hint="use parallel=true alone, or one of the others")
+    _attention_options(p, x, ctx)
     return t

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import torch
+import torch.nn.functional as F
 from torch import nn
 
 from mmgraph.components.nn.layers import make_act
@@ -21,18 +23,27 @@ class Classifier(nn.Module):
 
 
 class LMHead(nn.Module):
-    """Vocabulary logits; `transform=True` adds BERT's dense + GELU + LayerNorm first."""
+    """Vocabulary logits; `transform=True` adds BERT's dense + GELU + LayerNorm first.
 
-    def __init__(self, *, in_width: int, vocab: int, bias: bool, transform: bool):
+    Tied (`tie="embed"`), the head has no decoder weight of its own: each call is given the
+    token_embedding module and multiplies by its weight, so one tensor serves both and gets
+    both gradients (the generated code passes it as `embedding=(self.embed,)`)."""
+
+    def __init__(self, *, in_width: int, vocab: int, bias: bool, transform: bool,
+                 tie: str | None):
         super().__init__()
         self.transform = nn.Sequential(nn.Linear(in_width, in_width), nn.GELU(),
                                        nn.LayerNorm(in_width, eps=1e-12)) if transform else None
-        self.decoder = nn.Linear(in_width, vocab, bias=bias)
+        self.decoder = nn.Linear(in_width, vocab, bias=bias) if tie is None else None
+        self.bias = nn.Parameter(torch.zeros(vocab)) if tie is not None and bias else None
 
-    def forward(self, x):
+    def forward(self, x, embedding=None):
         if self.transform is not None:
             x = self.transform(x)
-        return self.decoder(x)
+        if self.decoder is not None:
+            return self.decoder(x)
+        (tied,) = embedding
+        return F.linear(x, tied.embed.weight, self.bias)
 
 
 class ITMHead(nn.Linear):

@@ -107,11 +107,12 @@ class Attention(nn.Module):
     def __init__(self, width: int, heads: int, kv_width: int | None = None,
                  kv_heads: int | None = None, dim_head: int | None = None, bias: bool = True,
                  causal: bool = False, pos: str = "none", rope_theta: float = 10000.0,
-                 dropout: float = 0.0, out_bias: bool | None = None):
+                 dropout: float = 0.0, out_bias: bool | None = None, prefix: int = 0):
         super().__init__()
         self.heads, self.kv_heads = heads, kv_heads or heads
         self.dim_head = dim_head or width // heads
         self.causal, self.pos, self.rope_theta, self.dropout = causal, pos, rope_theta, dropout
+        self.prefix = prefix  # causal: the first `prefix` positions also see each other
         inner, kv_inner = self.heads * self.dim_head, self.kv_heads * self.dim_head
         kv_width = kv_width or width
         self.q = nn.Linear(width, inner, bias=bias)
@@ -119,9 +120,13 @@ class Attention(nn.Module):
         self.v = nn.Linear(kv_width, kv_inner, bias=bias)
         self.o = nn.Linear(inner, width, bias=bias if out_bias is None else out_bias)
 
-    def forward(self, x, ctx=None, mask=None):
+    def forward(self, x, ctx=None, mask=None, positions=None):
+        """`positions` [B, N] (fractional allowed) replace 0..N-1 for rotary/ALiBi positions."""
         cache = kv_cache.current()
         if cache is not None and ctx is None and self.causal:
+            if positions is not None:
+                raise NotImplementedError("attention given explicit positions cannot take "
+                                          "generation steps yet: the KV cache counts them")
             return self.cached_step(x, cache)
         b, n, _ = x.shape
         src = x if ctx is None else ctx
@@ -132,21 +137,29 @@ class Attention(nn.Module):
         else:
             k, v = self.keys_values(src)
         if self.pos == "rope" and ctx is None:
-            cos, sin = rope_tables(n, self.dim_head, self.rope_theta, x.device, q.dtype)
+            if positions is None:
+                cos, sin = rope_tables(n, self.dim_head, self.rope_theta, x.device, q.dtype)
+            else:
+                cos, sin = rope_at(positions, self.dim_head, self.rope_theta, q.dtype)
             q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         if self.kv_heads != self.heads:
             k = k.repeat_interleave(self.heads // self.kv_heads, dim=1)
             v = v.repeat_interleave(self.heads // self.kv_heads, dim=1)
         bias = None
         if self.pos == "alibi" and ctx is None:
-            bias = alibi_bias(self.heads, n, x.device, q.dtype)[None]
+            bias = alibi_bias(self.heads, n, x.device, q.dtype)[None] if positions is None \
+                else alibi_between(self.heads, positions, positions, q.dtype)
         if mask is not None:  # [B, M] true = attend
             pad = torch.zeros(b, 1, 1, m, device=x.device, dtype=q.dtype)
             pad = pad.masked_fill(~mask[:, None, None, :].bool(), float("-inf"))
             bias = pad if bias is None else bias + pad
         causal = self.causal and ctx is None
-        if causal and bias is not None:
+        if causal and (bias is not None or self.prefix):
             tri = torch.ones(n, m, device=x.device, dtype=torch.bool).tril()
+            if self.prefix:  # prefix-LM: keys of the prefix are visible to every query
+                tri = tri | (torch.arange(m, device=x.device) < self.prefix)[None, :]
+            if bias is None:
+                bias = torch.zeros(1, 1, n, m, device=x.device, dtype=q.dtype)
             bias = bias.masked_fill(~tri, float("-inf"))
             causal = False
         if q.dtype != torch.float32 and torch.onnx.is_in_onnx_export():
@@ -245,33 +258,38 @@ class Block(nn.Module):
     """A Transformer block: self-attention, optional cross-attention, FFN.
 
     Pre-norm (GPT/ViT/LLaMA) by default; `post_norm=True` gives BERT's layout, where each
-    sub-layer is followed by its LayerNorm.
+    sub-layer is followed by its LayerNorm. `parallel=True` gives GPT-J's: attention and FFN
+    read the same normed input and both add to the residual, x + attn(ln(x)) + ffn(ln(x)).
     """
 
     def __init__(self, width: int, heads: int, mlp: int | None = None, act: str = "gelu",
                  norm: str = "layer", causal: bool = False, cross: bool = False,
                  kv_width: int | None = None, kv_heads: int | None = None, pos: str = "none",
                  post_norm: bool = False, bias: bool = True, dropout: float = 0.0,
-                 eps: float | None = None, rope_theta: float = 10000.0):
+                 eps: float | None = None, rope_theta: float = 10000.0,
+                 parallel: bool = False, prefix: int = 0):
         super().__init__()
-        self.post_norm = post_norm
+        self.post_norm, self.parallel = post_norm, parallel
         self.norm1 = make_norm(norm, width, eps)
         self.attn = Attention(width, heads, kv_heads=kv_heads, bias=bias, causal=causal,
-                              pos=pos, rope_theta=rope_theta, dropout=dropout)
+                              pos=pos, rope_theta=rope_theta, dropout=dropout, prefix=prefix)
         self.cross = None
         if cross:
             self.norm_cross = make_norm(norm, width, eps)
             self.cross = Attention(width, heads, kv_width=kv_width, bias=bias, dropout=dropout)
-        self.norm2 = make_norm(norm, width, eps)
+        self.norm2 = None if parallel else make_norm(norm, width, eps)  # GPT-J: one norm
         self.ffn = FeedForward(width, mlp or 4 * width, act, bias, dropout)
 
-    def forward(self, x, ctx=None, mask=None):
+    def forward(self, x, ctx=None, mask=None, positions=None):
+        if self.parallel:
+            h = self.norm1(x)
+            return x + self.attn(h, mask=mask, positions=positions) + self.ffn(h)
         if self.post_norm:
-            x = self.norm1(x + self.attn(x, mask=mask))
+            x = self.norm1(x + self.attn(x, mask=mask, positions=positions))
             if self.cross is not None:
                 x = self.norm_cross(x + self.cross(x, ctx))
             return self.norm2(x + self.ffn(x))
-        x = x + self.attn(self.norm1(x), mask=mask)
+        x = x + self.attn(self.norm1(x), mask=mask, positions=positions)
         if self.cross is not None:
             x = x + self.cross(self.norm_cross(x), ctx)
         return x + self.ffn(self.norm2(x))
@@ -297,13 +315,13 @@ class TanhGate(nn.Module):
 
 class SelfAttention(nn.Module):
     def __init__(self, *, in_width: int, heads: int, kv_heads: int | None, causal: bool,
-                 bias: bool, pos: str, dropout: float):
+                 bias: bool, pos: str, dropout: float, prefix: int):
         super().__init__()
         self.attn = Attention(in_width, heads, kv_heads=kv_heads, bias=bias, causal=causal,
-                              pos=pos, dropout=dropout)
+                              pos=pos, dropout=dropout, prefix=prefix)
 
-    def forward(self, x, mask=None):
-        return self.attn(x, mask=mask)
+    def forward(self, x, mask=None, positions=None):
+        return self.attn(x, mask=mask, positions=positions)
 
 
 class FFN(nn.Module):
@@ -319,31 +337,34 @@ class FFN(nn.Module):
 class TransformerLayer(nn.Module):
     def __init__(self, *, in_width: int, ctx_width: int | None = None, heads: int,
                  kv_heads: int | None, mlp: int | None, act: str, norm: str, causal: bool,
-                 cross: bool, pos: str, post_norm: bool, bias: bool, dropout: float):
+                 cross: bool, pos: str, post_norm: bool, bias: bool, dropout: float,
+                 parallel: bool, prefix: int):
         super().__init__()
         self.block = Block(in_width, heads, mlp=mlp, act=act, norm=norm, causal=causal,
                            cross=cross, kv_width=ctx_width, kv_heads=kv_heads, pos=pos,
-                           post_norm=post_norm, bias=bias, dropout=dropout)
+                           post_norm=post_norm, bias=bias, dropout=dropout, parallel=parallel,
+                           prefix=prefix)
 
-    def forward(self, x, ctx=None, mask=None):
-        return self.block(x, ctx=ctx, mask=mask)
+    def forward(self, x, ctx=None, mask=None, positions=None):
+        return self.block(x, ctx=ctx, mask=mask, positions=positions)
 
 
 class Transformer(nn.Module):
     def __init__(self, *, in_width: int, ctx_width: int | None = None, depth: int, heads: int,
                  kv_heads: int | None, mlp: int | None, act: str, norm: str, causal: bool,
                  cross: bool, pos: str, post_norm: bool, bias: bool, dropout: float,
-                 final_norm: bool):
+                 parallel: bool, prefix: int, final_norm: bool):
         super().__init__()
         self.layers = nn.ModuleList([
             Block(in_width, heads, mlp=mlp, act=act, norm=norm, causal=causal, cross=cross,
                   kv_width=ctx_width, kv_heads=kv_heads, pos=pos, post_norm=post_norm,
-                  bias=bias, dropout=dropout) for _ in range(depth)])
+                  bias=bias, dropout=dropout, parallel=parallel, prefix=prefix)
+            for _ in range(depth)])
         self.norm = make_norm(norm, in_width) if final_norm else None
 
-    def forward(self, x, ctx=None, mask=None):
+    def forward(self, x, ctx=None, mask=None, positions=None):
         for layer in self.layers:
-            x = layer(x, ctx=ctx, mask=mask)
+            x = layer(x, ctx=ctx, mask=mask, positions=positions)
         return self.norm(x) if self.norm is not None else x
 
 

@@ -27,6 +27,8 @@ class XattnGroup(nn.Module):
                 post_norm=False,
                 bias=False,
                 dropout=0.0,
+                parallel=False,
+                prefix=0,
             )
             for _ in range(4)
         ])
@@ -99,7 +101,7 @@ class Flamingo(mm.GeneratedModel):
         mm.freeze(self.embed)
         self.final_norm = mm.layers.LayerNorm(in_width=4096, eps=1e-05, bias=True)
         mm.freeze(self.final_norm)
-        self.lm_head = mm.heads.LMHead(in_width=4096, vocab=50432, bias=False, transform=False)
+        self.lm_head = mm.heads.LMHead(in_width=4096, vocab=50432, bias=False, transform=False, tie=None)
         mm.freeze(self.lm_head)
         self.lm = nn.ModuleList([XattnGroup() for _ in range(8)])
 
