@@ -312,3 +312,20 @@ def test_attention_options_and_a_tied_head_export_with_parity(spec, tmp_path):
             assert err["max_abs"] <= 1e-4, (part["name"], output, err)
     assert not math.isnan(manifest["parts"][-1]["parity"]["fp32"][
         "logits" if spec is TIED else "y"]["max_abs"])
+
+
+def test_the_catalogue_example_checks_runs_and_ties(tmp_path):
+    """docs/language.md's example of these layers: a hybrid mamba/attention stack with V2PE
+    positions and a prefix over the visual tokens, a tied head, a GRU's last state."""
+    docs = (Path(__file__).resolve().parents[1] / "docs" / "language.md").read_text()
+    start = docs.index("```mmg\nblock hybrid(heads) {") + len("```mmg\n")
+    path = tmp_path / "example.mmg"
+    path.write_text(docs[start:docs.index("```", start)])
+    torch.manual_seed(0)
+    model = mmgraph.load(path)
+    out = model(image=torch.randn(2, 4, 64), text=torch.randint(0, 100, (2, 3)),
+                positions=v2pe_positions(visual=4, text=3, step=0.25, batch=2),
+                frames=torch.randn(2, 9, 32))
+    assert tuple(out["logits"].shape) == (2, 3, 100) and tuple(out["clip"].shape) == (2, 32)
+    assert not any(n.startswith("out.decoder") for n, _ in model.named_parameters())
+    assert model.graph.decoding is None  # mamba keeps a state the cache has no place for
