@@ -118,6 +118,13 @@ CASES = {
                  "set_loss(classifier(classes=9)(x), box_head()(x), lab, tb)"),
     "ctc": (SEQ + "\n  input t: Tokens[B, 3]", "ctc(lm_head(vocab=9)(x), t, blank=8)"),
     "masked_regions": (SEQ + "\n  input m: Mask[B, 6]", "masked_regions(linear(out=16)(x), x, m)"),
+    "tubelet_embed": ("input x: Video[B, 4, 3, 32, 32]",
+                      "tubelet_embed(patch=16, tubelet=2, width=16)(x)"),
+    "conv_frontend": ("input x: Audio[B, 400]",
+                      "conv_frontend(channels=[8, 16], kernels=[10, 3], strides=[5, 2])(x)"),
+    "pixel_shuffle": ("input x: Seq[B, 16, 8]", "pixel_shuffle(x, ratio=2)"),
+    "local_cross_attention": ("input x: Seq[B, 16, 8]\n  input c: Tensor[B, 6, 2, 2]",
+                              "local_cross_attention(grid=2, width=16, heads=2)(x, c)"),
 }
 
 # parameters that rightly get no gradient in a case, and why
@@ -125,7 +132,8 @@ NO_GRAD = {"moe_aux": ("experts", "the balancing loss depends on the router alon
 
 
 # components whose case needs files, tested in their own file
-ELSEWHERE = {"hf_model": "a transformers folder: tests/test_hf_model_component.py"}
+ELSEWHERE = {"hf_model": "a transformers folder: tests/test_hf_model_component.py",
+             "timm_backbone": "needs timm (mmgraph[vision]): tests/test_backbones.py"}
 
 
 def test_every_component_has_a_case():

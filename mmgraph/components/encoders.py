@@ -25,6 +25,15 @@ from mmgraph.components.registry import Component, Params, Port, register
 from mmgraph.ir import types as T
 
 
+def patch_count(ctx, img, patch: int, floor: bool):
+    """The number of patches of an image: whole patches only with `floor` (a stride-`patch`
+    conv drops the rest, as SigLIP-384/14 does), else the sides must be multiples (E304)."""
+    if floor:
+        return T.sympy.floor(img.dim("H") / patch) * T.sympy.floor(img.dim("W") / patch)
+    return ctx.exact_div("image", img.dim("H"), patch, "image height") * \
+        ctx.exact_div("image", img.dim("W"), patch, "image width")
+
+
 class _TransformerParams(Params):
     width: PosInt
     depth: NonNegInt
@@ -57,6 +66,9 @@ class ViT(Component):
         drop_cls: bool = False  # drop the class token from a sequence output
         taps: tuple[int, ...] = ()  # extra outputs `layerK`: the output of block K (1-based)
         norm_eps: PosFloat | None = None  # the norms' epsilon; 1e-5 (layer), 1e-6 (rms) if None
+        # drop the pixels past the last whole patch (SigLIP-384/14: 27 x 27 patches) instead of
+        # refusing an image whose size is not a multiple of the patch
+        floor: bool = False
 
         @model_validator(mode="after")
         def _consistent(self):
@@ -79,9 +91,7 @@ class ViT(Component):
         check_heads(ctx, p.width, p.heads)
         if p.channels is not None:
             ctx.expect_dim("image", img, "C", p.channels, "channels")
-        gh = ctx.exact_div("image", img.dim("H"), p.patch, "image height")
-        gw = ctx.exact_div("image", img.dim("W"), p.patch, "image width")
-        n = gh * gw
+        n = patch_count(ctx, img, p.patch, p.floor)
         tags = img.tags
         full = seq(img.dim("B"), n + (1 if p.cls_token else 0), p.width, tags)
         if p.pool != "none":
@@ -95,7 +105,8 @@ class ViT(Component):
     def torch_args(self, p, x, ctx):
         img = x["image"]  # `channels` is checked against it
         return {"in_channels": fixed(ctx, "image", img, "C", "channel count"),
-                "grid": grid(ctx, "image", img, p.patch), **p.model_dump(exclude={"channels"})}
+                "grid": grid(ctx, "image", img, p.patch),
+                **p.model_dump(exclude={"channels", "floor"})}  # the conv drops the rest
 
 
 @register
@@ -208,6 +219,7 @@ class PatchEmbed(Component):
         classes: PosInt | None = None  # the input holds class ids (a segmentation map)
         class_width: PosInt = 64  # their embedding width before patching
         bias: bool = True
+        floor: bool = False  # drop the pixels past the last whole patch, as vit's
 
     def infer(self, p, x, ctx):
         img = x["image"]
@@ -221,14 +233,13 @@ class PatchEmbed(Component):
         elif img.dtype not in T.FLOAT_DTYPES:
             ctx.fail(f"{ctx.name} expects pixels but {ctx.source('image')} gives {img}", "image",
                      code="E307", hint="set classes=N to embed a map of class ids")
-        n = ctx.exact_div("image", img.dim("H"), p.patch, "image height") * \
-            ctx.exact_div("image", img.dim("W"), p.patch, "image width")
+        n = patch_count(ctx, img, p.patch, p.floor)
         return seq(img.dim("B"), n + (1 if p.cls_token else 0), p.width, img.tags)
 
     def torch_args(self, p, x, ctx):
         img = x["image"]
         return {"in_channels": fixed(ctx, "image", img, "C", "channel count"),
-                "grid": grid(ctx, "image", img, p.patch), **p.model_dump()}
+                "grid": grid(ctx, "image", img, p.patch), **p.model_dump(exclude={"floor"})}
 
 
 @register

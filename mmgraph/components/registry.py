@@ -229,6 +229,7 @@ def _load_builtins() -> None:
         _BUILTINS_LOADED = True
         from mmgraph.components import (  # noqa: F401
             alignment,
+            backbones,
             connectors,
             ctc,
             decoders,
@@ -244,6 +245,8 @@ def _load_builtins() -> None:
             recurrent,
             sets,
             similarity,
+            video,
+            vision_grids,
         )
         _load_entry_points()
 

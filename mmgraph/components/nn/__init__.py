@@ -10,6 +10,7 @@ a plugin's through `mm.face("name")`.
 from mmgraph.components import registry
 from mmgraph.components.nn import (  # noqa: F401  (the faces, as `mm.<module>.<face>`)
     alignment,
+    backbones,
     cache,
     connectors,
     ctc,
@@ -26,6 +27,8 @@ from mmgraph.components.nn import (  # noqa: F401  (the faces, as `mm.<module>.<
     recurrent,
     sets,
     similarity,
+    video,
+    vision_grids,
 )
 from mmgraph.components.nn.generated import DeclaredInput, GeneratedModel, GeneratedPart
 from mmgraph.components.nn.modifiers import freeze, lora
