@@ -119,12 +119,16 @@ class World:
 
         mp = MixedPrecisionPolicy(param_dtype=precision, reduce_dtype=torch.float32) \
             if precision is not None else MixedPrecisionPolicy()
+        from torch.distributed.device_mesh import init_device_mesh
+
+        # the mesh on this rank's device (the default would be the GPU even under --device cpu)
+        mesh = init_device_mesh(self.device.type, (self.size,))
         self.replicated = [p for p in module.parameters() if p.dim() == 0]
         scalars = set(self.replicated)
         for _, block in blocks(module):
             if any(p not in scalars for p in block.parameters()) and not _is_sharded(block):
-                fully_shard(block, mp_policy=mp, ignored_params=scalars)
-        fully_shard(module, mp_policy=mp, ignored_params=scalars)
+                fully_shard(block, mesh=mesh, mp_policy=mp, ignored_params=scalars)
+        fully_shard(module, mesh=mesh, mp_policy=mp, ignored_params=scalars)
         self._sharded = module
         return module
 
