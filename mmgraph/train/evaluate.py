@@ -86,7 +86,7 @@ def eval_source(data: str, split: str, trained_on: dict | None, allow_outside: b
     if split == "train":
         return source, f"{source.name}, split train (the whole file, the training data)"
     where = split_file(data, split)
-    if trained_on and source.origin in (trained_on.get("train"), trained_on.get("val")):
+    if trained_on and source.origin == trained_on.get("train"):
         raise DataError(f"{data} has no {split} split ({where} not found), and {source.name} "
                         f"is the data the checkpoint was trained on; give held-out data with "
                         f"--data, or evaluate on the training data with --split train")
