@@ -285,3 +285,21 @@ def test_onnx_export_matches_pytorch(tmp_path):
     (part,) = manifest["parts"]
     for name in ("t", "f", "s"):
         assert part["parity"]["fp32"][name]["max_abs"] < 1e-5, (name, part["parity"])
+
+
+def test_the_docs_example_checks_as_printed():
+    """docs/language.md's "Backbones and vision grids" example: every IR line it prints."""
+    from mmgraph.compiler import check_text
+
+    from conftest import ROOT
+
+    docs = (ROOT / "docs" / "language.md").read_text()
+    start = docs.index("```mmg\nmodel vision_vocab {") + len("```mmg\n")
+    end = docs.index("```", start)
+    result = check_text(docs[start:end], "vis.mmg")
+    assert result.ok, [str(d) for d in result.errors]
+    dump = result.graphs["vision_vocab"].dump()
+    printed = docs[docs.index("```\n", end + 3) + 4:]
+    printed = printed[:printed.index("```")]
+    for line in printed.strip().splitlines():
+        assert line + "  # vis.mmg:" in dump, line
