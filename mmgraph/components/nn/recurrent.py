@@ -3,9 +3,9 @@
 GRU and LSTM are torch's own modules, so their weights keep torch's names and they export
 as ONNX's GRU/LSTM ops. Mamba is written in plain PyTorch: the `mamba_ssm` kernels need
 CUDA, and a plain scan runs anywhere and exports. The scan loops over time; eagerly that is a
-Python loop, and while exporting the same loop is a TorchScript function, which the exporter
-writes as an ONNX `Loop` so that the sequence length stays dynamic (a traced Python loop
-would be unrolled to the example's length).
+Python loop, and while exporting the same recurrence is a TorchScript function, which the
+exporter writes as an ONNX `Loop` so that the sequence length stays dynamic (a traced Python
+loop would be unrolled to the example's length).
 """
 
 from __future__ import annotations
@@ -63,13 +63,29 @@ def selective_scan(u, delta, A, B, C):
     return torch.stack(ys, dim=-1)
 
 
+def selective_scan_for_export(u, delta, A, B, C):
+    """`selective_scan` as the exporter should see it: the outputs are written into a
+    tensor made before the loop rather than collected in a list, so that the ONNX `Loop`
+    carries fixed-shape values only (TensorRT refuses the Sequence ops a list becomes, and
+    scan outputs of a dynamic trip count)."""
+    decay = torch.exp(delta.unsqueeze(-1) * A.unsqueeze(1)).permute(2, 0, 1, 3)  # [N, B, E, S]
+    drive = (delta.unsqueeze(-1) * B.unsqueeze(1) * u.unsqueeze(-1)).permute(2, 0, 1, 3)
+    readout = C.transpose(0, 1).unsqueeze(2)  # [N, B, 1, S]
+    h = torch.zeros(u.shape[0], u.shape[1], A.shape[1], dtype=u.dtype, device=u.device)
+    y = torch.zeros(u.shape[2], u.shape[0], u.shape[1], dtype=u.dtype, device=u.device)
+    for t in range(u.shape[2]):
+        h = decay[t] * h + drive[t]
+        y[t] = (h * readout[t]).sum(-1)
+    return y.permute(1, 2, 0)
+
+
 _SCRIPTED: list = []
 
 
 def _scripted_scan():
-    """`selective_scan` as TorchScript, made on first export (scripting costs a moment)."""
+    """The export's scan as TorchScript, made on first export (scripting costs a moment)."""
     if not _SCRIPTED:
-        _SCRIPTED.append(torch.jit.script(selective_scan))
+        _SCRIPTED.append(torch.jit.script(selective_scan_for_export))
     return _SCRIPTED[0]
 
 
