@@ -64,3 +64,15 @@ def test_tensorrt_fp16_target_fuses_attention_in_fp16(tmp_path):
         assert manifest["tensorrt"]["compatibility"][part["name"]]["ok"]
         for errors in part["parity"]["fp16"].values():
             assert 0 < errors["max_abs"] < 5e-2
+
+
+def test_bench_of_a_spec_runs_opset_18_and_23_side_by_side():
+    from mmgraph.export.bench import bench, table
+
+    report = bench(ROOT / "specs" / "clip.mmg", runs=3, warmup=1, compile=False,
+                   overrides=TINY["clip"], log=lambda _: None)
+    assert report["opset"] == 18
+    for part in report["parts"]:
+        assert {"onnxruntime", "onnxruntime@23"} <= set(part["backends"])
+        assert part["backends"]["onnxruntime@23"]["p50_ms"] > 0
+    assert "onnxruntime opset 23 (fused Attention) / opset 18: p50 x" in table(report)
