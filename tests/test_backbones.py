@@ -171,6 +171,16 @@ def test_face_equals_timm_features_only(tmp_path, name, size, levels, output):
 
 
 @needs_timm
+@pytest.mark.parametrize("name", ["resnet18", "convnext_atto"])
+def test_gradients_reach_every_weight(tmp_path, name):
+    model = _load(tmp_path, RESNET.replace('"resnet18", out_indices=[2, 3, 4]',
+                                           f'"{name}", out_indices=[1, -1]')).train()
+    out = model(torch.randn(2, 3, 64, 96))["y"]
+    out.pow(2).mean().backward()
+    assert [n for n, p in model.named_parameters() if p.grad is None] == []
+
+
+@needs_timm
 def test_weights_come_from_a_local_safetensors_file(tmp_path, monkeypatch):
     from safetensors.torch import save_file
 
