@@ -163,17 +163,25 @@ def onnx_session(path: Path, providers=("CPUExecutionProvider",)):
 
 
 def write_onnx(module, g: Graph, plan: ExportPart, x: dict, path: Path,
-               opset: int, ranges: dict | None = None) -> tuple[int, int]:
+               opset: int, ranges: dict | None = None, log=print) -> tuple[int, int]:
     """Export, check (full checker, strict shape inference), simplify; node counts.
-    From opset 23 (given the dim `ranges`), attention goes out as the fused `Attention` op."""
+    From opset 23 (given the dim `ranges`), attention goes out as the fused `Attention` op,
+    unless torch.export cannot trace the part (data-dependent shapes): then decomposed."""
     import onnx
 
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            if opset >= FUSED_ATTENTION_OPSET and ranges is not None:
-                export_fused(module, g, plan, path, opset, ranges)
-            else:
+            fused = opset >= FUSED_ATTENTION_OPSET and ranges is not None
+            if fused:
+                try:
+                    export_fused(module, g, plan, path, opset, ranges)
+                except torch.onnx.errors.OnnxExporterError as exc:  # e.g. MoE routing
+                    fused = False
+                    reason = " ".join(str(exc).split("Exception summary")[-1].split())[:200]
+                    log(f"part {plan.name}: attention not fused (torch.export: {reason}); "
+                        f"exported decomposed at opset {opset}")
+            if not fused:
                 torch.onnx.export(module, tuple(x.values()), str(path),
                                   input_names=plan.inputs, output_names=plan.outputs,
                                   opset_version=opset,
@@ -380,7 +388,7 @@ def export(spec: str | Path, out: str | Path, target: Target, *, overrides: dict
         path = out / f"{plan.name}.onnx"
         with writing(path):
             nodes_before, nodes_after = write_onnx(module, g, plan, x, path, target.opset,
-                                                   ranges)
+                                                   ranges, log)
             manifest["files"][path.name] = manifest_file.record(path)
         entry = {"name": plan.name, "onnx": path.name,
                  "inputs": [tensor_info(g, n, ranges) for n in plan.inputs],
@@ -391,7 +399,7 @@ def export(spec: str | Path, out: str | Path, target: Target, *, overrides: dict
         if target.precision == "fp16":
             half = out / f"{plan.name}.fp16.onnx"
             with writing(half):
-                write_onnx(Half(module), g, plan, x, half, target.opset, ranges)
+                write_onnx(Half(module), g, plan, x, half, target.opset, ranges, log)
                 manifest["files"][half.name] = manifest_file.record(half)
             entry["onnx_fp16"] = half.name
             entry["parity"]["fp16"] = parity(module, g, plan, half, ranges, target.tolerance,
