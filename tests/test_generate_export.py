@@ -24,7 +24,7 @@ from mmgraph.runtime.manifest import ManifestError
 from conftest import ROOT
 from tiny import TINY
 
-GENERATORS = ["llava", "blip2", "flamingo"]
+GENERATORS = ["llava", "blip2", "flamingo", "llamafusion"]
 
 
 @pytest.fixture(scope="module")
@@ -50,6 +50,17 @@ def image(seed: int = 1, size: int = 28, rows: int = 1) -> np.ndarray:
     return np.random.default_rng(seed).standard_normal((rows, 3, size, size)).astype(np.float32)
 
 
+def context(pipeline, rows: int = 1, seed: int = 1) -> dict[str, np.ndarray]:
+    """Random values of the export's context inputs (image, latents...), `rows` rows."""
+    rng = np.random.default_rng(seed)
+    return {c.name: rng.standard_normal((rows, *c.shape[1:])).astype(np.float32)
+            for c in pipeline.generation.context}
+
+
+def torched(values: dict) -> dict[str, torch.Tensor]:
+    return {k: torch.from_numpy(v) for k, v in values.items()}
+
+
 def recorded(monkeypatch):
     """Every logits array the sampling loop chooses from, in order."""
     seen: list[np.ndarray] = []
@@ -69,15 +80,14 @@ def test_greedy_tokens_agree_on_torch_with_and_without_cache_and_onnxruntime(
     out, _, model = exported(name)
     pipeline = open_export(out)
     prompts = [[5, 9, 2, 7], [1, 3, 3, 8]]  # one length: torch without a cache takes no padding
+    ctx = context(pipeline)
     logits = {}
     tokens = {}
     for backend, run in (
-            ("cache", lambda: model.generate(prompts, image=torch.from_numpy(image()),
-                                             max_new_tokens=6)),
-            ("recompute", lambda: model.generate(prompts, image=torch.from_numpy(image()),
-                                                 max_new_tokens=6, cache=False)),
-            ("onnxruntime", lambda: pipeline.generate(prompts, image=image(),
-                                                      max_new_tokens=6))):
+            ("cache", lambda: model.generate(prompts, max_new_tokens=6, **torched(ctx))),
+            ("recompute", lambda: model.generate(prompts, max_new_tokens=6, cache=False,
+                                                 **torched(ctx))),
+            ("onnxruntime", lambda: pipeline.generate(prompts, max_new_tokens=6, **ctx))):
         seen = recorded(monkeypatch)
         tokens[backend] = run()
         logits[backend] = np.stack(seen)
@@ -95,15 +105,16 @@ def test_batched_prompts_of_different_lengths_get_their_own_tokens(name, exporte
     out, _, model = exported(name)
     pipeline = open_export(out)
     prompts = [[4, 8, 15, 16, 23, 42], [7], [9, 9, 1]]
-    together = pipeline.generate(prompts, image=image(), max_new_tokens=5, pad_id=0)
-    alone = [pipeline.generate([p], image=image(), max_new_tokens=5)[0] for p in prompts]
+    ctx = context(pipeline)
+    together = pipeline.generate(prompts, max_new_tokens=5, pad_id=0, **ctx)
+    alone = [pipeline.generate([p], max_new_tokens=5, **ctx)[0] for p in prompts]
     assert together == alone
-    assert together == model.generate(prompts, image=torch.from_numpy(image()),
-                                      max_new_tokens=5)
-    # one image per prompt: row i of the batch is prompt i with image i
-    images = image(seed=3, rows=3)
-    per_row = pipeline.generate(prompts, image=images, max_new_tokens=4)
-    assert per_row == [pipeline.generate([p], image=images[i:i + 1], max_new_tokens=4)[0]
+    assert together == model.generate(prompts, max_new_tokens=5, **torched(ctx))
+    # one context row per prompt: row i of the batch is prompt i with context i
+    rows = context(pipeline, rows=3, seed=3)
+    per_row = pipeline.generate(prompts, max_new_tokens=4, **rows)
+    assert per_row == [pipeline.generate([p], max_new_tokens=4,
+                                         **{k: v[i:i + 1] for k, v in rows.items()})[0]
                        for i, p in enumerate(prompts)]
 
 
@@ -112,11 +123,12 @@ def test_seeded_sampling_picks_the_same_tokens_on_torch_and_onnxruntime(name, ex
     out, _, model = exported(name)
     pipeline = open_export(out)
     prompts = [[2, 4, 6], [1, 1]]
+    ctx = context(pipeline)
     settings = dict(max_new_tokens=8, temperature=0.9, top_k=20, top_p=0.95,
                     repetition_penalty=1.2, seed=7)
-    got = pipeline.generate(prompts, image=image(), **settings)
-    assert got == model.generate(prompts, image=torch.from_numpy(image()), **settings)
-    assert got != pipeline.generate(prompts, image=image(), **{**settings, "seed": 8})
+    got = pipeline.generate(prompts, **ctx, **settings)
+    assert got == model.generate(prompts, **torched(ctx), **settings)
+    assert got != pipeline.generate(prompts, **ctx, **{**settings, "seed": 8})
 
 
 def test_streaming_and_stop_tokens(exported):
@@ -130,7 +142,7 @@ def test_streaming_and_stop_tokens(exported):
     assert got == [full[:full.index(stop) + 1]] and streamed == [(0, t) for t in got[0]]
 
 
-@pytest.mark.parametrize("name", GENERATORS)
+@pytest.mark.parametrize("name", GENERATORS[:3])
 def test_the_manifest_describes_the_decoder_graphs(name, exported):
     out, manifest, _ = exported(name)
     section = manifest["generate"]
@@ -222,6 +234,46 @@ def test_a_model_without_a_matching_part_gets_its_own_context_graph(tmp_path):
     assert pipeline.generation.max_tokens == 16
     with pytest.raises(InputError, match=r"input 'prompt'.*need 17 token positions"):
         pipeline.generate([[1] * 12], image=image(), max_new_tokens=6)
+
+
+def test_a_text_only_model_generates_without_a_context_graph_and_serves_on_triton(tmp_path):
+    pytest.importorskip("tritonclient")
+    spec = tmp_path / "lm.mmg"
+    spec.write_text("""model lm {
+  input prompt: Tokens[B, T]
+  decoder lm: causal_lm(vocab=64, width=32, depth=2, heads=2, ffn=64, norm="rms", pos="rope",
+                        act="swiglu", max_len=64)
+  logits = lm(tokens=prompt)
+  output logits
+  export {
+    dim B = 1..4 @ 1
+    dim T = 1..32 @ 8
+  }
+}
+""")
+    out = tmp_path / "out"
+    manifest = export(spec, out, targets.load("triton"), log=lambda _: None)
+    assert manifest["generate"]["context"] is None and manifest["generate"]["prefix"] == 0
+    assert sorted(p.name for p in (out / "triton").iterdir()) == [
+        "GENERATE.md", "lm", "lm_generate_decode", "lm_generate_prefill", "lm_lm"]
+    pipeline = open_export(out)
+    assert pipeline.generation.context == []
+    cls, g = load_class(spec)
+    torch.manual_seed(0)
+    model = instantiate(cls, g, pretrained=False).eval()
+    prompts = [[1, 2, 3, 4, 5, 6, 7], [3, 4]]
+    assert pipeline.generate(prompts, max_new_tokens=6) == model.generate(prompts,
+                                                                          max_new_tokens=6)
+
+
+def test_a_joined_picture_counts_in_the_past_length(exported):
+    """LlamaFusion joins 16 picture tokens before the text: logits cover the text only, but
+    the cache holds the picture too, and the past length ranges say so."""
+    out, manifest, _ = exported("llamafusion")
+    section = manifest["generate"]
+    assert section["prefix"] == 16 and section["context"]["name"] == "generate_context"
+    assert section["dims"]["past_len"] == {"min": 17, "opt": 272, "max": 2063}
+    assert open_export(out).generation.max_tokens == 2048 - 16  # max_len 2048 holds both
 
 
 # ---------------------------------------------------------------- what the CLI reads

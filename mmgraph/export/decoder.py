@@ -88,7 +88,7 @@ def export_generation(model, g: Graph, target: Target, out: Path, ranges: dict,
         return
     section = graphs.describe()
     section["context"] = graphs.reused_context(manifest["parts"])
-    if section["context"] is None:
+    if section["context"] is None and graphs.frontier:
         section["context"] = graphs.write(graphs.context_module(), CONTEXT, out, target,
                                           manifest)
     for name, module in ((PREFILL, graphs.prefill_module()), (DECODE, graphs.decode_module())):
@@ -112,7 +112,7 @@ def trt_graphs(manifest: dict) -> list[dict]:
     if not section:
         return []
     graphs = [section[k] for k in ("context", "prefill", "decode")
-              if not section[k].get("reuses_part")]
+              if section[k] is not None and not section[k].get("reuses_part")]
     return [{**p, "onnx": p.get("onnx_fp16", p["onnx"])} for p in graphs]
 
 
@@ -144,10 +144,10 @@ class DecoderGraphs:
         self.frontier = [_value_name(g, Ref(n, p)) for n, p in plan.frontier]
         self.frontier_types = [g.type_of(Ref(n, p)) for n, p in plan.frontier]
         tokens_type = g.nodes[plan.tokens].type
-        logits_type = g.type_of(g.outputs[plan.logits])
         self.batch_dim, self.tokens_dim = tokens_type.dims[0], tokens_type.dims[1]
-        self.positions = logits_type.dims[1]  # prefix + T
-        self.prefix_expr = sympy.simplify(self.positions - self.tokens_dim)
+        # cached positions before the tokens (a prefix, a picture's tokens), measured per point
+        self.prefixes: dict[str, int] = {}
+        self.prefix_problem = ""
         self.tokens_range = self._range(self.tokens_dim)
         low, opt, high = (self.tokens_range[p] for p in POINTS)
         # decode: a prompt of mask_len - 1 tokens, one new token; mask_len fits in T max
@@ -167,7 +167,7 @@ class DecoderGraphs:
         return {k: v[point] for k, v in self.ranges.items()}
 
     def prefix(self, point: str) -> int:
-        return _at(self.prefix_expr, self.dims(point))
+        return self.prefixes[point]
 
     def batch(self, point: str) -> int:
         return _at(self.batch_dim, self.dims(point))
@@ -182,15 +182,29 @@ class DecoderGraphs:
         if self.tokens_range["max"] < 2:
             return (f"the export range of {self.plan.tokens}'s dim {t} ends at "
                     f"{self.tokens_range['max']}: no room for a generated token")
-        if self.prefix_expr.free_symbols & self.tokens_dim.free_symbols:
-            return (f"output {self.plan.logits} has {T.format_dim(self.positions)} positions, "
-                    f"not a fixed prefix plus the {t} tokens")
+        if self.prefix_problem:
+            return self.prefix_problem
         if self.self_slots == 0:
             return "the step has no causal self-attention whose keys/values a cache could hold"
+        if self.frontier and not self.plan.context_inputs:
+            return (f"the step reads {', '.join(self.frontier)}, computed from no input: a "
+                    "context graph needs at least one")
         return None
 
     def _measure(self) -> None:
-        """Count the cache slots (and their shapes) with one prefill at the opt sizes."""
+        """Count the cache slots (and their shapes) with one prefill at the opt sizes, and
+        the positions the cache holds before the tokens at each point (from prefills of one
+        and two tokens: the cache must grow with the tokens, one position each)."""
+        for point in POINTS:
+            held = []
+            for length in (1, 2):
+                values, tokens, mask = self.example(point, length, seed=0)
+                cache = step_cache(self.model, values, tokens, mask)
+                held.append(cache.self_kv[0][0].shape[2] - length if cache.self_kv else 0)
+            if held[0] != held[1]:
+                self.prefix_problem = (f"the KV cache does not grow by one position per token "
+                                       f"of {self.plan.tokens}")
+            self.prefixes[point] = held[0]
         values, tokens, mask = self.example("opt", self.mask_range["opt"] - 1, seed=0)
         cache = step_cache(self.model, values, tokens, mask)
         self.self_slots, self.cross_slots = len(cache.self_kv), len(cache.cross_kv)
@@ -223,7 +237,9 @@ class DecoderGraphs:
         mask = _info(MASK, "int64", list(tokens["shape"]))
         logits = tensor_info(self.g, self.plan.logits, self.ranges)
         logits = {k: logits[k] for k in ("name", "type", "kind", "dtype", "shape")}
-        positions = T.format_dim(self.positions)
+        prefix = set(self.prefixes.values())
+        positions = T.format_dim(prefix.pop() + self.tokens_dim) if len(prefix) == 1 \
+            else "cache_len"
         inputs = self._frontier_infos() + [tokens, mask]
         outputs = [logits] + self._cache_infos(PRESENT, positions, self.slot_shapes) \
             + self._cross_infos()
@@ -351,7 +367,7 @@ class DecoderGraphs:
             precisions.append(("fp16", "onnx_fp16", False))
         context = section["context"]
         for precision, key, check in precisions:
-            if not context.get("reuses_part"):
+            if context is not None and not context.get("reuses_part"):
                 report = self._prove_context(out / context[key], target.tolerance, check)
                 context.setdefault("parity", {})[precision] = report
             prefill, decode = self._prove_steps(out / section["prefill"][key],
