@@ -93,18 +93,13 @@ class TimmBackbone(nn.Module):
                                 f"{reason}") from None
         self.output = output
         # some families (Swin) give their levels channels last
-        self.channels_last = [fmt == "NHWC" for fmt in self._formats()]
-
-    def _formats(self) -> list[str]:
-        info = self.body.feature_info
         fmt = getattr(self.body, "output_fmt", None)
-        fmt = getattr(fmt, "name", fmt) or "NCHW"
-        return [fmt] * len(info.out_indices)
+        self.channels_last = getattr(fmt, "name", fmt) == "NHWC"
 
     def forward(self, image):
         out = []
-        for f, last in zip(self.body(image), self.channels_last):
-            if last:
+        for f in self.body(image):
+            if self.channels_last:
                 f = f.permute(0, 3, 1, 2)
             if self.output == "tokens":
                 f = f.flatten(2).transpose(1, 2)
