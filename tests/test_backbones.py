@@ -224,7 +224,11 @@ def test_onnx_export_matches_pytorch(tmp_path, name):
         assert errs["max_abs"] < 1e-4, part["parity"]
 
 
-def test_without_timm_building_says_how_to_install(monkeypatch):
+@pytest.mark.parametrize("failure", [
+    ImportError("No module named 'timm'"),
+    RuntimeError("operator torchvision::nms does not exist"),  # torchvision for another torch
+])
+def test_without_timm_building_says_how_to_install(monkeypatch, failure):
     import builtins
 
     from mmgraph.components.nn import backbones
@@ -233,11 +237,12 @@ def test_without_timm_building_says_how_to_install(monkeypatch):
 
     def no_timm(name, *args, **kwargs):
         if name == "timm":
-            raise ImportError("No module named 'timm'")
+            raise failure
         return real(name, *args, **kwargs)
 
     monkeypatch.setattr(builtins, "__import__", no_timm)
-    with pytest.raises(backbones.BackboneError, match=r'pip install "mmgraph\[vision\]"'):
+    with pytest.raises(backbones.BackboneError, match=rf'{type(failure).__name__}: .*'
+                                                      r'pip install "mmgraph\[vision\]"'):
         backbones.TimmBackbone(model="resnet18", out_indices=(4,), output="grid", weights=None,
                                in_channels=3, image_size=(64, 64))
 

@@ -19,10 +19,13 @@ class BackboneError(UserError):
 def import_timm():
     try:
         import timm
-    except ImportError as exc:  # timm, or the torchvision it imports
+    except (ImportError, RuntimeError) as exc:  # timm missing, or a torchvision built for
+        # another torch, which fails registering its operators
+        reason = " ".join(str(exc).split())[:200]
         raise BackboneError(
-            f"timm_backbone needs timm ({exc}): pip install \"mmgraph[vision]\" (timm and the "
-            f"torchvision built for torch {torch.__version__.split('+')[0]})") from None
+            f"timm_backbone needs timm ({type(exc).__name__}: {reason}): pip install "
+            f"\"mmgraph[vision]\" (timm and the torchvision built for torch "
+            f"{torch.__version__})") from None
     return timm
 
 
@@ -62,8 +65,8 @@ def check_weights(timm, model: str, weights: str, kwargs: dict) -> None:
 
 class TimmBackbone(nn.Module):
     """`timm.create_model(model, features_only=True, out_indices=...)`, never downloading:
-    random weights, or the local safetensors file `weights` loaded by timm itself (which drops
-    the classifier and remaps as its pretrained loader does)."""
+    random weights, or the local safetensors file `weights` (the timm model's own tensor
+    names, checked first) loaded by timm's pretrained loader, which drops the classifier."""
 
     def __init__(self, *, model: str, out_indices: tuple[int, ...], output: str,
                  weights: str | None, in_channels: int, image_size: tuple[int, int]):
