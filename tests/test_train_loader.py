@@ -6,6 +6,8 @@ the DataError it was (no worker traceback in the message)."""
 from __future__ import annotations
 
 import json
+import os
+import shutil
 
 import pytest
 import torch
@@ -111,11 +113,10 @@ def test_workers_setting_is_validated_and_automatic_by_default(data, tmp_path):
               workers=-1)
     assert auto_workers(open_source("digits")) == 0  # in memory: no processes to start
     files = auto_workers(open_source(str(data / "d.jsonl")))
-    assert files == min(4, max(0, (__import__("os").cpu_count() or 1) - 1))
+    assert files == min(4, max(0, (os.cpu_count() or 1) - 1))
 
 
 def test_a_file_broken_after_the_check_fails_in_a_worker_as_a_data_error(data, tmp_path):
-    import shutil
     root = tmp_path / "copy"
     shutil.copytree(data, root)
     ds = dataset(root)
