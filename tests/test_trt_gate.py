@@ -259,3 +259,24 @@ def test_max_opsets_say_where_they_come_from(tmp_path, version, documented, deri
                   name=f"above_{version}.onnx")
     _one_error(above, version, "opset", f"> {documented}")
     assert trt_ops.VERSIONS["10.13"].max_opset is None
+
+
+# -- the spec line, for what the exporters write ---------------------------------------------
+
+
+def test_findings_name_the_spec_line_of_exported_parts(tmp_path):
+    from mmgraph.export.tensorrt import spec_location
+
+    # an exported part holds the model under `part` (the legacy exporter's node names)
+    layers = {"lm": "llava.mmg:33"}
+    assert spec_location("/part/lm/layers.0/attn/q/MatMul", layers) == ("lm", "llava.mmg:33")
+    assert spec_location("/part/MatMul", layers) == (None, None)
+    # the dynamo exporter names nodes node_*, and keeps the module path in the metadata
+    node = helper.make_node("Attention", ["q", "q", "q"], ["y"], name="node_sdpa")
+    entry = node.metadata_props.add()
+    entry.key, entry.value = "pkg.torch.onnx.name_scopes", \
+        "['', 'part', 'part.lm', 'part.lm.layers.0.attn', 'scaled_dot_product_attention']"
+    path = _save(tmp_path, [node], [_vi("q", [1, 8, 32])], [_vi("y", None)], opset=23)
+    report = check_compatibility(path, "10.13", layers=layers)
+    [f] = [f for f in report.errors if f.op == "Attention"]
+    assert (f.instance, f.spec) == ("lm", "llava.mmg:33") and "llava.mmg:33" in report.render()

@@ -91,11 +91,36 @@ def spec_location(name: str, layers: dict[str, str] | None) -> tuple[str | None,
         path = ".".join(parts[:-1]) if len(parts) > 1 else (parts[0] if parts else "")
     else:
         path = name
-    best = None
-    for key in layers:
-        if (path == key or path.startswith(key + ".")) and (best is None or len(key) > len(best)):
-            best = key
-    return (best, layers[best]) if best else (None, None)
+    components = path.split(".")
+    # an exported part (and its fp16 copy) holds the model under `part`: skip such prefixes
+    for start in range(len(components)):
+        path = ".".join(components[start:])
+        best = None
+        for key in layers:
+            if (path == key or path.startswith(key + ".")) and \
+                    (best is None or len(key) > len(best)):
+                best = key
+        if best:
+            return best, layers[best]
+        if components[start] != "part":
+            break
+    return None, None
+
+
+def _module_path(node) -> str:
+    """The node's torch module path: dynamo-exported nodes carry it in their metadata
+    ("pkg.torch.onnx.name_scopes"), the legacy exporter in their names."""
+    import ast
+
+    for prop in node.metadata_props:
+        if prop.key == "pkg.torch.onnx.name_scopes":
+            try:
+                scopes = [s for s in ast.literal_eval(prop.value)[:-1] if s]
+            except (ValueError, SyntaxError):
+                break
+            if scopes:
+                return scopes[-1]
+    return node.name
 
 
 def _dtype_name(elem_type: int) -> str:
@@ -141,6 +166,7 @@ class _Checker:
         self.shapes: dict[str, list | None] = {}  # None: rank unknown; dims int, str or None
         self.values: dict[str, object] = {}  # constant tensors' values (numpy), for Rule "below"
         self.consumed: set[str] = set()  # tensors some node or graph output reads
+        self.scopes: dict[str, str] = {}  # node name -> torch module path, where not the same
         try:  # intermediate dtypes, for the per-op dtype check
             import onnx
 
@@ -168,6 +194,9 @@ class _Checker:
                 self.values[init.name] = numpy_helper.to_array(init)
         for node in graph.node:
             self.consumed.update(i for i in node.input if i)
+            scope = _module_path(node)
+            if scope != node.name:
+                self.scopes[node.name] = scope
             if node.op_type == "Constant" and node.output:
                 value = next((a for a in node.attribute if a.name == "value"), None)
                 if value is not None:
@@ -176,7 +205,7 @@ class _Checker:
                 self._collect_types(sub)
 
     def add(self, severity, node, op, problem, name=None):
-        instance, spec = spec_location(name or node, self.layers)
+        instance, spec = spec_location(name or self.scopes.get(node) or node, self.layers)
         self.findings.append(Finding(severity, node, op, problem, spec, instance))
 
     # -- tensors -------------------------------------------------------------------------------
