@@ -240,6 +240,7 @@ class SpecDataset:
         """Tokenize one text to count a cut; a conversation must have answers to learn, and
         a loss learning it must be told which tokens they are (a mask)."""
         learned = [lt for lt in self.targets if lt.tokens == name]
+        filled = [lt for lt in learned if lt.mask in self.derived]  # masks made from `name`
         if isinstance(text, Conversation):
             bare = [lt.loss for lt in learned if lt.mask is None]
             if bare:
@@ -249,7 +250,7 @@ class SpecDataset:
                     f"text and the padding too; declare `input answer: Mask[B, "
                     f"{self.shapes[name][0]}]` and write next_token(logits, {name}, answer, "
                     "...): the data fills it with the answer tokens")
-            if learned and not any(role == "assistant" for role, _ in text.turns):
+            if filled and not any(role == "assistant" for role, _ in text.turns):
                 return "the conversation has no answer (no \"gpt\" turn) to learn"
         try:
             ids, targets = self._encode(text)
@@ -259,7 +260,8 @@ class SpecDataset:
         cut.texts += 1
         if len(ids) > cut.length:
             cut.cut.append((where, len(ids)))
-            if learned and isinstance(text, Conversation) and not any(targets[:cut.length]):
+            # position 0 is never a target: next_token predicts tokens 1..T-1
+            if filled and isinstance(text, Conversation) and not any(targets[1:cut.length]):
                 cut.answerless.append(where)
                 raise _Answerless
         return None
