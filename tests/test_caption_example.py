@@ -51,8 +51,9 @@ def test_spec_checks_and_generates_from_bos():
     assert g.decoding is not None, g.decoding_problem
     assert g.decoding.tokens == "text" and g.decoding.context_inputs == ("image",)
     assert g.decoding.vocab >= ByteTokenizer.vocab_size
-    # BOS, then the longest caption (32 bytes) and EOS fit after the 16 visual tokens
-    assert g.decoding.max_len >= 16 + 1 + 33
+    # BOS, then the longest caption (32 bytes) and EOS fit after the visual tokens
+    visual = g.type_of(g.values["v"]).dims[1]
+    assert g.decoding.max_len >= int(visual) + 1 + 33
 
 
 def test_seven_png_is_the_script_output(tmp_path):
