@@ -125,12 +125,7 @@ class Mamba(nn.Module):
         delta = F.softplus(self.dt_proj(dt)).transpose(1, 2)  # [B, E, N]
         A = -torch.exp(self.A_log.float())
         scan = selective_scan
-        if torch.onnx.is_in_onnx_export():
-            if torch.compiler.is_exporting():
-                raise NotImplementedError(
-                    "mamba: the selective scan goes to ONNX as a TorchScript loop, which "
-                    "torch's dynamo exporter (targets with fused attention, opset 23+) cannot "
-                    "read; export for a target of a lower opset")
+        if torch.onnx.is_in_onnx_export() and not torch.compiler.is_exporting():
             scan = _scripted_scan()
         y = scan(u.float(), delta.float(), A, B.float(), C.float()).to(u.dtype)
         y = (y + u * self.D[:, None].to(u.dtype)) * F.silu(z)
