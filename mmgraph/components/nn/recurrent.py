@@ -51,15 +51,17 @@ def selective_scan(u, delta, A, B, C):
 
     u, delta: [B, E, N]; A: [E, S]; B, C: [B, N, S]. Returns y: [B, E, N]. The state is
     [B, E, S]; the discretised A and B u are computed for all steps at once, only the
-    recurrence itself runs step by step.
+    recurrence itself runs step by step. The steps are unbound rather than indexed: the
+    backward pass of N index operations would write N full-size gradients.
     """
-    decay = torch.exp(delta.unsqueeze(-1) * A.unsqueeze(1))  # [B, E, N, S]
-    drive = delta.unsqueeze(-1) * B.unsqueeze(1) * u.unsqueeze(-1)  # [B, E, N, S]
+    decay = torch.exp(delta.unsqueeze(-1) * A.unsqueeze(1)).permute(2, 0, 1, 3)  # [N, B, E, S]
+    drive = (delta.unsqueeze(-1) * B.unsqueeze(1) * u.unsqueeze(-1)).permute(2, 0, 1, 3)
+    readout = C.transpose(0, 1).unsqueeze(2)  # [N, B, 1, S]
     h = torch.zeros(u.shape[0], u.shape[1], A.shape[1], dtype=u.dtype, device=u.device)
     ys = []
-    for t in range(u.shape[2]):
-        h = decay[:, :, t] * h + drive[:, :, t]
-        ys.append((h * C[:, t].unsqueeze(1)).sum(-1))
+    for a, b, c in zip(decay.unbind(0), drive.unbind(0), readout.unbind(0)):
+        h = a * h + b
+        ys.append((h * c).sum(-1))
     return torch.stack(ys, dim=-1)
 
 
