@@ -6,6 +6,7 @@ spans; each torch face against torch's own op or a hand computation; ONNX export
 from __future__ import annotations
 
 import math
+import warnings
 
 import pytest
 import torch
@@ -116,6 +117,46 @@ def test_floor_vit_reads_only_the_whole_patches(tmp_path):
     cropped[..., 378:, :] = 7.0
     cropped[..., :, 378:] = -7.0
     torch.testing.assert_close(model(image)["y"], model(cropped)["y"], rtol=0, atol=0)
+
+
+def test_floor_vit_loads_siglip_and_matches_transformers(tmp_path):
+    """A SigLIP whose image size is not a multiple of its patch (18 = 4 * 4 + 2, as 384 =
+    27 * 14 + 6): transformers' conv drops the border too, and the weights load as they are."""
+    transformers = pytest.importorskip("transformers")
+    from mmgraph.backends.torch.load import model_class
+    from mmgraph.backends.torch.pretrained import load_pretrained
+    from mmgraph.compiler import build_graph
+    from mmgraph.ir.graph import Pretrained
+
+    torch.manual_seed(0)
+    config = transformers.SiglipVisionConfig(hidden_size=32, num_hidden_layers=2,
+                                             num_attention_heads=4, intermediate_size=48,
+                                             image_size=18, patch_size=4)
+    hf = transformers.SiglipVisionModel(config).eval()
+    hf.save_pretrained(tmp_path / "siglip", safe_serialization=True)
+    spec = tmp_path / "s.mmg"
+    spec.write_text("""
+model s {
+  input image: Image[B, 3, 18, 18]
+  encoder vision: vit(patch=4, width=32, depth=2, heads=4, mlp=48, act="gelu_tanh",
+                      cls_token=false, norm_eps=1e-6, floor=true)
+  output vision(image) as out
+}
+""")
+    g = build_graph(spec, {}, None, ())
+    inst = g.instances["vision"]
+    inst.pretrained = Pretrained(str(tmp_path / "siglip"), None, "siglip_vision", inst.span)
+    model = model_class(g, spec)()
+    model.graph = g
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the attention-pooling head it does not use
+        load_pretrained(model, g)
+    image = torch.randn(2, 3, 18, 18)
+    with torch.no_grad():
+        ours = model.eval()(image=image)["out"]
+        theirs = hf(pixel_values=image).last_hidden_state
+    assert ours.shape == (2, 16, 32)
+    torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-5)
 
 
 # ---------------------------------------------------------------- pixel_shuffle
