@@ -260,7 +260,8 @@ def test_local_cross_attention_diagnostics(change, col, code, message):
 
 def test_local_cross_attention_by_hand(tmp_path):
     """Every query against its own windows, written out with loops: query (u, v) reads the
-    2 x 2 window of the 6 x 6 grid and the 1 x 1 window of the 3 x 3 map at (u, v)."""
+    2 x 2 window of the 6 x 6 grid and the 1 x 1 window of the 3 x 3 map at (u, v), each
+    plus its input's window-position embedding."""
     torch.manual_seed(0)
     model = _load(tmp_path, SVA)
     sva = model.sva
@@ -283,6 +284,8 @@ def test_local_cross_attention_by_hand(tmp_path):
                 q = sva.q(ln(query, sva.q_norm))
                 window0 = fine_grid[b, 2 * u:2 * u + 2, 2 * v:2 * v + 2].reshape(4, 12)
                 window1 = coarse[b, :, u, v].reshape(1, 10)
+                # each input's embedding of the positions in its window, row by row
+                window0, window1 = window0 + sva.window_pos[0], window1 + sva.window_pos[1]
                 w0, w1 = ln(window0, sva.kv_norms[0]), ln(window1, sva.kv_norms[1])
                 k = torch.cat([sva.k[0](w0), sva.k[1](w1)])
                 val = torch.cat([sva.v[0](w0), sva.v[1](w1)])

@@ -66,6 +66,9 @@ class LocalCrossAttention(Component):
         width: PosInt
         heads: PosInt = 8
         bias: bool = True
+        # a learned embedding per position inside a window, per input, added to its features
+        # (Cambrian's pos_embed_i: keys know where in the window they sit)
+        window_pos: bool = True
 
     def windows(self, p, ctx, port: str, t) -> tuple[int, int, int]:
         """(rows, columns, channels) of one feature grid, each side a multiple of `grid`."""

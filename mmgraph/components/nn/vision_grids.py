@@ -29,11 +29,12 @@ def pixel_shuffle(x, *, ratio: int):
 class LocalCrossAttention(nn.Module):
     """G x G learnable queries; query (u, v) attends to window (u, v) of every feature grid
     (a grid of R x C features has windows of R/G x C/G), keys of all grids joined. Each grid
-    has its own normed key and value projections, as Cambrian's MultiKVCrossAttention; the
-    queries are normed before their projection and the result is added back to them."""
+    has its own normed key and value projections, as Cambrian's MultiKVCrossAttention, and
+    (window_pos) its own learned embedding of the positions inside a window; the queries are
+    normed before their projection and the result is added back to them."""
 
     def __init__(self, *, ctx_shapes: tuple[tuple[int, int, int], ...], grid: int, width: int,
-                 heads: int, bias: bool):
+                 heads: int, bias: bool, window_pos: bool):
         super().__init__()
         self.shapes, self.grid, self.heads = tuple(tuple(s) for s in ctx_shapes), grid, heads
         self.queries = nn.Parameter(torch.randn(grid * grid, width) * 0.02)
@@ -43,6 +44,9 @@ class LocalCrossAttention(nn.Module):
         self.k = nn.ModuleList([nn.Linear(c, width, bias=bias) for _, _, c in self.shapes])
         self.v = nn.ModuleList([nn.Linear(c, width, bias=bias) for _, _, c in self.shapes])
         self.o = nn.Linear(width, width, bias=bias)
+        self.window_pos = nn.ParameterList([
+            nn.Parameter(torch.randn((r // grid) * (c // grid), ch) * 0.02)
+            for r, c, ch in self.shapes]) if window_pos else None
 
     def windows(self, x, shape):
         """[B, R*C, D] or [B, D, R, C] -> [B * G*G, (R/G) * (C/G), D], window by window."""
@@ -61,10 +65,13 @@ class LocalCrossAttention(nn.Module):
         queries = self.queries.to(ctx[0].dtype).expand(b, g2, width)
         q = self.q(self.q_norm(queries)).reshape(b * g2, 1, self.heads, dim_head)
         keys, values = [], []
-        for x, shape, norm, k, v in zip(ctx, self.shapes, self.kv_norms, self.k, self.v):
-            w = norm(self.windows(x, shape))
-            keys.append(k(w))
-            values.append(v(w))
+        for i, (x, shape) in enumerate(zip(ctx, self.shapes)):
+            w = self.windows(x, shape)
+            if self.window_pos is not None:
+                w = w + self.window_pos[i].to(w.dtype)
+            w = self.kv_norms[i](w)
+            keys.append(self.k[i](w))
+            values.append(self.v[i](w))
         k = torch.cat(keys, 1).reshape(b * g2, -1, self.heads, dim_head)
         v = torch.cat(values, 1).reshape(b * g2, -1, self.heads, dim_head)
         out = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2),
