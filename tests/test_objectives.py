@@ -755,9 +755,9 @@ def _free_port() -> int:
 def test_two_processes_compute_the_losses_of_one(tmp_path):
     import torch.multiprocessing as mp
 
-    # fork: the workers start with torch already imported (seconds, not half a minute)
-    mp.start_processes(_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True,
-                       start_method="fork")
+    # spawn, not fork: a forked child can hang on the thread pools of the torch ops the
+    # parent ran in earlier tests
+    mp.spawn(_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)
     one = _losses_and_grads_single()
     for rank in (0, 1):
         got = json.load(open(tmp_path / f"{rank}.json"))
