@@ -223,6 +223,18 @@ def test_pixel_shuffle_is_internvls(tmp_path):
     torch.testing.assert_close(model(y)["y"], internvl_extract(y), rtol=0, atol=0)
 
 
+def test_pixel_shuffle_of_a_grid_it_cannot_fold_at_run_time_is_an_input_error():
+    """A symbolic token count is checked when the tensor arrives."""
+    from mmgraph.components.nn.vision_grids import pixel_shuffle
+    from mmgraph.errors import InputError
+
+    assert "%y : Seq[B, N/4, 32]" in _line(graph(SHUFFLE.replace("16, 8", "N, 8")), "y")
+    with pytest.raises(InputError, match="but it was given 15 tokens"):
+        pixel_shuffle(torch.zeros(1, 15, 8), ratio=2)
+    with pytest.raises(InputError, match="but it was given 36 tokens"):
+        pixel_shuffle(torch.zeros(1, 36, 8), ratio=4)
+
+
 # ---------------------------------------------------------------- local_cross_attention
 
 SVA = """

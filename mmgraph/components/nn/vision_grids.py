@@ -9,6 +9,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from mmgraph.errors import InputError
+
 
 def pixel_shuffle(x, *, ratio: int):
     """InternVL's `pixel_shuffle` (ps_version v2) of a square grid of tokens: the token at row
@@ -16,8 +18,9 @@ def pixel_shuffle(x, *, ratio: int):
     InternVL's own, so its checkpoints' projector weights read the same layout."""
     b, n, d = x.shape
     side = math.isqrt(n)
-    if side * side != n:
-        raise ValueError(f"pixel_shuffle: {n} tokens are not a square grid")
+    if side * side != n or side % ratio:
+        raise InputError(f"pixel_shuffle(ratio={ratio}) folds a square grid of tokens whose "
+                         f"side is a multiple of {ratio}, but it was given {n} tokens")
     x = x.reshape(b, side, side, d)
     x = x.reshape(b, side, side // ratio, d * ratio)  # fold r neighbouring columns
     x = x.permute(0, 2, 1, 3)
