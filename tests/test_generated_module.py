@@ -65,8 +65,12 @@ def test_the_model_class_computes_each_value_once(spec):
     g = build_graph(spec)
     source = generate(g, str(spec)).source
     model = source[source.index("(mm.GeneratedModel):"):]
-    assert len(re.findall(r"\n    def ", model)) == 2, "only __init__ and forward"
-    marked = [line.strip() for line in model.splitlines() if re.search(r"\.mmg:\d+$", line)]
+    methods = re.findall(r"\n    def (\w+)", model)
+    want = ["__init__", "forward"] + (["generation_context", "generation_step"]
+                                      if g.decoding is not None else [])
+    assert methods == want, "__init__ and forward, and a generating model's two steps"
+    forward = model.split("\n    def generation_context")[0]  # the steps repeat some lines
+    marked = [line.strip() for line in forward.splitlines() if re.search(r"\.mmg:\d+$", line)]
     assert len(marked) == len(set(marked)), "a line of forward is written twice"
 
 

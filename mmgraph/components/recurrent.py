@@ -48,6 +48,7 @@ class GRU(_Recurrent):
     summary = ("Gated recurrent unit over a sequence (torch.nn.GRU); extra output `last` is "
                "the final state")
     torch = "mmgraph.components.nn.recurrent:GRU"
+    sequence_why = "keeps a recurrent state that generation does not carry yet"
 
 
 @register
@@ -56,6 +57,7 @@ class LSTM(_Recurrent):
     summary = ("Long short-term memory over a sequence (torch.nn.LSTM); extra output `last` "
                "is the final hidden state")
     torch = "mmgraph.components.nn.recurrent:LSTM"
+    sequence_why = "keeps a recurrent state that generation does not carry yet"
 
 
 @register
@@ -67,6 +69,7 @@ class Mamba(InputWidthSized, Component):
                "input-dependent dt/B/C, D skip, SiLU gate, output projection")
     inputs = (Port("x"),)
     torch = "mmgraph.components.nn.recurrent:Mamba"
+    sequence_why = "keeps a recurrent state that generation does not carry yet"
 
     class Params(Params):
         state: PosInt = 16  # d_state, the SSM state per channel

@@ -146,6 +146,8 @@ class Component:
     # ports whose value must not depend on the generated tokens (cross-attention's context, a
     # decoder's prefix): generation computes them once per request
     context_ports: ClassVar[tuple[str, ...]] = ()
+    # why a "mixing" layer cannot generate, in the E701 message
+    sequence_why: ClassVar[str] = "mixes positions in both directions"
 
     def outputs(self, p: BaseModel) -> tuple[str, ...]:
         """Output port names; the first is always `out`."""

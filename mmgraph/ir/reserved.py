@@ -14,7 +14,8 @@ import keyword
 
 from mmgraph.escape import py_name
 
-# nn.Module's attributes (torch 2.4 to 2.13) and GeneratedModel's own, `graph` set by load().
+# nn.Module's attributes (torch 2.4 to 2.13) and GeneratedModel's own (its generation methods
+# and data among them), `graph` set by load().
 MODULE_ATTRIBUTES = frozenset("""
 T_destination _apply _backward_hooks _backward_pre_hooks _buffers _call_impl
 _compiled_call_impl _forward_hooks _forward_hooks_always_called _forward_hooks_with_kwargs
@@ -33,7 +34,7 @@ register_full_backward_pre_hook register_load_state_dict_post_hook
 register_load_state_dict_pre_hook register_module register_parameter
 register_state_dict_post_hook register_state_dict_pre_hook requires_grad_ set_extra_state
 set_submodule share_memory spec state_dict to to_empty train training type xpu zero_grad
-graph
+graph generate generation_context generation_step _context_batch decoding cannot_generate
 """.split())
 
 # Names the generated source itself uses (see backends/torch/codegen.py RESERVED).

@@ -20,27 +20,29 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from contextvars import ContextVar
 
 import torch
 
-_ACTIVE: ContextVar[KVCache | None] = ContextVar("mmgraph_kv_cache", default=None)
+# A module global rather than a ContextVar: torch.compile traces a global read (and guards on
+# it), while ContextVar.get breaks its graph. One generation step runs at a time per process.
+_ACTIVE: KVCache | None = None
 
 
 def current() -> KVCache | None:
     """The cache of the generation step running now, or None (training, plain forward)."""
-    return _ACTIVE.get()
+    return _ACTIVE
 
 
 @contextmanager
 def decoding(cache: KVCache) -> Iterator[KVCache]:
     """Run one prefill or decode step with `cache`: `begin` it, then let the layers use it."""
+    global _ACTIVE
     cache.begin()
-    token = _ACTIVE.set(cache)
+    before, _ACTIVE = _ACTIVE, cache
     try:
         yield cache
     finally:
-        _ACTIVE.reset(token)
+        _ACTIVE = before
 
 
 def window(x: torch.Tensor, start: int | None, stop: int | None, *, before: int):

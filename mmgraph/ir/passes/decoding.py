@@ -140,9 +140,12 @@ def _step_problem(g: Graph, node: Node, dynamic: set[str], tokens: str) -> Decod
                 span)
         return None
     if rule == "mixing":
-        why = ("has causal=false: each position attends to later ones too"
-               if getattr(inst.params, "causal", None) is False
-               else "mixes positions in both directions")
+        if getattr(inst.params, "causal", None) is False:
+            why = "has causal=false: each position attends to later ones too"
+        elif getattr(inst.params, "prefix", 0):
+            why = f"has prefix={inst.params.prefix}: its first positions attend to later ones"
+        else:
+            why = comp.sequence_why
         return DecodeProblem(
             f"{layer} {why}, so the logits of a token would depend on tokens not generated "
             f"yet: model {g.name} cannot generate one token at a time", span)
