@@ -197,6 +197,28 @@ def test_weights_come_from_a_local_safetensors_file(tmp_path, monkeypatch):
 
 
 @needs_timm
+def test_swin_weights_at_another_image_size_are_resized_by_timm(tmp_path):
+    """Weights of a 224 px Swin into a 64 px backbone: timm's own loader resizes the relative
+    position tables (its windows shrink to the 2 x 2 last stage), exactly as timm does alone."""
+    from safetensors.torch import save_file
+
+    name = "swin_tiny_patch4_window7_224"
+    torch.manual_seed(2)
+    save_file({k: v.contiguous() for k, v in timm.create_model(name).state_dict().items()},
+              str(tmp_path / "swin.safetensors"))
+    model = _load(tmp_path, RESNET.replace('"resnet18", out_indices=[2, 3, 4]',
+                                           f'"{name}", weights="swin.safetensors"')
+                  .replace("64, 96", "64, 64"))
+    ref = timm.create_model(name, features_only=True, out_indices=(3,), img_size=(64, 64),
+                            pretrained=True,
+                            pretrained_cfg_overlay={"file": str(tmp_path / "swin.safetensors")})
+    image = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        want = ref.eval()(image)[0].permute(0, 3, 1, 2)
+        torch.testing.assert_close(model(image)["y"], want, rtol=0, atol=0)
+
+
+@needs_timm
 def test_weights_of_another_model_are_refused_naming_the_file(tmp_path):
     from safetensors.torch import save_file
 

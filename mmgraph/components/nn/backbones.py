@@ -29,6 +29,11 @@ def import_timm():
     return timm
 
 
+# tensors timm's checkpoint filters resize to the model's image and window size (Swin's
+# relative position tables, absolute position embeddings), so their shapes may differ
+RESIZED = ("relative_position_bias_table", "absolute_pos_embed", "pos_embed")
+
+
 def check_weights(timm, model: str, weights: str, kwargs: dict) -> None:
     """The file must hold the model's tensors, by name and shape, its classifier aside: timm
     loads a feature backbone's weights non-strictly, so a file of another model would load
@@ -50,7 +55,8 @@ def check_weights(timm, model: str, weights: str, kwargs: dict) -> None:
         raise BackboneError(f"timm_backbone cannot read {weights}: {exc}") from None
     missing = sorted(k for k in set(want) - set(got) if not k.endswith("num_batches_tracked"))
     unexpected = sorted(set(got) - set(want))
-    shapes = sorted(k for k in set(want) & set(got) if want[k] != got[k] and k != adapted)
+    shapes = sorted(k for k in set(want) & set(got) if want[k] != got[k] and k != adapted
+                    and not k.endswith(RESIZED))
     if missing or unexpected or shapes:
         def few(names):
             return ", ".join(names[:4]) + (f" and {len(names) - 4} more" if len(names) > 4
