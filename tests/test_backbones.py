@@ -126,6 +126,7 @@ def test_table_equals_timms_feature_info(name):
 FACES = [  # (model, image size, out_indices, output)
     ("resnet18", (64, 96), [1, 2, 3, 4], "grid"),
     ("efficientnet_b0", (64, 64), [-1], "tokens"),
+    ("tf_efficientnet_b0", (64, 96), [2, 3], "grid"),  # TensorFlow's "same" padding (ALIGN)
     ("convnext_atto", (64, 32), [0, 3], "pooled"),
     ("swin_tiny_patch4_window7_224", (64, 64), [1, 3], "tokens"),
 ]
