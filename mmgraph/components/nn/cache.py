@@ -104,11 +104,14 @@ class KVCache:
         return torch.cat([prefix, self.token_mask], dim=1)
 
     def key_positions(self, keys: int) -> torch.Tensor:
-        """[B, keys] the position of each key, counting real keys only."""
-        return (self.key_mask(keys).long().cumsum(1) - 1).clamp(min=0)
+        """[B, keys] the position of each key, counting real keys only, as float32: the
+        type TensorRT computes CumSum and Clip in (exact up to 2**24 positions)."""
+        counted = self.key_mask(keys).to(torch.float32).cumsum(1)
+        return (counted - 1).clamp(min=0)
 
     def positions(self, new: int) -> torch.Tensor:
-        """[B, new] the positions of this step's `new` positions."""
+        """[B, new] the positions of this step's `new` positions (float32; `.long()` to
+        index a table of learned positions)."""
         total = self.past + new
         return self.key_positions(total)[:, total - new:]
 

@@ -45,7 +45,7 @@ class CausalLM(nn.Module):
             if cache is None:
                 x = x + self.pos.weight[self.pos_offset:self.pos_offset + n]
             else:
-                x = x + self.pos(cache.positions(n) + self.pos_offset)
+                x = x + self.pos(cache.positions(n).long() + self.pos_offset)
         for layer in self.layers:
             x = layer(x, mask=mask)
         hidden = self.norm(x)

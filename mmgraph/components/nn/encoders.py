@@ -233,7 +233,7 @@ class TokenEmbedding(nn.Module):
             if cache is None:
                 x = x + self.pos.weight[: tokens.shape[1]]
             else:
-                x = x + self.pos(cache.positions(tokens.shape[1]))
+                x = x + self.pos(cache.positions(tokens.shape[1]).long())
         return x
 
 
