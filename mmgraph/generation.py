@@ -48,13 +48,14 @@ def decoding_error(g) -> Exception:
                       "only (causal attention, per-position layers)")
 
 
-def prompt_ids(tok, text: str, chat: bool) -> list[int]:
+def prompt_ids(tok, text: str, chat: bool, template: str | None = None) -> list[int]:
     """A prompt's ids without the end-of-text token the tokenizer adds to whole texts, so the
-    model continues the text rather than starting a new one."""
+    model continues the text rather than starting a new one. With `chat`, the text is one
+    user turn of the chat template training used (`template`: the spec's chat_template)."""
     if chat:
         from mmgraph.train.chat import render_prompt
 
-        text = render_prompt(tok, text)
+        text = render_prompt(tok, text, template)
     ids = tok.ids(text)
     while ids and ids[-1] == tok.eos_id:
         ids = ids[:-1]
@@ -129,9 +130,10 @@ def _read_audio(path: Path):
 
 
 def run(req: Request, backend_generate: Callable, tok, vocab: int, context: dict,
-        on_text: Callable[[int, str], None] | None = None) -> list[Generated]:
+        on_text: Callable[[int, str], None] | None = None,
+        template: str | None = None) -> list[Generated]:
     """Tokenize, generate (streaming text through `on_text(row, new_text)`), decode."""
-    ids = [prompt_ids(tok, p, req.chat) for p in req.prompts]
+    ids = [prompt_ids(tok, p, req.chat, template) for p in req.prompts]
     stops = stop_ids(tok, req.stop_texts, vocab)
     sampling = {**req.sampling, "stop": tuple(req.sampling.get("stop", ())) + stops}
     check_sampling(sampling)
@@ -155,7 +157,7 @@ def from_spec(spec: str, req: Request, *, checkpoint: str | None, overrides: dic
               on_text=None) -> list[Generated]:
     from mmgraph.build import load_class
     from mmgraph.train.preprocess import image_norms, pretrained_tokenizer
-    from mmgraph.train.run import check_device, load_trained
+    from mmgraph.train.run import check_device, load_trained, train_settings
     from mmgraph.train.tokenize import make_tokenizer
 
     check_sampling(req.sampling)
@@ -175,7 +177,8 @@ def from_spec(spec: str, req: Request, *, checkpoint: str | None, overrides: dic
     def backend(ids, **kw):
         return model.generate(ids, cache=cache, **kw)
 
-    return run(req, backend, tok, plan.vocab, context, on_text)
+    template = train_settings(g, {})["chat_template"]
+    return run(req, backend, tok, plan.vocab, context, on_text, template)
 
 
 def from_export(folder: str, req: Request, *, on_text=None) -> list[Generated]:

@@ -106,9 +106,13 @@ class Instance:
 
     def params_text(self, *, defaults: bool = False) -> str:
         """`k=v, ...` of the parameters; only those that differ from the defaults unless asked."""
+        return ", ".join(f"{k}={v}" for k, v in self.param_items(defaults=defaults))
+
+    def param_items(self, *, defaults: bool = False) -> list[tuple[str, str]]:
+        """(name, value as text) of the parameters, as `params_text` writes them."""
         data = self.params.model_dump(exclude_defaults=not defaults) \
             if hasattr(self.params, "model_dump") else {}
-        return ", ".join(f"{k}={_fmt(v)}" for k, v in data.items())
+        return [(k, _fmt(v)) for k, v in data.items()]
 
 
 @dataclass

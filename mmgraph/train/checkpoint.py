@@ -345,8 +345,8 @@ def load_model_for_resume(path: Path, model: torch.nn.Module, g: Graph, *, fsdp:
 def _check_fingerprint(path: Path, state: dict, g: Graph) -> None:
     now = fingerprint(g)
     saved = state.get("fingerprint", {})
-    if saved.get("hash") != now["hash"]:
-        diffs = compare(saved, now, {}, {}) or ["the spec's layers differ"]
+    diffs = compare(saved, now, {}, {}) if saved.get("hash") != now["hash"] else []
+    if diffs:
         raise CheckpointError(f"checkpoint {path} does not match the spec:\n  " +
                               "\n  ".join(diffs[:20]))
 

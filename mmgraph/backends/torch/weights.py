@@ -34,12 +34,30 @@ class CheckpointError(UserError):
 
 
 def fingerprint(g: Graph) -> dict[str, Any]:
-    """What a checkpoint must agree with: the layers and their parameters, by name."""
+    """What a checkpoint must agree with: the layers and their parameters, by name. `items`
+    and `at_default` let `compare` accept a checkpoint written before a component gained a
+    parameter that the spec leaves at its default."""
     layers = {name: f"{inst.component}({inst.params_text(defaults=True)})"
               for name, inst in g.instances.items()}
     text = json.dumps(layers, sort_keys=True)
+    items = {name: inst.param_items(defaults=True) for name, inst in g.instances.items()}
+    set_now = {name: {k for k, _ in inst.param_items()} for name, inst in g.instances.items()}
+    at_default = {name: [k for k, _ in items[name] if k not in set_now[name]]
+                  for name in items}
     return {"hash": hashlib.sha256(text.encode()).hexdigest()[:16], "model": g.name,
-            "layers": layers}
+            "layers": layers, "items": items, "at_default": at_default}
+
+
+def _without_newer_defaults(saved_text: str, current: dict, name: str) -> str | None:
+    """The spec's text of layer `name` without the parameters the checkpoint does not name
+    and the spec leaves at their defaults: parameters added to the component later."""
+    items, at_default = current["items"].get(name), current["at_default"].get(name, [])
+    if items is None:
+        return None
+    saved_keys = set(re.findall(r"(?:\(|, )(\w+)=", saved_text))
+    later = {k for k in at_default if k not in saved_keys}
+    component = current["layers"][name].split("(", 1)[0]
+    return f"{component}({', '.join(f'{k}={v}' for k, v in items if k not in later)})"
 
 
 def compare(saved: dict, current: dict, shapes_saved: dict, shapes_now: dict) -> list[str]:
@@ -54,7 +72,7 @@ def compare(saved: dict, current: dict, shapes_saved: dict, shapes_now: dict) ->
     for name in sorted(set(b) - set(a)):
         out.append(f"layer '{name}' is in the spec but not in the checkpoint")
     for name in sorted(set(a) & set(b)):
-        if a[name] != b[name]:
+        if a[name] != b[name] and _without_newer_defaults(a[name], current, name) != a[name]:
             out.append(f"layer '{name}': checkpoint has {a[name]}, spec has {b[name]}")
     if not out:
         for name in sorted(set(shapes_saved) & set(shapes_now)):
