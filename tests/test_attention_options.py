@@ -280,8 +280,8 @@ def test_a_prefix_layer_does_not_generate_and_says_why():
   output logits
 }""")
     assert g.decoding is None
-    assert "layer 'lm' (transformer_layer) mixes positions in both directions" in \
-        g.decoding_problem.message
+    assert "layer 'lm' (transformer_layer) has prefix=2: its first positions attend to later " \
+        "ones" in g.decoding_problem.message
 
 
 OPTIONS = """model m {
