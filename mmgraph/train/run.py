@@ -24,6 +24,13 @@ from mmgraph.train.trainer import Trainer, World, env_world_size, stage_names
 SKIPPED_SHOWN = 5  # bad examples named one by one under --skip-bad; the rest are counted
 
 
+def data_dims(g, dims: dict | None) -> dict:
+    """The sizes of the free dims data is read at: `--dims`, else the export block's opt
+    size (a spec that says `dim T = 1..59 @ 40` trains at T=40 without --dims)."""
+    sizes = {name: r.opt for name, r in (g.export.dims.items() if g.export else [])}
+    return {**sizes, **(dims or {})}
+
+
 def train_settings(g, overrides: dict[str, Any]) -> dict:
     """The spec's train settings with command-line overrides, validated (UsageError
     naming the setting)."""
@@ -159,6 +166,7 @@ def train(spec: str | Path, *, data: str = "digits", out: str | Path | None = No
     tok = make_tokenizer(tokenizer or pretrained_tokenizer(g))
     text = {"chat_template": settings["chat_template"], "truncation": settings["truncation"]}
     source = open_source(data, "train", skip_bad, allow_outside=allow_outside_data)
+    dims = data_dims(g, dims)
     full = SpecDataset(source, g, tok, dims, skip_bad=skip_bad, **text)
     dataset, val_set, val_source, val_full = full, None, None, None
     if fraction is not None:
@@ -296,7 +304,8 @@ def evaluate_spec(spec: str | Path, checkpoint: str | Path | None, *, data: str 
     settings = train_settings(g, {})
     tok = make_tokenizer(tokenizer or pretrained_tokenizer(g))
     source, described = eval_source(data, split, trained_on, allow_outside_data)
-    dataset = SpecDataset(source, g, tok, dims, chat_template=settings["chat_template"],
+    dataset = SpecDataset(source, g, tok, data_dims(g, dims),
+                          chat_template=settings["chat_template"],
                           truncation=settings["truncation"])
     for line in dataset.cut_report():
         print(f"note: {line}", file=sys.stderr)
