@@ -236,6 +236,7 @@ def _load_builtins() -> None:
             ctc,
             decoders,
             encoders,
+            frames,
             fusion,
             heads,
             hf,

@@ -16,6 +16,7 @@ from mmgraph.components.nn import (  # noqa: F401  (the faces, as `mm.<module>.<
     ctc,
     decoders,
     encoders,
+    frames,
     fusion,
     heads,
     hf,
