@@ -238,6 +238,7 @@ def _load_builtins() -> None:
             encoders,
             frames,
             fusion,
+            gates,
             heads,
             hf,
             layers,

@@ -26,6 +26,7 @@ from mmgraph import escape
 from mmgraph.components import registry
 from mmgraph.ir import types as T
 from mmgraph.ir.graph import BlockCall, Graph, Instance, Node, Ref
+from mmgraph.ir.passes.infer import broadcast_plan
 from mmgraph.ir.reserved import CODEGEN_NAMES
 
 # names the generated code itself uses (`sum` in losses, `float("inf")` literals); keywords
@@ -358,6 +359,7 @@ class ScopeCode:
                 text = f"{out} = {self.var(node.inputs[0][1])} {sym} {scalar}"
             else:
                 a, b = (self.var(r) for _, r in node.inputs)
+                a, b = self.broadcast(node, a, b)
                 text = f"{out} = {a} {sym} {b}"
         elif node.op == "slice":
             lo, hi = node.attrs["start"], node.attrs["stop"]
@@ -374,6 +376,23 @@ class ScopeCode:
         else:
             raise ValueError(f"no code for op {node.op!r}")
         return self.with_comment(text, node)
+
+    def broadcast(self, node: Node, a: str, b: str) -> tuple[str, str]:
+        """The smaller operand of a broadcasting `+ - * /` with its size-1 axes inserted, as
+        the type rule (`broadcast_plan`) decided: `v[:, None]` for a Vec over a Seq's tokens,
+        `g[:, None, None]` for a per-example gate Tensor[B] on a Seq."""
+        ta, tb = (self.g.type_of(r) for _, r in node.inputs)
+        if ta.rank == tb.rank:
+            return a, b
+        which, how = broadcast_plan(ta, tb)
+        small, big = (ta, tb) if which == 0 else (tb, ta)
+        if how == "tokens":
+            index = ":, None"
+        elif how == "trailing":
+            index = ", ".join([":"] * small.rank + ["None"] * (big.rank - small.rank))
+        else:
+            return a, b
+        return (f"{a}[{index}]", b) if which == 0 else (a, f"{b}[{index}]")
 
     def with_comment(self, text: str, node: Node) -> list[str]:
         lines = text.split("\n")

@@ -18,6 +18,7 @@ from mmgraph.components.nn import (  # noqa: F401  (the faces, as `mm.<module>.<
     encoders,
     frames,
     fusion,
+    gates,
     heads,
     hf,
     layers,

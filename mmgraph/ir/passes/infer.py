@@ -225,11 +225,10 @@ def infer_arith(g: Graph, node: Node, args) -> T.TensorType:
         return t
     a, b = args["a"], args["b"]
     na, nb = node.inputs[0][1].node, node.inputs[1][1].node
+    if a.rank != b.rank:
+        return infer_broadcast(node, symbol, a, na, b, nb)
     if a.kind != b.kind and "Tensor" not in (a.kind, b.kind):
         raise error("E302", f"cannot {node.op} {a} ({na}) and {b} ({nb}): different kinds",
-                    node.span)
-    if a.rank != b.rank:
-        raise error("E301", f"cannot {node.op} {a} ({na}) and {b} ({nb}): different ranks",
                     node.span)
     for axis, (da, db) in enumerate(zip(a.dims, b.dims)):
         if T.differ(da, db):
@@ -239,6 +238,42 @@ def infer_arith(g: Graph, node: Node, args) -> T.TensorType:
     if a.dtype != b.dtype:
         raise error("E307", f"cannot {node.op} {a} and {b}: dtypes differ", node.span)
     return a.with_(tags=tags_of(a, b))
+
+
+def broadcast_plan(a: T.TensorType, b: T.TensorType) -> tuple[int, str | None]:
+    """How two values of different ranks combine: (which operand is the smaller, 0 or 1, and
+    how it is expanded). "tokens": a `Vec[B, D]` repeated over a `Seq[B, N, D]`'s tokens;
+    "trailing": a value whose dims are the other's leading ones (a per-example `Tensor[B]`
+    gate, a per-token `Tensor[B, N]`) with size-1 axes appended; "scalar": rank 0, as is.
+    None when they do not broadcast."""
+    small, big, which = (a, b, 0) if a.rank < b.rank else (b, a, 1)
+    if small.rank == 0:
+        return which, "scalar"
+    if small.kind == "Vec" and big.kind == "Seq":
+        same = not T.differ(small.dims[0], big.dims[0]) and not T.differ(small.dims[1],
+                                                                           big.dims[2])
+        return which, "tokens" if same else None
+    if small.kind in ("Tensor", "Scalar") and all(
+            not T.differ(d, e) for d, e in zip(small.dims, big.dims)):
+        return which, "trailing"
+    return which, None
+
+
+def infer_broadcast(node: Node, symbol: str, a, na, b, nb) -> T.TensorType:
+    """A per-example (or per-token) value applied to a bigger one: MoVA's expert weights,
+    a gate `Tensor[B]` on `Seq[B, N, D]`, a context `Vec[B, D]` added to every token."""
+    which, how = broadcast_plan(a, b)
+    small, big = (a, b) if which == 0 else (b, a)
+    ns, nbig = (na, nb) if which == 0 else (nb, na)
+    if how is None:
+        raise error("E301", f"cannot {node.op} {a} ({na}) and {b} ({nb}): {small} ({ns}) does "
+                            f"not broadcast over {big} ({nbig})", node.span,
+                    hint="a smaller value broadcasts when it is a Vec[B, D] on a "
+                         "Seq[B, N, D], or a Tensor whose dims are the leading dims of the "
+                         "other (a per-example gate Tensor[B])")
+    if a.dtype != b.dtype:
+        raise error("E307", f"cannot {node.op} {a} and {b}: dtypes differ", node.span)
+    return big.with_(tags=tags_of(a, b))
 
 
 _INDEXABLE = {"Seq": "Vec", "Tokens": "Labels", "Mask": None, "Logits": "Logits"}
