@@ -123,6 +123,14 @@ CASES = {
     "conv_frontend": ("input x: Audio[B, 400]",
                       "conv_frontend(channels=[8, 16], kernels=[10, 3], strides=[5, 2])(x)"),
     "pixel_shuffle": ("input x: Seq[B, 16, 8]", "pixel_shuffle(x, ratio=2)"),
+    "frames_to_batch": ("input x: Video[B, 2, 3, 32, 32]",
+                        "frames_to_batch(x)"),
+    "batch_to_frames": (SEQ, "batch_to_frames(linear(out=8)(frames_to_batch(x, frames=2)), "
+                             "frames=2)"),
+    "locations_to_batch": (SEQ, "locations_to_batch(linear(out=8)(x), frames=2)"),
+    "batch_to_locations": (SEQ, "batch_to_locations(linear(out=8)(locations_to_batch(x, "
+                                "frames=2)), locations=3)"),
+    "vec_to_seq": (VEC, "vec_to_seq(linear(out=8)(x))"),
     "local_cross_attention": ("input x: Seq[B, 16, 8]\n  input c: Tensor[B, 6, 2, 2]",
                               "local_cross_attention(grid=2, width=16, heads=2)(x, c)"),
 }
