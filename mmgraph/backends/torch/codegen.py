@@ -26,7 +26,6 @@ from mmgraph import escape
 from mmgraph.components import registry
 from mmgraph.ir import types as T
 from mmgraph.ir.graph import BlockCall, Graph, Instance, Node, Ref
-from mmgraph.ir.passes.infer import broadcast_plan
 from mmgraph.ir.reserved import CODEGEN_NAMES
 
 # names the generated code itself uses (`sum` in losses, `float("inf")` literals); keywords
@@ -379,12 +378,12 @@ class ScopeCode:
 
     def broadcast(self, node: Node, a: str, b: str) -> tuple[str, str]:
         """The smaller operand of a broadcasting `+ - * /` with its size-1 axes inserted, as
-        the type rule (`broadcast_plan`) decided: `v[:, None]` for a Vec over a Seq's tokens,
+        the type rule (`types.broadcast_plan`) decided: `v[:, None]` for a Vec over a Seq's tokens,
         `g[:, None, None]` for a per-example gate Tensor[B] on a Seq."""
         ta, tb = (self.g.type_of(r) for _, r in node.inputs)
         if ta.rank == tb.rank:
             return a, b
-        which, how = broadcast_plan(ta, tb)
+        which, how = T.broadcast_plan(ta, tb)
         small, big = (ta, tb) if which == 0 else (tb, ta)
         if how == "tokens":
             index = ":, None"

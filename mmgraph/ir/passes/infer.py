@@ -240,29 +240,10 @@ def infer_arith(g: Graph, node: Node, args) -> T.TensorType:
     return a.with_(tags=tags_of(a, b))
 
 
-def broadcast_plan(a: T.TensorType, b: T.TensorType) -> tuple[int, str | None]:
-    """How two values of different ranks combine: (which operand is the smaller, 0 or 1, and
-    how it is expanded). "tokens": a `Vec[B, D]` repeated over a `Seq[B, N, D]`'s tokens;
-    "trailing": a value whose dims are the other's leading ones (a per-example `Tensor[B]`
-    gate, a per-token `Tensor[B, N]`) with size-1 axes appended; "scalar": rank 0, as is.
-    None when they do not broadcast."""
-    small, big, which = (a, b, 0) if a.rank < b.rank else (b, a, 1)
-    if small.rank == 0:
-        return which, "scalar"
-    if small.kind == "Vec" and big.kind == "Seq":
-        same = not T.differ(small.dims[0], big.dims[0]) and not T.differ(small.dims[1],
-                                                                           big.dims[2])
-        return which, "tokens" if same else None
-    if small.kind in ("Tensor", "Scalar") and all(
-            not T.differ(d, e) for d, e in zip(small.dims, big.dims)):
-        return which, "trailing"
-    return which, None
-
-
 def infer_broadcast(node: Node, symbol: str, a, na, b, nb) -> T.TensorType:
     """A per-example (or per-token) value applied to a bigger one: MoVA's expert weights,
     a gate `Tensor[B]` on `Seq[B, N, D]`, a context `Vec[B, D]` added to every token."""
-    which, how = broadcast_plan(a, b)
+    which, how = T.broadcast_plan(a, b)
     small, big = (a, b) if which == 0 else (b, a)
     ns, nbig = (na, nb) if which == 0 else (nb, na)
     if how is None:
