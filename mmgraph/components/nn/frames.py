@@ -1,5 +1,8 @@
-"""Torch faces of mmgraph/components/frames.py: views and one transpose, with -1 for the
-batch so that an exported graph keeps it dynamic."""
+"""Torch faces of mmgraph/components/frames.py: reshapes and one transpose.
+
+Every size is computed from `x.shape` (never `unflatten(..., -1)`): the ONNX tracer keeps
+sizes read from `x.shape` dynamic, but freezes the shape of an `unflatten` with -1 at the
+traced batch, so a later layer reading its batch would export a constant."""
 
 from __future__ import annotations
 
@@ -7,24 +10,31 @@ from __future__ import annotations
 def frames_to_batch(x, *, frames: int | None, split_tokens: bool):
     """[B, F, ...] -> [B * F, ...]; a frame-major Seq [B, F * N, D] -> [B * F, N, D]."""
     if split_tokens:
-        x = x.unflatten(1, (frames, -1))
-    return x.flatten(0, 1)
+        b, n, d = x.shape
+        return x.reshape(b * frames, n // frames, d)
+    return x.reshape(x.shape[0] * x.shape[1], *x.shape[2:])
 
 
 def batch_to_frames(x, *, frames: int, join_tokens: bool):
     """[B * F, ...] -> [B, F, ...]; a Seq [B * F, N, D] -> [B, F * N, D] (frame-major)."""
-    x = x.unflatten(0, (-1, frames))
-    return x.flatten(1, 2) if join_tokens else x
+    b = x.shape[0] // frames
+    if join_tokens:
+        return x.reshape(b, frames * x.shape[1], x.shape[2])
+    return x.reshape(b, frames, *x.shape[1:])
 
 
 def locations_to_batch(x, *, frames: int):
     """[B, F * N, D] -> [B, F, N, D] -> [B, N, F, D] -> [B * N, F, D]."""
-    return x.unflatten(1, (frames, -1)).transpose(1, 2).flatten(0, 1)
+    b, t, d = x.shape
+    n = t // frames
+    return x.reshape(b, frames, n, d).transpose(1, 2).reshape(b * n, frames, d)
 
 
 def batch_to_locations(x, *, locations: int):
     """[B * N, F, D] -> [B, N, F, D] -> [B, F, N, D] -> [B, F * N, D]."""
-    return x.unflatten(0, (-1, locations)).transpose(1, 2).flatten(1, 2)
+    bn, f, d = x.shape
+    b = bn // locations
+    return x.reshape(b, locations, f, d).transpose(1, 2).reshape(b, f * locations, d)
 
 
 def vec_to_seq(x):
