@@ -133,6 +133,9 @@ CASES = {
     "vec_to_seq": (VEC, "vec_to_seq(linear(out=8)(x))"),
     "local_cross_attention": ("input x: Seq[B, 16, 8]\n  input c: Tensor[B, 6, 2, 2]",
                               "local_cross_attention(grid=2, width=16, heads=2)(x, c)"),
+    "gate": (VEC, 'gate(out=3, act="softmax")(x)'),
+    "mixture": (VEC + "\n  input w: Tensor[B, 2]", "mixture(w, x, x)"),
+    "modality_gate": (SEQ + "\n  input p: Tensor<bool>[B]", "modality_gate(x, p)"),
 }
 
 # parameters that rightly get no gradient in a case, and why
