@@ -21,6 +21,9 @@ class StageSettings(Settings):
     batch_size: int | None = Field(None, gt=0)
     weight_decay: float | None = Field(None, ge=0)
     losses: tuple[str, ...] | None = None  # which of the model's losses this stage uses
+    # "alternate": step i optimises only losses[i % k] (IMP's per-step task alternation);
+    # None / "joint": every step optimises their weighted sum
+    tasks: Literal["joint", "alternate"] | None = None
 
 
 class TrainSettings(Settings):
@@ -42,6 +45,7 @@ class TrainSettings(Settings):
     ckpt_every: int | None = Field(None, gt=0)
     keep: int = Field(3, gt=0)
     ema: float | None = Field(None, gt=0, lt=1)
+    tasks: Literal["joint", "alternate"] | None = None  # see StageSettings.tasks
     # data: None means automatic (workers: 0 for in-memory data, up to 4 when files are
     # decoded; chat_template: the tokenizer's own, else "vicuna"; truncation: "report")
     workers: int | None = Field(None, ge=0, le=64)  # DataLoader worker processes

@@ -28,6 +28,7 @@ from mmgraph.train.checkpoint import Position
 from mmgraph.train.distributed import World, checkpoint_activations, env_world_size  # noqa: F401
 from mmgraph.train.progress import Progress
 from mmgraph.train.sources import DataError
+from mmgraph.train.tasks import schedule_for
 
 DEFAULT_STAGE = "train"  # the one stage of a spec whose train block declares none
 
@@ -245,6 +246,7 @@ class Trainer:
         accum = s["grad_accum"]
         ckpt_every = s.get("ckpt_every")
         batch_iter = self.iterate(plan, pos)
+        tasks = schedule_for(s, {name: term.weight for name, term in self.g.losses.items()})
         samples, tick = 0, time.perf_counter()
         while pos.step < plan.steps:
             optimizer.zero_grad(set_to_none=True)
@@ -256,7 +258,7 @@ class Trainer:
                 batch = {k: v.to(self.device) for k, v in batch.items()}
                 with torch.autocast(self.device.type, dtype=amp, enabled=amp is not None):
                     _, losses = step_module(**batch, return_losses=True)
-                (losses["total"] / accum).backward()
+                (tasks.objective(losses, pos.step) / accum).backward()
                 for k, v in losses.items():
                     logged[k] = logged.get(k, 0.0) + float(v.detach()) / accum
                 samples += next(iter(batch.values())).shape[0] * (self.world.size
@@ -278,6 +280,8 @@ class Trainer:
             record = {"stage": plan.name, "step": pos.step, "global_step": pos.global_step,
                       "epoch": pos.epoch, "lr": scheduler.get_last_lr()[0],
                       "samples_per_s": rate, **{f"loss/{k}": v for k, v in logged.items()}}
+            if tasks.alternate:
+                record["task"] = tasks.task(pos.step - 1)  # the loss this step optimised
             every = s.get("eval_every")
             if self.validate and (pos.step == plan.steps or (every and pos.step % every == 0)):
                 record.update({f"val/{k}": v for k, v in self.validation(s, amp).items()})
