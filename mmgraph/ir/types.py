@@ -201,16 +201,16 @@ def broadcast_plan(a: TensorType, b: TensorType) -> tuple[int, str | None]:
     """How two values of different ranks combine: (which operand is the smaller, 0 or 1, and
     how it is expanded). "tokens": a `Vec[B, D]` repeated over a `Seq[B, N, D]`'s tokens;
     "trailing": a value whose dims are the other's leading ones (a per-example `Tensor[B]`
-    gate, a per-token `Tensor[B, N]`) with size-1 axes appended; "scalar": rank 0, as is.
-    None when they do not broadcast."""
+    gate, a per-token `Tensor[B, N]`) with size-1 axes appended. None when they do not
+    broadcast: a rank-0 `Scalar` (a loss) never spreads over a tensor."""
     small, big, which = (a, b, 0) if a.rank < b.rank else (b, a, 1)
     if small.rank == 0:
-        return which, "scalar"
+        return which, None
     if small.kind == "Vec" and big.kind == "Seq":
         same = not differ(small.dims[0], big.dims[0]) and not differ(small.dims[1],
                                                                      big.dims[2])
         return which, "tokens" if same else None
-    if small.kind in ("Tensor", "Scalar") and all(
+    if small.kind == "Tensor" and all(
             not differ(d, e) for d, e in zip(small.dims, big.dims)):
         return which, "trailing"
     return which, None

@@ -225,11 +225,14 @@ def infer_arith(g: Graph, node: Node, args) -> T.TensorType:
         return t
     a, b = args["a"], args["b"]
     na, nb = node.inputs[0][1].node, node.inputs[1][1].node
-    if a.rank != b.rank:
-        return infer_broadcast(node, symbol, a, na, b, nb)
-    if a.kind != b.kind and "Tensor" not in (a.kind, b.kind):
+    if a.rank != b.rank and T.broadcast_plan(a, b)[1] is not None:
+        return infer_broadcast(node, a, na, b, nb)
+    if a.kind != b.kind and "Tensor" not in (a.kind, b.kind) and \
+            {a.kind, b.kind} != {"Seq", "Vec"}:  # a Vec may broadcast over a Seq's tokens
         raise error("E302", f"cannot {node.op} {a} ({na}) and {b} ({nb}): different kinds",
                     node.span)
+    if a.rank != b.rank:
+        return infer_broadcast(node, a, na, b, nb)  # says why it does not broadcast
     for axis, (da, db) in enumerate(zip(a.dims, b.dims)):
         if T.differ(da, db):
             raise error("E301", f"cannot {node.op} {na} and {nb}: {a.axes[axis]} is "
@@ -240,7 +243,7 @@ def infer_arith(g: Graph, node: Node, args) -> T.TensorType:
     return a.with_(tags=tags_of(a, b))
 
 
-def infer_broadcast(node: Node, symbol: str, a, na, b, nb) -> T.TensorType:
+def infer_broadcast(node: Node, a, na, b, nb) -> T.TensorType:
     """A per-example (or per-token) value applied to a bigger one: MoVA's expert weights,
     a gate `Tensor[B]` on `Seq[B, N, D]`, a context `Vec[B, D]` added to every token."""
     which, how = T.broadcast_plan(a, b)
