@@ -185,3 +185,22 @@ def test_components_are_listed():
                  "batch_to_locations", "vec_to_seq"):
         comp = registry.get(name)
         assert comp.category == "op" and not comp.has_weights and comp.sequence == "mixing"
+
+
+def test_the_docs_example_checks_as_printed():
+    """docs/language.md's "Per-frame maps and reshapes" example: every IR line it prints."""
+    from mmgraph.compiler import check_text
+
+    from conftest import ROOT
+
+    docs = (ROOT / "docs" / "language.md").read_text()
+    start = docs.index("```mmg\nmodel video_frames {") + len("```mmg\n")
+    end = docs.index("```", start)
+    result = check_text(docs[start:end], "frames.mmg")
+    assert result.ok, [str(d) for d in result.errors]
+    dump = result.graphs["video_frames"].dump()
+    printed = docs[docs.index("```\n", end + 3) + 4:]
+    printed = printed[:printed.index("```")]
+    assert printed.strip()
+    for line in printed.strip().splitlines():
+        assert line + "  # frames.mmg:" in dump, line
