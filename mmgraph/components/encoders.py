@@ -44,6 +44,12 @@ class _TransformerParams(Params):
     dropout: Prob = 0.0
 
 
+def tap_port(k: int) -> str:
+    """The output port of tap k: `layerK` counts blocks from the first, `backK` from the
+    last, so that a spec's `f.back2` stays the penultimate block whatever the depth."""
+    return f"layer{k}" if k > 0 else f"back{-k}"
+
+
 @register
 class ViT(Component):
     name = "vit"
@@ -64,7 +70,10 @@ class ViT(Component):
         select_layer: int = -1  # which block's output `out` is (-2: the penultimate, as LLaVA)
         pool: Literal["none", "cls", "mean"] = "none"
         drop_cls: bool = False  # drop the class token from a sequence output
-        taps: tuple[int, ...] = ()  # extra outputs `layerK`: the output of block K (1-based)
+        # extra outputs: `layerK`, the output of block K (1-based), for a tap K > 0; `backK`,
+        # the K-th block from the end (`back1` the last), for a tap -K, which follows
+        # `--set depth=N` (EVE, mmMamba tap layers relative to the depth)
+        taps: tuple[int, ...] = ()
         norm_eps: PosFloat | None = None  # the norms' epsilon; 1e-5 (layer), 1e-6 (rms) if None
         # drop the pixels past the last whole patch (SigLIP-384/14: 27 x 27 patches) instead of
         # refusing an image whose size is not a multiple of the patch
@@ -78,12 +87,16 @@ class ViT(Component):
                 raise ValueError(f"select_layer={self.select_layer} is outside depth "
                                  f"{self.depth}")
             for k in self.taps:
-                if not 1 <= k <= self.depth:
-                    raise ValueError(f"tap {k} is outside 1..{self.depth}")
+                if not (1 <= k <= self.depth or -self.depth <= k <= -1):
+                    raise ValueError(f"tap {k} is outside 1..{self.depth} and "
+                                     f"-{self.depth}..-1 (depth {self.depth})")
+            ports = [tap_port(k) for k in self.taps]
+            if len(set(ports)) != len(ports):
+                raise ValueError(f"taps {list(self.taps)} name a block twice")
             return self
 
     def outputs(self, p):
-        return ("out",) + tuple(f"layer{k}" for k in p.taps)
+        return ("out",) + tuple(tap_port(k) for k in p.taps)
 
     def infer(self, p, x, ctx):
         img = x["image"]
@@ -100,7 +113,7 @@ class ViT(Component):
             out = seq(img.dim("B"), n, p.width, tags)
         else:
             out = full
-        return {"out": out, **{f"layer{k}": full for k in p.taps}}
+        return {"out": out, **{tap_port(k): full for k in p.taps}}
 
     def torch_args(self, p, x, ctx):
         img = x["image"]  # `channels` is checked against it

@@ -39,7 +39,8 @@ class ViT(nn.Module):
                  select_layer: int, pool: str, drop_cls: bool, taps: tuple[int, ...],
                  norm_eps: float | None):
         super().__init__()
-        self.pool, self.drop_cls, self.taps = pool, drop_cls, tuple(taps)
+        self.pool, self.drop_cls = pool, drop_cls
+        self.taps = tuple(k if k > 0 else depth + 1 + k for k in taps)  # -1: the last block
         self.stop = depth + 1 + select_layer if select_layer < 0 else select_layer
         self.patch_embed = nn.Conv2d(in_channels, width, patch, stride=patch, bias=patch_bias)
         n = grid[0] * grid[1] + (1 if cls_token else 0)
@@ -65,7 +66,11 @@ class ViT(nn.Module):
         if self.norm_pre is not None:
             x = self.norm_pre(x)
         last = self.stop == len(self.blocks.layers)
-        x, tapped = self.blocks(x, stop=self.stop, taps=self.taps)
+        # a tap past `select_layer` (taps=[-1] with select_layer=-2) runs the blocks on to it
+        run, before = max((self.stop, *self.taps)), x
+        x, tapped = self.blocks(x, stop=run, taps=self.taps + (self.stop,))
+        if run != self.stop:
+            x = tapped[self.stop] if self.stop > 0 else before
         if self.pool == "cls":
             out = x[:, 0]
         elif self.pool == "mean":

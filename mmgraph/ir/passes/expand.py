@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import re
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
@@ -148,6 +149,9 @@ class Lowerer:
         self.binding_groups = 0
         self.calls: list[BlockCall] = self.g.calls  # where a call made now is recorded
         self.decls: dict[str, Decl] = {}  # every declared layer, nested ones too
+        # a repeat's result node -> (the repeat, which of its outputs, every copy's outputs):
+        # `y.back2` on it is the output of the copy before the last
+        self.copies: dict[str, tuple[str, int, list[list[Ref]]]] = {}
 
     # ---------------------------------------------------------------- bodies
     def lower_model(self) -> Graph:
@@ -559,8 +563,28 @@ class Lowerer:
             return self.index(e, scope)
         if isinstance(e, ast.Attr):
             v = self.value(e.value, scope)
-            return [Ref(v[0].node, e.attr.name)] if v[0].port == "out" else self._attr_err(e)
+            if v[0].port != "out":
+                self._attr_err(e)
+            return [self.copy_tap(v[0], e) or Ref(v[0].node, e.attr.name)]
         raise error("E306", "unsupported expression", e.span)
+
+    def copy_tap(self, ref: Ref, e: ast.Attr) -> Ref | None:
+        """`y.layerK` / `y.backK` on a repeat's result `y`: the output of its K-th copy from
+        the first / from the last (`back1` is `y` itself), as `vit(taps=[...])` counts
+        blocks; `backK` follows a `--set` of `times=`. None when it is no such tap (or the
+        repeated component has an output of that name, which wins)."""
+        m = re.fullmatch(r"(layer|back)([0-9]+)", e.attr.name)
+        if m is None or ref.node not in self.copies:
+            return None
+        name, j, per_copy = self.copies[ref.node]
+        if any(r.port == e.attr.name for r in per_copy[-1]):
+            return None
+        times, k = len(per_copy), int(m[2])
+        if not 1 <= k <= times:
+            raise error("E302", f"'{name}' repeats {times} time(s), so .{e.attr.name} is outside "
+                                f"{m[1]}1..{m[1]}{times}", e.attr.span,
+                        hint="layerK counts copies from the first, backK from the last")
+        return per_copy[k - 1 if m[1] == "layer" else times - k][j]
 
     def _attr_err(self, e: ast.Attr):
         raise error("E302", f"'.{e.attr.name}' must follow a layer's main output", e.span)
@@ -740,6 +764,7 @@ class Lowerer:
         current = bound
         outs: list[Ref] = []
         threaded_refs: list[Ref] = []  # the previous repetition's outputs, fed back in
+        per_copy: list[list[Ref]] = []
         for i in range(decl.times):
             prefix = f"{decl.name}.{i}"
             before = set(self.g.nodes)
@@ -748,6 +773,7 @@ class Lowerer:
             else:
                 outs = self.call_component(decl, prefix, e, scope, args=current)
                 record.expansions.append(Expansion(prefix, [outs[0].node], [], outs))
+            per_copy.append(outs)
             if threaded_refs:  # tell `infer` which inputs are fed back
                 first_inputs = {port: ref for port, ref, _ in bound}
                 for name in set(self.g.nodes) - before:
@@ -763,6 +789,8 @@ class Lowerer:
             threaded_refs = [ref for _, ref, _ in threaded]
             current = threaded + current[len(threaded):]
         record.threaded, record.outputs = len(threaded_refs), outs
+        for j, ref in enumerate(outs):
+            self.copies[ref.node] = (decl.name, j, per_copy)
         return outs
 
     def expand(self, decl: Decl, prefix: str, bound, e: ast.Call,
