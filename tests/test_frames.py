@@ -12,6 +12,7 @@ import torch
 import mmgraph
 from mmgraph.components import registry
 from mmgraph.components.nn import frames as faces
+from mmgraph.errors import InputError
 from mmgraph.export import targets
 from mmgraph.export.onnx_parts import export
 
@@ -170,14 +171,29 @@ def test_a_per_frame_model_equals_a_loop_over_frames(xclip):
         assert torch.equal(out["c"][:, 1:], out["s"])
 
 
-def test_onnx_export_keeps_the_batch_dynamic(xclip, tmp_path):
-    manifest = export(xclip, tmp_path, targets.load("onnx"), log=lambda _: None)
+@pytest.mark.parametrize("target", ["onnx", "onnxruntime-fused"])
+def test_onnx_export_keeps_the_batch_dynamic(xclip, tmp_path, target):
+    """Traced (opset 18) and through torch.export with fused attention (opset 23)."""
+    manifest = export(xclip, tmp_path, targets.load(target), log=lambda _: None)
     [part] = manifest["parts"]
     shapes = {o["name"]: o["shape"] for o in part["outputs"]}
     assert shapes["s"] == ["4 * B", 4, 32] and shapes["t"] == ["B", 4, 32]
     for output, errs in part["parity"]["fp32"].items():
         assert {at["dims"]["B"] for at in errs["at"].values()} == {1, 2, 4}, output
         assert errs["max_abs"] <= 1e-4, (output, errs)
+
+
+def test_a_free_batch_that_is_no_multiple_is_refused_at_run_time(tmp_path):
+    spec = tmp_path / "free.mmg"
+    spec.write_text("model m {\n  input x: Vec[B, 8]\n"
+                    "  output batch_to_frames(x, frames=4) as y\n}\n")
+    g = graph(spec.read_text())
+    assert str(g.type_of(g.outputs["y"])) == "Seq[B/4, 4, 8]"
+    model = mmgraph.load(spec)
+    assert model(x=torch.randn(8, 8))["y"].shape == (2, 4, 8)
+    with pytest.raises(InputError, match=r"batch_to_frames\(frames=4\): the batch is 6, "
+                                         r"not a multiple of 4"):
+        model(x=torch.randn(6, 8))
 
 
 def test_components_are_listed():
