@@ -246,6 +246,7 @@ def _load_builtins() -> None:
             masked_regions,
             ops,
             prototypes,
+            queues,
             recurrent,
             sets,
             similarity,

@@ -98,6 +98,8 @@ class Instance:
     block: str | None = None  # the block definition this instance came from, if any
     frozen_by: str | None = None  # the declaration whose `frozen` froze it (itself, or a block)
     param_spans: dict[str, Span] = field(default_factory=dict)  # each given parameter's value
+    ema_of: str | None = None  # `ema_of(x, decay=d)`: a frozen copy of x the trainer averages
+    ema_decay: float | None = None
     pretrained: Pretrained | None = None  # weights from a local Hugging Face folder
 
     @property
@@ -407,6 +409,8 @@ class Graph:
                             f"targets={_fmt(inst.lora.targets)})")
             if inst.shared:
                 mods.append(f"shared({inst.shared})")
+            if inst.ema_of:
+                mods.append(f"ema_of({inst.ema_of}, decay={_fmt(inst.ema_decay)})")
             mod = (" " + " ".join(mods)) if mods else ""
             out.append(f"  {inst.role} {inst.name} = {inst.component}({inst.params_text()}){mod}")
         starts = self.call_starts()

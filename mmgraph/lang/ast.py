@@ -131,7 +131,7 @@ class Output:
 
 @dataclass(frozen=True)
 class Modifier:
-    kind: str  # frozen | lora | shared | pretrained
+    kind: str  # frozen | lora | shared | pretrained | ema_of
     args: tuple[Expr, ...]
     kwargs: tuple[KwArg, ...]
     target: Ident | None

@@ -309,6 +309,7 @@ def _keyword(tok) -> bool:
     """A token of a keyword terminal (`encoder`, `input`, ...), as opposed to a name."""
     return isinstance(tok, Token) and str(tok) in _STATEMENT_KEYWORDS | {"frozen", "lora",
                                                                         "shared", "pretrained",
+                                                                        "ema_of",
                                                                         "repeat"} \
         and tok.type != "NAME"
 
@@ -523,6 +524,10 @@ class _ToAst(Transformer):
     def mod_pretrained(self, meta, args):
         pos, kw = args if args else ((), ())
         return ast.Modifier("pretrained", pos, kw, None, self._span(meta))
+
+    def mod_ema_of(self, meta, args):
+        pos, kw = args
+        return ast.Modifier("ema_of", pos, kw, None, self._span(meta))
 
     def assign(self, meta, targets, value):
         return ast.Assign(targets, value, self._span(meta))

@@ -24,6 +24,7 @@ from torch import nn
 from mmgraph.backends.torch import weights
 from mmgraph.ir.graph import Graph, Stage
 from mmgraph.train import checkpoint as ckpt
+from mmgraph.train import teachers as ema
 from mmgraph.train.checkpoint import Position
 from mmgraph.train.distributed import World, checkpoint_activations, env_world_size  # noqa: F401
 from mmgraph.train.progress import Progress
@@ -148,6 +149,7 @@ class Trainer:
         self.on_stage_end = on_stage_end
         self.validate, self.extra_state = validate, extra_state
         self._metrics = None  # the open metrics.jsonl
+        self._teachers: list[ema.Teacher] = []  # the spec's ema_of(...) layers
 
     # ------------------------------------------------------------ planning
     def plans(self, only_stage: str | None = None) -> list[StagePlan]:
@@ -199,6 +201,9 @@ class Trainer:
             self.truncate_metrics(position.global_step)
             self.say(f"resuming from {resume_from} (stage {position.stage + 1}, "
                      f"step {position.step})")
+        self._teachers = ema.teachers(self.model, self.g)
+        if resume_from is None:  # a resume finds them in the checkpoint
+            ema.start(self._teachers)
         for index, plan in enumerate(plans):
             if index < position.stage:
                 continue
@@ -271,6 +276,7 @@ class Trainer:
             elif s.get("clip"):
                 torch.nn.utils.clip_grad_norm_(params, s["clip"])
             optimizer.step()
+            ema.update(self._teachers)
             scheduler.step()
             pos.step += 1
             pos.global_step += 1

@@ -26,6 +26,7 @@ from mmgraph.components.nn import (  # noqa: F401  (the faces, as `mm.<module>.<
     masked_regions,
     ops,
     prototypes,
+    queues,
     recurrent,
     sets,
     similarity,

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import networkx as nx
+from pydantic import Field
 
 from mmgraph.components import registry
 from mmgraph.components.common import PosInt, Prob
@@ -69,6 +70,7 @@ class Decl:
     param_spans: dict[str, Span] = field(default_factory=dict)
     pretrained_mod: ast.Modifier | None = None  # `pretrained(...)` as written
     pretrained: Pretrained | None = None  # the checkpoint, once its config.json was read
+    ema_mod: ast.Modifier | None = None  # `ema_of(x, decay=d)` as written, resolved after the body
 
     def declaration(self) -> Declaration:
         """What the IR keeps of it: no AST, and `shared` only where it says `shared(x)`."""
@@ -108,6 +110,13 @@ class LoraParams(Params):
     alpha: float = 16.0
     targets: tuple[str, ...] = ("q", "k", "v", "o")
     dropout: Prob = 0.0
+
+
+class EmaParams(Params):
+    """`ema_of(x, decay=...)`: after each optimizer step, teacher = decay * teacher +
+    (1 - decay) * x (ALBEF's momentum encoders, SkySense's EMA teacher)."""
+
+    decay: float = Field(0.995, gt=0, lt=1)
 
 
 def lora_fits(comp: Component, lora: Lora) -> bool:
@@ -189,6 +198,12 @@ class Lowerer:
             if decl.shared_target is not None:
                 try:
                     self.tie(local, decl, scope)
+                except SpecError as exc:
+                    self.sink.add(exc)
+                    scope.failed.add(local)
+            if decl.ema_mod is not None:
+                try:
+                    self.teach(local, decl, scope)
                 except SpecError as exc:
                     self.sink.add(exc)
                     scope.failed.add(local)
@@ -326,6 +341,9 @@ class Lowerer:
                 decl.shared_target = m.target
             elif m.kind == "pretrained":
                 decl.pretrained_mod = m
+            elif m.kind == "ema_of":
+                decl.ema_mod = m
+                decl.frozen, decl.frozen_by = True, decl.name  # the optimizer never steps it
 
     def pretrained(self, decl: Decl, comp: Component, scope: Scope) -> checkpoint.Bound:
         m = decl.pretrained_mod
@@ -357,6 +375,41 @@ class Lowerer:
             name = decl.name if i is None else f"{decl.name}.{i}"
             if name in self.g.instances:
                 self.g.instances[name].shared = other.name if i is None else f"{other.name}.{i}"
+
+    def teach(self, local: str, decl: Decl, scope: Scope) -> None:
+        """Resolve `ema_of(x, decay=d)`: x is a layer of the same body with the same component
+        and parameters (the teacher is its averaged copy, weight for weight)."""
+        m = decl.ema_mod
+        if len(m.args) != 1 or not isinstance(m.args[0], ast.Name):
+            raise error("E206", "ema_of takes the layer it averages, then decay=", m.span,
+                        hint="e.g. ema_of(vision, decay=0.995)")
+        target = m.args[0]
+        p, _ = validate(EmaParams, kwargs(m.kwargs), scope.consts, "ema_of", PARAMS, m.span)
+        if target.id == local:
+            raise error("E206", f"'{local}' cannot be the moving average of itself",
+                        target.span, hint="name the layer it follows")
+        if target.id not in scope.decls:
+            raise error("E206", f"ema_of({target.id}): no layer '{target.id}' is declared here",
+                        target.span, hint=did_you_mean(target.id, scope.decls) or
+                        "name a layer declared in the same model or block")
+        other = scope.decls[target.id]
+        if decl.block is not None or decl.times or other.block is not None or other.times:
+            raise error("E206", "ema_of averages one layer; blocks and repeats are not "
+                                "supported", m.span, hint="put ema_of on each layer")
+        if decl.shared_target is not None:
+            raise error("E206", "a layer that shares another's weights cannot be a moving "
+                                "average", m.span)
+        if other.component is None or decl.component is None or \
+                other.component.name != decl.component.name or other.params != decl.params:
+            mine = f"{decl.component.name}(...)" if decl.component else "?"
+            theirs = f"{other.component.name}(...)" if other.component else "?"
+            raise error("E206", f"'{local}' ({mine}) must be the same component with the same "
+                                f"parameters as '{target.id}' ({theirs}) to average its "
+                                "weights", target.span,
+                        hint=f"declare it with the same call as '{target.id}'")
+        inst = self.g.instances.get(decl.name)
+        if inst is not None:
+            inst.ema_of, inst.ema_decay = other.name, p.decay
 
     def lora(self, m: ast.Modifier, scope: Scope) -> tuple[Lora, dict[str, Span]]:
         """The adapter's settings, and its targets as written with their spans (none when
