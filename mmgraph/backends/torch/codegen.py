@@ -115,6 +115,16 @@ def input_types(g: Graph, node: Node, comp: registry.Component) -> dict:
     return x
 
 
+def copy_position(call: BlockCall, ref: Ref) -> tuple[int, int] | None:
+    """(copy, output) of a repeat's earlier copy that `ref` is an output of, or None."""
+    if not call.times or ref in call.outputs:
+        return None
+    for i, e in enumerate(call.expansions):
+        if ref in e.outputs:
+            return i, e.outputs.index(ref)
+    return None
+
+
 def face_args(inst: Instance, x: dict) -> list[tuple[str, str]]:
     """The face's keyword arguments (`torch_args`) as literals: every parameter, and the
     sizes its weights need from the input types (which `infer` checked are numbers)."""
@@ -164,6 +174,9 @@ class ScopeCode:
             if name is None:
                 i = call.outputs.index(ref) if ref in call.outputs else 0
                 base = py_name(self.var_prefix + self.local(call.decl))
+                tap = copy_position(call, ref)
+                if tap is not None:  # `y.back2`: one repetition's output, kept by the loop
+                    base, i = f"{base}_copy{tap[0]}", tap[1]
                 name = base if len(call.outputs) == 1 else f"{base}_{i}"
         else:
             base = py_name(self.var_prefix + self.local(node.name))
@@ -446,6 +459,13 @@ class ScopeCode:
             inner = call_text("layer", outs[:threaded] + shared, [], lead=f"{lhs} = ")
         lines.append(f"for layer in {target}:" + self.comment(span))
         lines.extend("    " + line for line in inner.split("\n"))
+        used = {r for n in self.g.nodes.values() for r in n.refs()} | \
+            set(self.g.outputs.values()) | {t.value for t in self.g.losses.values()}
+        for i, e in enumerate(call.expansions[:-1]):  # the copies a spec taps (`y.back2`)
+            for j, ref in enumerate(e.outputs):
+                if ref in used:
+                    lines.append(f"    if layer is {target}[{i}]:")
+                    lines.append(f"        {self.var(ref)} = {outs[j]}")
         return lines
 
 
