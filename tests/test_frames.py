@@ -16,7 +16,7 @@ from mmgraph.errors import InputError
 from mmgraph.export import targets
 from mmgraph.export.onnx_parts import export
 
-from helpers import errors, graph
+from helpers import check, errors, graph
 
 # X-CLIP: a ViT per frame, its class embeddings as a sequence over frames, a temporal
 # transformer. TimeSformer: attention within each frame, then along time at each location.
@@ -183,17 +183,42 @@ def test_onnx_export_keeps_the_batch_dynamic(xclip, tmp_path, target):
         assert errs["max_abs"] <= 1e-4, (output, errs)
 
 
-def test_a_free_batch_that_is_no_multiple_is_refused_at_run_time(tmp_path):
-    spec = tmp_path / "free.mmg"
-    spec.write_text("model m {\n  input x: Vec[B, 8]\n"
-                    "  output batch_to_frames(x, frames=4) as y\n}\n")
-    g = graph(spec.read_text())
-    assert str(g.type_of(g.outputs["y"])) == "Seq[B/4, 4, 8]"
-    model = mmgraph.load(spec)
-    assert model(x=torch.randn(8, 8))["y"].shape == (2, 4, 8)
+def test_a_batch_not_known_to_be_a_multiple_is_refused():
+    """`B * F` by 8 (a symbolic frame count against a fixed one) or a free `B` by 4 would type
+    the result `B * F/8`: refused, with the way out."""
+    hint = ("give the frame count a number (a file constant such as `frames = 8`, used in the "
+            "input's type and as frames=frames), or write the batch as a product, e.g. "
+            "Vec[B * 8, D]")
+    src = """
+    model m {
+      input clip: Video[B, F, 3, 32, 32]
+      input x: Vec[B, 8]
+      input s: Seq[B, N, 8]
+      output batch_to_frames(frames_to_batch(clip), frames=8) as a
+      output batch_to_frames(x, frames=4) as b
+      output locations_to_batch(s, frames=2) as c
+    }"""
+    result = check(src)
+    got = [(d.code, d.span.line, d.span.col, d.message, d.hint) for d in result.errors]
+    assert got == [
+        ("E304", 6, 26, "batch_to_frames: batch B * F is not a known multiple of 8", hint),
+        ("E304", 7, 26, "batch_to_frames_1: batch B is not a known multiple of 4", hint),
+        ("E304", 8, 29, "locations_to_batch: token count N is not a known multiple of 2",
+         "write the token count as a product of the frames, e.g. Seq[B, 8 * N, D]")]
+    g = graph(src.replace("F, 3", "8, 3").replace("Vec[B, 8]", "Vec[B * 4, 8]")
+              .replace("Seq[B, N, 8]", "Seq[B, 2 * N, 8]"))
+    out = {name: str(g.type_of(ref)) for name, ref in g.outputs.items()}
+    assert out == {"a": "Video<video>[B, 8, 3, 32, 32]", "b": "Seq[B, 4, 8]",
+                   "c": "Seq[B * N, 2, 8]"}
+
+
+def test_faces_refuse_sizes_that_are_no_multiple():
     with pytest.raises(InputError, match=r"batch_to_frames\(frames=4\): the batch is 6, "
                                          r"not a multiple of 4"):
-        model(x=torch.randn(6, 8))
+        faces.batch_to_frames(torch.randn(6, 8), frames=4, join_tokens=False)
+    with pytest.raises(InputError, match=r"locations_to_batch\(frames=4\): the token count "
+                                         r"is 6"):
+        faces.locations_to_batch(torch.randn(1, 6, 8), frames=4)
 
 
 def test_components_are_listed():

@@ -24,9 +24,33 @@ class _Reshape(Component):
     inputs = (Port("x"),)
 
 
+def _split(ctx, value, by: int, what: str, hint: str):
+    """`value / by` (B from B * F), E304 when it is not a multiple: provably (6 by 4), or a
+    whole dim whose quotient is not whole (`B * F` by 8, a free `B` by 4), which would type
+    the result with a fraction the runtime cannot keep. A dim that is already a fraction
+    (`H/16`) is left to the checks that made it."""
+    q = ctx.exact_div("x", value, by, what)
+    value = T.sympy.sympify(value)
+    if value.free_symbols and _denominator(value) == 1 and _denominator(q) != 1:
+        ctx.fail(f"{ctx.name}: {what} {T.format_dim(value)} is not a known multiple of {by}",
+                 "x", code="E304", hint=hint)
+    return q
+
+
+def _denominator(d):
+    return T.sympy.fraction(T.sympy.together(d))[1]
+
+
 def _batch_of(ctx, t: T.TensorType, by: int, what: str):
-    """The batch dim divided by `by` (B from B * F), E304 when it provably is not a multiple."""
-    return ctx.exact_div("x", t.dims[0], by, what)
+    return _split(ctx, t.dims[0], by, what,
+                  "give the frame count a number (a file constant such as `frames = 8`, used "
+                  "in the input's type and as frames=frames), or write the batch as a "
+                  "product, e.g. Vec[B * 8, D]")
+
+
+def _tokens_of(ctx, t: T.TensorType, by: int):
+    return _split(ctx, t.dim("N"), by, "token count",
+                  "write the token count as a product of the frames, e.g. Seq[B, 8 * N, D]")
 
 
 @register
@@ -48,7 +72,7 @@ class FramesToBatch(_Reshape):
                 ctx.fail(f"{ctx.name} needs frames=F to cut {ctx.source('x')}'s tokens "
                          f"({t}) into F frames", "x", code="E204",
                          hint="e.g. frames_to_batch(x, frames=8) for Seq[B, 8 * N, D]")
-            n = ctx.exact_div("x", t.dim("N"), p.frames, "token count")
+            n = _tokens_of(ctx, t, p.frames)
             return t.with_(dims=(t.dim("B") * p.frames, n, t.width), segments=None)
         if t.rank < 2:
             ctx.fail(f"{ctx.name} needs a batch and a frame axis but {ctx.source('x')} gives "
@@ -112,7 +136,7 @@ class LocationsToBatch(_Reshape):
     def infer(self, p, x, ctx):
         t = x["x"]
         ctx.expect_kind("x", t, "Seq")
-        n = ctx.exact_div("x", t.dim("N"), p.frames, "token count")
+        n = _tokens_of(ctx, t, p.frames)
         return t.with_(dims=(t.dim("B") * n, T.sympy.Integer(p.frames), t.width),
                        segments=None)
 
