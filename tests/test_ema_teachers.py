@@ -133,3 +133,14 @@ def test_feature_queue_takes_embeddings():
     src = MOMENTUM.replace("feature_queue(img_m, size=40)", "feature_queue(image, size=40)")
     assert errors(src) == [("E302", 14, 24, "feature_queue expects Vec[B, D] for 'x' but image "
                                             "gives Image<image>[B, 3, 16, 16]")]
+
+
+def test_the_docs_example_checks_and_prints_its_teacher():
+    from conftest import ROOT
+
+    docs = (ROOT / "docs" / "language.md").read_text()
+    start = docs.index("```mmg\nmodel momentum {") + len("```mmg\n")
+    g = graph(docs[start:docs.index("```", start)])
+    shown = docs[docs.index("```\n", docs.index("```", start) + 3) + 4:]
+    shown = shown[:shown.index("```")].strip()
+    assert shown in g.dump(spans=False)
