@@ -459,7 +459,8 @@ class ScopeCode:
             inner = call_text("layer", outs[:threaded] + shared, [], lead=f"{lhs} = ")
         lines.append(f"for layer in {target}:" + self.comment(span))
         lines.extend("    " + line for line in inner.split("\n"))
-        used = {r for n in self.g.nodes.values() for r in n.refs()} | \
+        inside = {n for e in call.expansions for n in e.nodes}  # the next copy's inputs
+        used = {r for n in self.g.nodes.values() if n.name not in inside for r in n.refs()} | \
             set(self.g.outputs.values()) | {t.value for t in self.g.losses.values()}
         for i, e in enumerate(call.expansions[:-1]):  # the copies a spec taps (`y.back2`)
             for j, ref in enumerate(e.outputs):
