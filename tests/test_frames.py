@@ -15,6 +15,7 @@ from mmgraph.components.nn import frames as faces
 from mmgraph.errors import InputError
 from mmgraph.export import targets
 from mmgraph.export.onnx_parts import export
+from mmgraph.export.tensorrt import check_compatibility
 
 from helpers import check, errors, graph
 
@@ -181,6 +182,8 @@ def test_onnx_export_keeps_the_batch_dynamic(xclip, tmp_path, target):
     for output, errs in part["parity"]["fp32"].items():
         assert {at["dims"]["B"] for at in errs["at"].values()} == {1, 2, 4}, output
         assert errs["max_abs"] <= 1e-4, (output, errs)
+    # reshapes and transposes with a dynamic batch: nothing TensorRT's parser refuses
+    assert check_compatibility(tmp_path / part["onnx"], "10.15").findings == []
 
 
 def test_a_batch_not_known_to_be_a_multiple_is_refused():
