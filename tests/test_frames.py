@@ -189,7 +189,7 @@ def test_onnx_export_keeps_the_batch_dynamic(xclip, tmp_path, target):
 def test_a_batch_not_known_to_be_a_multiple_is_refused():
     """`B * F` by 8 (a symbolic frame count against a fixed one) or a free `B` by 4 would type
     the result `B * F/8`: refused, with the way out."""
-    hint = ("give the frame count a number (a file constant such as `frames = 8`, used in the "
+    hint = ("give the frames a number (a file constant such as `frames = 8`, used in the "
             "input's type and as frames=frames), or write the batch as a product, e.g. "
             "Vec[B * 8, D]")
     src = """

@@ -41,10 +41,10 @@ def _denominator(d):
     return T.sympy.fraction(T.sympy.together(d))[1]
 
 
-def _batch_of(ctx, t: T.TensorType, by: int, what: str):
-    return _split(ctx, t.dims[0], by, what,
-                  "give the frame count a number (a file constant such as `frames = 8`, used "
-                  "in the input's type and as frames=frames), or write the batch as a "
+def _batch_of(ctx, t: T.TensorType, by: int, param: str):
+    return _split(ctx, t.dims[0], by, "batch",
+                  f"give the {param} a number (a file constant such as `{param} = 8`, used "
+                  f"in the input's type and as {param}={param}), or write the batch as a "
                   "product, e.g. Vec[B * 8, D]")
 
 
@@ -108,7 +108,7 @@ class BatchToFrames(_Reshape):
         if t.rank < 1:
             ctx.fail(f"{ctx.name} needs a batch axis but {ctx.source('x')} gives {t}", "x",
                      code="E303")
-        b = _batch_of(ctx, t, p.frames, "batch")
+        b = _batch_of(ctx, t, p.frames, "frames")
         f = T.sympy.Integer(p.frames)
         if t.kind == "Vec":
             return T.make("Seq", (b, f, t.width), t.dtype, t.tags)
@@ -154,7 +154,7 @@ class BatchToLocations(_Reshape):
     def infer(self, p, x, ctx):
         t = x["x"]
         ctx.expect_kind("x", t, "Seq")
-        b = _batch_of(ctx, t, p.locations, "batch")
+        b = _batch_of(ctx, t, p.locations, "locations")
         return t.with_(dims=(b, t.dim("N") * p.locations, t.width), segments=None)
 
 
