@@ -175,3 +175,18 @@ def test_broadcast_onnx_parity(tmp_path):
     spec.write_text(BROADCAST)
     [part] = export(spec, tmp_path / "dist", targets.load("onnx"), log=lambda _: None)["parts"]
     assert all(part["parity"]["fp32"][n]["max_abs"] <= 1e-6 for n in "abdef")
+
+
+def test_the_docs_examples_check_as_printed():
+    """docs/language.md's gates-and-routing example: every IR line it prints."""
+    from pathlib import Path
+    docs = (Path(__file__).resolve().parents[1] / "docs" / "language.md").read_text()
+    at = docs.index("model mova {")
+    src = docs[docs.rindex("```mmg\n", 0, at) + 7:docs.index("```", at)]
+    printed = docs.index("```\n", docs.index("```", at) + 3) + 4
+    dump = graph(src).dump()
+    for line in docs[printed:docs.index("```", printed)].strip("\n").splitlines():
+        assert line.strip() in dump
+    at = docs.index("y = (x + ctx) * g(ctx)")
+    assert "%y : Seq[B, N, 64] = mul(" in graph(
+        docs[docs.rindex("```mmg\n", 0, at) + 7:docs.index("```", at)]).dump()

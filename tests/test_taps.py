@@ -122,3 +122,16 @@ def test_onnx_parity(text, tmp_path):
     [part] = export(spec, tmp_path / "dist", targets.load("onnx"), log=lambda _: None)["parts"]
     parity = part["parity"]["fp32"]
     assert len(parity) >= 3 and all(e["max_abs"] <= 1e-4 for e in parity.values())
+
+
+def test_the_docs_example_checks_as_printed():
+    """docs/language.md's repeat-taps example, at its depth and after `--set layers=8`."""
+    from pathlib import Path
+    docs = (Path(__file__).resolve().parents[1] / "docs" / "language.md").read_text()
+    at = docs.index("mid = y.back2")
+    src = docs[docs.rindex("```mmg\n", 0, at) + 7:docs.index("```", at)]
+    printed = docs.index("```\n", docs.index("```", at) + 3) + 4
+    dump = graph(src).dump()
+    for line in docs[printed:docs.index("```", printed)].strip("\n").splitlines():
+        assert line.strip() in dump
+    assert "output mid = %stack.6" in graph(src, layers=8).dump()
