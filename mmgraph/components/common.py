@@ -92,3 +92,20 @@ def grid(ctx, port: str, t: TensorType, patch: int) -> tuple[int, int]:
     """The patch grid (rows, columns) of an image or video input."""
     return (fixed(ctx, port, t, "H", "image height") // patch,
             fixed(ctx, port, t, "W", "image width") // patch)
+
+
+def tap_port(k: int) -> str:
+    """The output port of tap k: `layerK` counts blocks from the first, `backK` from the
+    last, so that a spec's `f.back2` stays the penultimate block whatever the depth."""
+    return f"layer{k}" if k > 0 else f"back{-k}"
+
+
+def check_taps(taps: tuple[int, ...], depth: int) -> None:
+    """Taps name blocks 1..depth or -depth..-1 (raised as E203 by the params' validator)."""
+    for k in taps:
+        if not (1 <= k <= depth or -depth <= k <= -1):
+            raise ValueError(f"tap {k} is outside 1..{depth} and -{depth}..-1 (depth {depth})")
+    ports = [tap_port(k) for k in taps]
+    if len(set(ports)) != len(ports):
+        raise ValueError(f"taps {list(taps)} name a block twice")
+

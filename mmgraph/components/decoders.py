@@ -16,10 +16,12 @@ from mmgraph.components.common import (
     PosInt,
     causal_if_asked,
     check_heads,
+    check_taps,
     ctx_width,
     in_width,
     seq,
     tags_of,
+    tap_port,
 )
 from mmgraph.components.registry import Component, Params, Port, register
 from mmgraph.ir import types as T
@@ -54,16 +56,20 @@ class CausalLM(Component):
         pos_offset: NonNegInt = 0  # OPT keeps 2 extra learned positions
         rope_theta: float = 10000.0
         norm_eps: PosFloat | None = None  # the norms' epsilon; 1e-6 (rms), 1e-5 (layer) if None
+        # extra outputs `layerK` / `backK`: block K's hidden states (before the final norm),
+        # counted from the first / the last, as vit's taps (eP-ALM, EVE read LM layers)
+        taps: tuple[int, ...] = ()
 
         @model_validator(mode="after")
         def _kv(self):
             if self.kv_heads is not None and self.heads % self.kv_heads:
                 raise ValueError(f"heads={self.heads} is not a multiple of "
                                  f"kv_heads={self.kv_heads}")
+            check_taps(self.taps, self.depth)
             return self
 
     def outputs(self, p):
-        return ("out", "hidden")
+        return ("out", "hidden") + tuple(tap_port(k) for k in p.taps)
 
     def infer(self, p, x, ctx):
         check_heads(ctx, p.width, p.heads)
@@ -86,7 +92,8 @@ class CausalLM(Component):
             ctx.fail(f"{ctx.name} takes at most max_len={p.max_len} positions but gets {n}",
                      "prefix" if "prefix" in x else "tokens")
         return {"out": T.make("Logits", (b, n, p.vocab), tags=tags),
-                "hidden": seq(b, n, p.width, tags)}
+                "hidden": seq(b, n, p.width, tags),
+                **{tap_port(k): seq(b, n, p.width, tags) for k in p.taps}}
 
 
 @register

@@ -15,10 +15,12 @@ from mmgraph.components.common import (
     PosInt,
     Prob,
     check_heads,
+    check_taps,
     fixed,
     grid,
     in_width,
     seq,
+    tap_port,
     vec,
 )
 from mmgraph.components.registry import Component, Params, Port, register
@@ -42,12 +44,6 @@ class _TransformerParams(Params):
     act: Act = "gelu"
     norm: Norm = "layer"
     dropout: Prob = 0.0
-
-
-def tap_port(k: int) -> str:
-    """The output port of tap k: `layerK` counts blocks from the first, `backK` from the
-    last, so that a spec's `f.back2` stays the penultimate block whatever the depth."""
-    return f"layer{k}" if k > 0 else f"back{-k}"
 
 
 @register
@@ -86,13 +82,7 @@ class ViT(Component):
             if self.depth and not -self.depth <= self.select_layer <= self.depth:
                 raise ValueError(f"select_layer={self.select_layer} is outside depth "
                                  f"{self.depth}")
-            for k in self.taps:
-                if not (1 <= k <= self.depth or -self.depth <= k <= -1):
-                    raise ValueError(f"tap {k} is outside 1..{self.depth} and "
-                                     f"-{self.depth}..-1 (depth {self.depth})")
-            ports = [tap_port(k) for k in self.taps]
-            if len(set(ports)) != len(ports):
-                raise ValueError(f"taps {list(self.taps)} name a block twice")
+            check_taps(self.taps, self.depth)
             return self
 
     def outputs(self, p):

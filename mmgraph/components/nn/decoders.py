@@ -19,9 +19,11 @@ class CausalLM(nn.Module):
 
     def __init__(self, *, vocab: int, width: int, depth: int, heads: int, kv_heads: int | None,
                  ffn: int | None, norm: str, pos: str, act: str, bias: bool, tied: bool,
-                 max_len: int, pos_offset: int, rope_theta: float, norm_eps: float | None):
+                 max_len: int, pos_offset: int, rope_theta: float, norm_eps: float | None,
+                 taps: tuple[int, ...]):
         super().__init__()
         self.pos_offset = pos_offset
+        self.taps = tuple(k if k > 0 else depth + 1 + k for k in taps)  # -1: the last block
         self.embed = nn.Embedding(vocab, width)
         self.pos = nn.Embedding(max_len + pos_offset, width) if pos == "learned" else None
         self.layers = nn.ModuleList([
@@ -46,10 +48,15 @@ class CausalLM(nn.Module):
                 x = x + self.pos.weight[self.pos_offset:self.pos_offset + n]
             else:
                 x = x + self.pos(cache.positions(n).long() + self.pos_offset)
-        for layer in self.layers:
+        tapped = {}
+        for i, layer in enumerate(self.layers):
             x = layer(x, mask=mask)
+            if i + 1 in self.taps:
+                tapped[i + 1] = x
         hidden = self.norm(x)
         weight = self.embed.weight if self.head is None else self.head.weight
+        if self.taps:
+            return (hidden @ weight.t(), hidden, *(tapped[k] for k in self.taps))
         return hidden @ weight.t(), hidden
 
 

@@ -71,6 +71,7 @@ class Llava(mm.GeneratedModel):
             pos_offset=0,
             rope_theta=10000.0,
             norm_eps=None,
+            taps=(),
         )
 
     def forward(self, image, prompt, *, return_losses=False):
