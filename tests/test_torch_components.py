@@ -136,6 +136,7 @@ CASES = {
     "gate": (VEC, 'gate(out=3, act="softmax")(x)'),
     "mixture": (VEC + "\n  input w: Tensor[B, 2]", "mixture(w, x, x)"),
     "modality_gate": (SEQ + "\n  input p: Tensor<bool>[B]", "modality_gate(x, p)"),
+    "feature_queue": (VEC, "feature_queue(size=8)(x)"),
 }
 
 # parameters that rightly get no gradient in a case, and why

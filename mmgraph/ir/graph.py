@@ -68,6 +68,10 @@ class Lora:
     alpha: float
     targets: tuple[str, ...]
     dropout: float = 0.0
+    # Arcana's per-modality LoRA: the adapters act on these modalities' tokens only (empty:
+    # on every token); `modalities_span` is where the spec says so, for diagnostics
+    modalities: tuple[str, ...] = ()
+    modalities_span: Span | None = field(default=None, compare=False)
 
 
 @dataclass(frozen=True)
@@ -406,7 +410,9 @@ class Graph:
                 mods.append("frozen")
             if inst.lora:
                 mods.append(f"lora(r={inst.lora.r}, alpha={_fmt(inst.lora.alpha)}, "
-                            f"targets={_fmt(inst.lora.targets)})")
+                            f"targets={_fmt(inst.lora.targets)}" +
+                            (f", modalities={_fmt(inst.lora.modalities)})"
+                             if inst.lora.modalities else ")"))
             if inst.shared:
                 mods.append(f"shared({inst.shared})")
             if inst.ema_of:

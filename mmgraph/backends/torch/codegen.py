@@ -24,6 +24,7 @@ import networkx as nx
 
 from mmgraph import escape
 from mmgraph.components import registry
+from mmgraph.ir import lora_modalities
 from mmgraph.ir import types as T
 from mmgraph.ir.graph import BlockCall, Graph, Instance, Node, Ref
 from mmgraph.ir.reserved import CODEGEN_NAMES
@@ -237,17 +238,34 @@ class ScopeCode:
             return [f"# {escape.one_line(inst.name)} is declared but never called, so it is "
                     "not built"]
         if inst.lora:
-            ctor = self.with_lora(ctor, inst)
+            ctor = self.with_lora(ctor, inst, self.lora_layout(inst))
         lines = [f"{target} = {ctor}"]
         if inst.frozen and inst.frozen_by == inst.name:
             lines.append(f"mm.freeze({target})")
         return lines
 
     @staticmethod
-    def with_lora(ctor: str, inst: Instance) -> str:
+    def with_lora(ctor: str, inst: Instance, layout=None) -> str:
         lo = inst.lora
-        return call_text("mm.lora", [ctor], [("r", literal(lo.r)), ("alpha", literal(lo.alpha)),
-                                             ("targets", literal(tuple(lo.targets)))])
+        kwargs = [("r", literal(lo.r)), ("alpha", literal(lo.alpha)),
+                  ("targets", literal(tuple(lo.targets)))]
+        if layout is not None:  # per-modality adapters: which tokens they act on
+            kwargs += [("modalities", literal(tuple(lo.modalities))),
+                       ("segments", literal(tuple(layout)))]
+        return call_text("mm.lora", [ctor], kwargs)
+
+    def lora_layout(self, inst: Instance):
+        """The token layout a per-modality LoRA needs, from the layer's first call's input;
+        None when the adapters act on every token (no modalities, or only one kind of
+        token, which they adapt: the type rule refused the other cases)."""
+        if inst.lora is None or not inst.lora.modalities:
+            return None
+        node = next((n for n in self.g.nodes.values() if n.op == "call" and
+                     n.target == inst.name and n.inputs), None)
+        if node is None:
+            return None
+        runs = lora_modalities.layout(self.g.type_of(node.inputs[0][1]))
+        return runs if runs is not None and len(runs) > 1 else None
 
     def build_call(self, call: BlockCall, decl) -> list[str]:
         target = self.attr(call.decl)
@@ -260,7 +278,7 @@ class ScopeCode:
             first = self.g.instances[call.expansions[0].prefix]
             make = self.constructor(first)
             if first.lora:
-                make = self.with_lora(make, first)
+                make = self.with_lora(make, first, self.lora_layout(first))
         if call.times:
             line = f"{target} = nn.ModuleList([{make} for _ in range({int(call.times)})])"
             if len(line) > WIDTH:

@@ -33,9 +33,14 @@ def freeze(module: nn.Module) -> nn.Module:
 
 class LoRALinear(nn.Linear):
     """y = x W^T + b + (alpha / r) * x A^T B^T, with B = 0 at init: the layer starts exactly
-    as the base layer. The base weight and bias keep their names and are frozen."""
+    as the base layer. The base weight and bias keep their names and are frozen.
 
-    def __init__(self, base: nn.Linear, r: int, alpha: float, dropout: float = 0.0):
+    With `segments` ((modality, length) runs of the token axis, one length None: the rest)
+    the adapter's term is added at the tokens of `modalities` only (Arcana's per-modality
+    LoRA); the other tokens get the base layer's output."""
+
+    def __init__(self, base: nn.Linear, r: int, alpha: float, dropout: float = 0.0,
+                 modalities=(), segments=None):
         nn.Module.__init__(self)
         self.in_features, self.out_features = base.in_features, base.out_features
         self.weight, self.bias = base.weight, base.bias
@@ -49,23 +54,37 @@ class LoRALinear(nn.Linear):
         nn.init.kaiming_uniform_(self.lora_a, a=math.sqrt(5))
         self.scale = alpha / r
         self.drop = nn.Dropout(dropout)
+        self.modalities, self.segments = tuple(modalities), segments
 
     def forward(self, x):
         out = nn.functional.linear(x, self.weight, self.bias)
-        return out + (self.drop(x) @ self.lora_a.t() @ self.lora_b.t()) * self.scale
+        delta = (self.drop(x) @ self.lora_a.t() @ self.lora_b.t()) * self.scale
+        if self.segments is not None:
+            delta = delta * self.token_mask(x.shape[-2], x).unsqueeze(-1)
+        return out + delta
+
+    def token_mask(self, n: int, x):
+        """1 at the positions (of the n the input holds) whose modality is adapted, else 0."""
+        from mmgraph.components.nn.fusion import held_runs
+
+        runs = held_runs(self.segments, n)
+        return torch.cat([torch.full((length,), float(tag in self.modalities),
+                                     dtype=x.dtype, device=x.device) for tag, length in runs])
 
 
 def lora(module: nn.Module, r: int, alpha: float, targets=("q", "k", "v", "o"),
-         dropout: float = 0.0) -> nn.Module:
-    """Wrap every nn.Linear named in `targets` (or every one, with targets=["all"])."""
+         dropout: float = 0.0, modalities=(), segments=None) -> nn.Module:
+    """Wrap every nn.Linear named in `targets` (or every one, with targets=["all"]); with
+    `segments`, adapters that act on the tokens of `modalities` only (see LoRALinear)."""
+    extra = {"modalities": modalities, "segments": segments}
     if isinstance(module, nn.Linear) and not isinstance(module, LoRALinear):
-        return LoRALinear(module, r, alpha, dropout)  # the layer is itself a linear map
+        return LoRALinear(module, r, alpha, dropout, **extra)  # itself a linear map
     found = 0
     for parent in list(module.modules()):
         for name, child in list(parent.named_children()):
             if isinstance(child, nn.Linear) and not isinstance(child, LoRALinear) and \
                     ("all" in targets or name in targets):
-                setattr(parent, name, LoRALinear(child, r, alpha, dropout))
+                setattr(parent, name, LoRALinear(child, r, alpha, dropout, **extra))
                 found += 1
     if not found:
         raise ValueError(f"lora: no linear layer named {list(targets)} in "

@@ -110,6 +110,7 @@ class LoraParams(Params):
     alpha: float = 16.0
     targets: tuple[str, ...] = ("q", "k", "v", "o")
     dropout: Prob = 0.0
+    modalities: tuple[str, ...] = ()  # adapt only these modalities' tokens (Arcana)
 
 
 class EmaParams(Params):
@@ -426,7 +427,13 @@ class Lowerer:
             items = written.items if isinstance(written, ast.ListExpr) and \
                 len(written.items) == len(p.targets) else [written] * len(p.targets)
             spans = {t: item.span for t, item in zip(p.targets, items)}
-        return Lora(p.r, p.alpha, p.targets, p.dropout), spans
+        where = given["modalities"][1].span if "modalities" in given else None
+        for tag in p.modalities:
+            if tag not in T.MODALITIES:
+                raise error("E206", f"lora modalities: '{tag}' is no modality", where or m.span,
+                            hint=did_you_mean(tag, T.MODALITIES) or
+                            f"modalities are: {', '.join(T.MODALITIES)}")
+        return Lora(p.r, p.alpha, p.targets, p.dropout, tuple(p.modalities), where), spans
 
     def block_env(self, block: ast.Block, call: ast.Call, scope: Scope) -> dict[str, Any]:
         """The block's parameters bound from a call: defaults first, then the given values."""

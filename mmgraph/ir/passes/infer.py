@@ -13,6 +13,7 @@ import sympy
 from mmgraph.components import registry
 from mmgraph.components.common import tags_of
 from mmgraph.components.registry import RuleContext, TypeRuleError, spec_folder
+from mmgraph.ir import lora_modalities
 from mmgraph.ir import types as T
 from mmgraph.ir.graph import Graph, Node
 from mmgraph.ir.passes.base import Compilation
@@ -37,6 +38,7 @@ def run(c: Compilation) -> None:
             check_ports(g, node)
             node.types = infer_node(g, node, bindings)
             check_sizes(g, node, args={p: g.type_of(r) for p, r in node.inputs})
+            lora_modalities.check(g, node)
         except SpecError as exc:
             c.sink.add(exc)
             failed.add(name)

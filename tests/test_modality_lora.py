@@ -1,0 +1,81 @@
+"""Per-modality LoRA (Arcana): `lora(..., modalities=["image"])` adds the adapters' term at
+the image tokens of a routed sequence only."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from mmgraph.build import load
+from mmgraph.components.nn.modifiers import LoRALinear
+
+from helpers import errors, graph
+
+ARCANA = """
+model arcana {
+  input image: Seq<image>[B, 4, 16]
+  input words: Seq<text>[B, T, 16]
+  x = concat(image, words)
+  layer ff: ffn() lora(r=2, alpha=4, targets=["fc1", "fc2"], modalities=["image"])
+  y = ff(x)
+  output y
+}
+"""
+
+
+def test_lora_linear_adds_its_term_at_the_adapted_modality_only():
+    torch.manual_seed(0)
+    base = nn.Linear(6, 5)
+    layer = LoRALinear(base, r=2, alpha=4.0, modalities=("image",),
+                       segments=(("text", 2), ("image", None), ("text", 1)))
+    nn.init.normal_(layer.lora_b)
+    x = torch.randn(3, 7, 6)
+    got = layer(x)
+    plain = x @ base.weight.t() + base.bias
+    delta = 2.0 * (x @ layer.lora_a.t() @ layer.lora_b.t())  # alpha / r = 2
+    mask = torch.tensor([0, 0, 1, 1, 1, 1, 0.0]).view(1, 7, 1)  # image: positions 2..5
+    torch.testing.assert_close(got, plain + mask * delta)
+    assert not torch.allclose(got[:, 2:6], plain[:, 2:6])
+
+
+def test_in_a_model_image_tokens_get_the_adapter_and_text_tokens_the_base_layer(tmp_path):
+    spec = tmp_path / "arcana.mmg"
+    spec.write_text(ARCANA)
+    every = tmp_path / "every.mmg"
+    every.write_text(ARCANA.replace(', modalities=["image"]', ""))
+    torch.manual_seed(0)
+    model, full = load(spec).eval(), load(every).eval()
+    for name, p in model.named_parameters():
+        if name.endswith("lora_b"):
+            nn.init.normal_(p)
+    full.load_state_dict(model.state_dict())
+    base = load(every).eval()
+    base.load_state_dict({k: (torch.zeros_like(v) if k.endswith("lora_b") else v)
+                          for k, v in model.state_dict().items()})
+    gen = torch.Generator().manual_seed(1)
+    image, words = torch.randn(2, 4, 16, generator=gen), torch.randn(2, 3, 16, generator=gen)
+    with torch.no_grad():
+        y = model(image=image, words=words)["y"]
+        y_all = full(image=image, words=words)["y"]
+        y_base = base(image=image, words=words)["y"]
+    torch.testing.assert_close(y[:, :4], y_all[:, :4])  # the image tokens: adapted
+    torch.testing.assert_close(y[:, 4:], y_base[:, 4:])  # the text tokens: base layer only
+    assert not torch.allclose(y_all[:, 4:], y_base[:, 4:])  # (the adapters do change them)
+
+
+def test_modalities_are_shown_and_mistakes_named_where_written():
+    g = graph(ARCANA)
+    assert g.instances["ff"].lora.modalities == ("image",)
+    assert 'modalities=["image"])' in g.dump(spans=False)
+    assert errors(ARCANA.replace('modalities=["image"]', 'modalities=["imag"]')) == [
+        ("E206", 6, 73, "lora modalities: 'imag' is no modality")]
+    assert errors(ARCANA.replace('modalities=["image"]', 'modalities=["audio"]')) == [
+        ("E206", 6, 73, "lora modalities=['audio'] on 'ff': its input x is "
+                        "Seq<image,text>[B, 4 + T, 16], which has no such tokens, so the "
+                        "adapters would never act")]
+    mixed = ARCANA.replace("input words: Seq<text>[B, T, 16]",
+                           "input words: Seq<image,text>[B, T, 16]").replace(
+        "x = concat(image, words)", "x = words")
+    assert errors(mixed) == [
+        ("E206", 6, 73, "lora modalities=['image'] on 'ff': its input x is "
+                        "Seq<image,text>[B, T, 16], whose tokens' modalities are not known")]
