@@ -79,3 +79,23 @@ def test_modalities_are_shown_and_mistakes_named_where_written():
     assert errors(mixed) == [
         ("E206", 6, 73, "lora modalities=['image'] on 'ff': its input x is "
                         "Seq<image,text>[B, T, 16], whose tokens' modalities are not known")]
+
+
+def test_the_docs_example_checks():
+    from conftest import ROOT
+
+    docs = (ROOT / "docs" / "language.md").read_text()
+    start = docs.index("```mmg\nmodel arcana {") + len("```mmg\n")
+    g = graph(docs[start:docs.index("```", start)])
+    assert g.instances["ff"].lora.modalities == ("image",) and g.instances["ff"].frozen
+
+
+def test_hf_export_refuses_to_merge_per_modality_adapters(tmp_path):
+    import pytest
+
+    from mmgraph.backends.torch.hf_export import HFExportError, _merged
+
+    spec = tmp_path / "arcana.mmg"
+    spec.write_text(ARCANA)
+    with pytest.raises(HFExportError, match="ff.ffn.fc1: its LoRA adapts some modalities"):
+        _merged(load(spec))

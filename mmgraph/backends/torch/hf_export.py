@@ -181,6 +181,9 @@ def _merged(module: torch.nn.Module) -> dict[str, torch.Tensor]:
         if not all(hasattr(sub, a) for a in ADAPTERS):
             continue
         dot = f"{name}." if name else ""
+        if getattr(sub, "segments", None) is not None:
+            raise HFExportError(f"{name}: its LoRA adapts some modalities' tokens only "
+                                "(lora(modalities=...)), which one merged weight cannot hold")
         with torch.no_grad():
             w = sub.weight.float() + sub.scale * (sub.lora_b.float() @ sub.lora_a.float())
         state[dot + "weight"] = w.to(sub.weight.dtype)
