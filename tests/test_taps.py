@@ -186,3 +186,22 @@ def test_lm_taps_onnx_parity(tmp_path):
     parity = part["parity"]["fp32"]
     assert {"mid", "first"} <= set(parity) and all(e["max_abs"] <= 1e-4
                                                    for e in parity.values())
+
+
+def test_a_tapped_copy_never_takes_a_values_name(tmp_path):
+    """The loop keeps a tapped copy in a variable of its own, even when a value is called
+    what that variable would be."""
+    spec = tmp_path / "h.mmg"
+    spec.write_text("""model m {
+  input x: Seq[B, N, 16]
+  layer stack: repeat(transformer_layer(heads=2), times=3)
+  y = stack(x)
+  stack_copy0 = x * 2.0
+  output y, y.layer1 as t, stack_copy0
+}
+""")
+    model = mmgraph.load(spec).eval()
+    x = torch.randn(2, 3, 16)
+    out = model(x)
+    torch.testing.assert_close(out["stack_copy0"], x * 2, rtol=0, atol=0)
+    torch.testing.assert_close(out["t"], model.stack[0](x), rtol=0, atol=0)

@@ -179,6 +179,8 @@ class ScopeCode:
                 if tap is not None:  # `y.back2`: one repetition's output, kept by the loop
                     base, i = f"{base}_copy{tap[0]}", tap[1]
                 name = base if len(call.outputs) == 1 else f"{base}_{i}"
+                if tap is not None:
+                    name = self.unused_name(name)
         else:
             base = py_name(self.var_prefix + self.local(node.name))
             name = base if ref.port == "out" else f"{base}_{py_name(ref.port)}"
@@ -406,6 +408,16 @@ class ScopeCode:
         else:
             raise ValueError(f"no code for op {node.op!r}")
         return self.with_comment(text, node)
+
+    def unused_name(self, name: str) -> str:
+        """`name`, or `name_1`, `name_2`...: a variable no value of the graph is called."""
+        taken = {py_name(self.var_prefix + self.local(n)) for n in self.g.nodes} | \
+            set(self.alias.values()) | set(self.names.values())
+        out, k = name, 0
+        while out in taken:
+            k += 1
+            out = f"{name}_{k}"
+        return out
 
     def broadcast(self, node: Node, a: str, b: str) -> tuple[str, str]:
         """The smaller operand of a broadcasting `+ - * /` with its size-1 axes inserted, as
