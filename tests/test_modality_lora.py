@@ -99,3 +99,27 @@ def test_hf_export_refuses_to_merge_per_modality_adapters(tmp_path):
     spec.write_text(ARCANA)
     with pytest.raises(HFExportError, match="ff.ffn.fc1: its LoRA adapts some modalities"):
         _merged(load(spec))
+
+
+def test_onnx_export_matches_pytorch_with_trained_adapters(tmp_path, monkeypatch):
+    """Adapters that are not zero (as after training), exported at the min, opt and max of
+    the free text length: the token mask follows the length in the ONNX graph too."""
+    from mmgraph.export import targets
+    from mmgraph.export.onnx_parts import export
+
+    original = LoRALinear.__init__
+
+    def trained(self, *args, **kwargs):
+        original(self, *args, **kwargs)
+        with torch.no_grad():
+            self.lora_b.normal_()
+
+    monkeypatch.setattr(LoRALinear, "__init__", trained)
+    spec = tmp_path / "arcana.mmg"
+    spec.write_text(ARCANA.replace("  output y\n", "  output y\n  export {\n    dim B = 1..4 @ 2\n"
+                                   "    dim T = 1..9 @ 5\n  }\n"))
+    manifest = export(spec, tmp_path / "out", targets.load("onnx"), log=lambda _: None)
+    (part,) = manifest["parts"]
+    errors_at = part["parity"]["fp32"]["y"]
+    assert set(errors_at["at"]) == {"min", "opt", "max"}
+    assert errors_at["max_abs"] <= 1e-4, errors_at
