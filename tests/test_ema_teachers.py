@@ -144,3 +144,10 @@ def test_the_docs_example_checks_and_prints_its_teacher():
     shown = docs[docs.index("```\n", docs.index("```", start) + 3) + 4:]
     shown = shown[:shown.index("```")].strip()
     assert shown in g.dump(spans=False)
+
+
+def test_a_stage_cannot_train_a_teacher():
+    src = MOMENTUM.replace("    keep = 10\n", "    keep = 10\n    stage s { trainable = [vision, "
+                                                "vision_m] }\n")
+    assert errors(src) == [("E503", 25, 36, "trainable lists 'vision_m', a moving average of "
+                                            "'vision' (ema_of), which the optimizer never steps")]

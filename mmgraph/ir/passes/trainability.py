@@ -56,6 +56,13 @@ def resolve_trainable(g: Graph, names: tuple[str, ...], value: ast.Expr,
             under = [i for i in layers if i.name == name or i.name.startswith(name + ".")]
             covered = [i.name for i in under
                        if trains_by_default(i) or i.frozen_by == name]
+            teacher = next((i for i in under if i.ema_of), None)
+            if teacher is not None:  # its weights are the average of another layer's
+                problems.append(Diagnostic(
+                    "E503", f"trainable lists '{name}', a moving average of "
+                            f"'{teacher.ema_of}' (ema_of), which the optimizer never steps",
+                    item.span, hint=f"train '{teacher.ema_of}'; '{name}' follows it"))
+                continue
             if not under and name in g.instances:
                 problems.append(Diagnostic(
                     "E503", f"trainable lists '{name}', which has no weights to train",
