@@ -151,3 +151,37 @@ def test_a_stage_cannot_train_a_teacher():
                                                 "vision_m] }\n")
     assert errors(src) == [("E503", 25, 36, "trainable lists 'vision_m', a moving average of "
                                             "'vision' (ema_of), which the optimizer never steps")]
+
+
+def _queue_worker(rank: int, size: int, port: int, out: str) -> None:
+    import json
+    import os
+
+    import torch.distributed as dist
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=size)
+    try:
+        q = FeatureQueue(size=6, width=1).train()
+        for step in range(2):  # rank r's rows of step s: 10 * s + 2 * r + (0, 1)
+            rows = torch.tensor([[10.0 * step + 2 * rank], [10.0 * step + 2 * rank + 1]])
+            q(rows)
+        held = q.eval()(torch.zeros(1, 1)).flatten().tolist()
+        json.dump(held, open(f"{out}/{rank}.json", "w"))
+    finally:
+        dist.destroy_process_group()
+
+
+def test_two_processes_hold_the_same_queue_of_the_global_batch(tmp_path):
+    import json
+    import socket
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    mp.spawn(_queue_worker, args=(2, port, str(tmp_path)), nprocs=2, join=True)
+    for rank in (0, 1):  # the last 6 rows of the global batches, rank order within each
+        assert json.load(open(tmp_path / f"{rank}.json")) == [2.0, 3.0, 10.0, 11.0, 12.0,
+                                                              13.0]
