@@ -87,3 +87,12 @@ def test_an_unknown_task_schedule_is_named_where_it_is_written():
     assert err[:3] == ("E502", 20, 54), err
     assert err[3] == ("stage 'both' setting 'tasks': must be one of \"joint\", "
                       "\"alternate\" (got \"alternating\")")
+
+
+def test_a_resumed_run_continues_the_rotation(tmp_path):
+    spec = tmp_path / "two.mmg"
+    spec.write_text(TWO_TASKS.replace("losses = [b, a]", "losses = [a, b, b]"))
+    train(spec, out=tmp_path / "run", quiet=True, max_steps=2)
+    train(spec, out=tmp_path / "run", quiet=True, resume=True)
+    lines = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [(r["step"], r["task"]) for r in lines] == [(1, "a"), (2, "b"), (3, "b"), (4, "a")]

@@ -4,8 +4,9 @@ A stage's `losses = [...]` chooses a subset of the model's losses (all of them b
 With `tasks = "joint"` (the default) every step optimises their weighted sum; with
 `tasks = "alternate"` step i optimises only the (i mod k)-th of the k losses, weighted as
 declared: IMP's alternating per-step task schedule, where each step trains one task and a
-step's gradients never mix tasks. The choice depends on the step number alone, so a resumed
-run steps the same losses in the same order as one never stopped.
+step's gradients never mix tasks (a loss listed twice gets twice the steps). The choice
+depends on the step number alone, so a resumed run steps the same losses in the same order
+as one never stopped.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ class TaskSchedule:
         JAX's alternating loops (IMP) do."""
         task = self.task(step)
         stepped = (task,) if task is not None else self.names
-        if task is None and set(stepped) == set(losses) - {"total"}:
+        if task is None and sorted(stepped) == sorted(set(losses) - {"total"}):
             return losses["total"]  # the model's own weighted sum: every loss is in the stage
         total = sum(self.weights[name] * losses[name] for name in stepped)
         rest = [losses[name] for name in self.weights if name not in stepped]
