@@ -356,3 +356,22 @@ model cap {
                 steps.append(model.generation_step(*values, tokens[:, i:i + 1]))
     assert len(cache.cross_kv) == 2  # the image's keys/values, projected once per layer
     assert (torch.cat(steps, 1) - full).abs().max().item() < 1e-5
+
+
+def test_a_per_position_value_from_outside_the_tokens_is_refused():
+    """A Tensor[B, T] gate given by the caller weighs each position: a one-token step
+    cannot take its slice, so the model cannot generate."""
+    g = graph("""
+        model m {
+          input t: Tokens[B, T]
+          input gate: Tensor[B, T]
+          layer emb: token_embedding(vocab=10, width=8)
+          layer lm: transformer_layer(heads=2, causal=true)
+          head out: lm_head(vocab=10)
+          logits = out(lm(emb(t)) * gate)
+          output logits
+        }
+    """)
+    assert g.decoding is None
+    assert "this mul combines the generated tokens' sequence with a sequence that does not " \
+           "depend on t position by position" in g.decoding_problem.message

@@ -337,3 +337,31 @@ def test_a_damaged_decoder_graph_is_a_manifest_error(exported, tmp_path):
     pipeline = open_export(copy)  # the parts are fine; the decoder opens on first use
     with pytest.raises(ManifestError, match="generate_decode.onnx"):
         pipeline.generate([[1, 2]], image=image())
+
+
+def test_a_prefix_given_as_an_input_generates_from_the_export(tmp_path):
+    """The caller's own prefix (an input read as it is) is the step's context: the context
+    graph passes it on under another name, as ONNX cannot name an output after its input."""
+    spec = tmp_path / "p.mmg"
+    spec.write_text("""model p {
+  input prefix: Seq[B, 4, 16]
+  input text: Tokens[B, T]
+  decoder lm: causal_lm(vocab=32, width=16, depth=1, heads=2, ffn=32)
+  logits = lm(prefix=prefix, tokens=text)
+  output logits
+  export {
+    dim B = 1..2 @ 1
+    dim T = 1..8 @ 4
+  }
+}
+""")
+    manifest = export(spec, tmp_path / "out", targets.load("onnx"), log=lambda _: None)
+    assert manifest["generate"]["frontier"] == ["prefix_context"]
+    cls, g = load_class(spec, None)
+    torch.manual_seed(0)  # export builds its random weights the same way
+    model = instantiate(cls, g, pretrained=False).eval()
+    prefix = torch.randn(2, 4, 16, generator=torch.Generator().manual_seed(1))
+    prompts = [[1, 2, 3], [4]]
+    assert open_export(tmp_path / "out").generate(prompts, prefix=prefix.numpy(),
+                                                  max_new_tokens=5) == \
+        model.generate(prompts, prefix=prefix, max_new_tokens=5)

@@ -117,7 +117,11 @@ def trt_graphs(manifest: dict) -> list[dict]:
 
 
 def _value_name(g: Graph, ref: Ref) -> str:
-    """The spec's name of a frontier value (`v = ...`), else node_port."""
+    """The spec's name of a frontier value (`v = ...`), else node_port. A model input read
+    as it is (a prefix given by the caller) is `<input>_context`: an ONNX graph cannot name
+    an output after its own input, which the context graph would otherwise do."""
+    if ref.node in g.inputs:
+        return f"{ref.node}_context"
     for name, r in {**g.values, **g.outputs}.items():
         if r == ref:
             return name

@@ -108,7 +108,9 @@ def _step_problem(g: Graph, node: Node, dynamic: set[str], tokens: str) -> Decod
     if node.op in ("add", "sub", "mul", "div"):
         for _, ref in node.inputs:
             t = g.type_of(ref)
-            if ref.node not in dynamic and t is not None and t.kind == "Seq":
+            per_position = t is not None and (t.kind == "Seq" or
+                                               (t.kind == "Tensor" and len(t.dims) >= 2))
+            if ref.node not in dynamic and per_position:
                 return DecodeProblem(
                     f"this {node.op} combines the generated tokens' sequence with a sequence "
                     f"that does not depend on {tokens} position by position, which a "
