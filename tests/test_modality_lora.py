@@ -123,3 +123,13 @@ def test_onnx_export_matches_pytorch_with_trained_adapters(tmp_path, monkeypatch
     errors_at = part["parity"]["fp32"]["y"]
     assert set(errors_at["at"]) == {"min", "opt", "max"}
     assert errors_at["max_abs"] <= 1e-4, errors_at
+
+
+def test_one_layer_called_on_two_layouts_is_refused_at_the_second_call():
+    src = ARCANA.replace("  y = ff(x)\n", "  y = ff(x)\n  z = ff(concat(words, image))\n")
+    assert errors(src) == [
+        ("E206", 8, 7, "lora modalities=['image'] on 'ff': its tokens are text (the rest), "
+                       "then image 4 here but image 4, then text (the rest) at an earlier "
+                       "call")]
+    same = ARCANA.replace("  y = ff(x)\n", "  y = ff(x)\n  z = ff(concat(image, words))\n")
+    assert errors(same) == []

@@ -21,6 +21,14 @@ def layout(t: T.TensorType) -> tuple[tuple[str, int | None], ...] | None:
     return None
 
 
+def describe(runs) -> str:
+    """`image 4, then text (the rest)`: a layout as the diagnostics say it."""
+    if runs is None:
+        return "of unknown modalities"
+    return ", then ".join(f"{tag} {n}" if n is not None else f"{tag} (the rest)"
+                          for tag, n in runs)
+
+
 def check(g: Graph, node: Node) -> None:
     """The layer's input must say which tokens are which, and hold a modality it adapts."""
     if node.op != "call" or not node.inputs:
@@ -38,6 +46,16 @@ def check(g: Graph, node: Node) -> None:
                             f"input {port} is {t}, whose tokens' modalities are not known",
                     span, hint="give it a sequence built by concat(...), which records which "
                                "tokens are which")
+    for other in g.nodes.values():  # the adapters are built for one layout: the first call's
+        if other is not node and other.op == "call" and other.target == node.target and \
+                other.types and other.inputs:
+            first = layout(g.type_of(other.inputs[0][1]))
+            if first != runs:
+                raise error("E206", f"lora modalities={list(lora.modalities)} on "
+                                    f"'{inst.name}': its tokens are {describe(runs)} here but "
+                                    f"{describe(first)} at an earlier call", node.span,
+                            hint="the adapters follow one layout: declare one layer per "
+                                 "layout")
     if not {tag for tag, _ in runs} & set(lora.modalities):
         raise error("E206", f"lora modalities={list(lora.modalities)} on '{inst.name}': its "
                             f"input {port} is {t}, which has no such tokens, so the adapters "
