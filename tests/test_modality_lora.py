@@ -133,3 +133,22 @@ def test_one_layer_called_on_two_layouts_is_refused_at_the_second_call():
                        "call")]
     same = ARCANA.replace("  y = ff(x)\n", "  y = ff(x)\n  z = ff(concat(image, words))\n")
     assert errors(same) == []
+
+
+def test_cross_attention_context_projections_are_refused(tmp_path):
+    src = ARCANA.replace("  input words: Seq<text>[B, T, 16]\n",
+                         "  input words: Seq<text>[B, T, 16]\n  input c: Seq<audio>[B, 3, 16]\n"
+                         ).replace('layer ff: ffn() lora(r=2, alpha=4, targets=["fc1", "fc2"], ',
+                                   'layer ff: transformer_layer(heads=2, cross=true) lora(r=2, '
+                                   'targets=["q", "v"], ').replace("y = ff(x)", "y = ff(x, ctx=c)")
+    ((code, line, _, message),) = errors(src)
+    assert (code, line) == ("E206", 7) and message == (
+        "lora modalities=['image'] on 'ff': its k and v projections also read the "
+        "cross-attention context, whose tokens are not laid out as its own")
+    fine = src.replace('targets=["q", "v"]', 'targets=["q", "o"]')
+    assert errors(fine) == []
+    path = tmp_path / "cross.mmg"
+    path.write_text(fine)
+    y = load(path)(image=torch.randn(2, 4, 16), words=torch.randn(2, 3, 16),
+                   c=torch.randn(2, 3, 16))["y"]
+    assert y.shape == (2, 7, 16)

@@ -46,6 +46,12 @@ def check(g: Graph, node: Node) -> None:
                             f"input {port} is {t}, whose tokens' modalities are not known",
                     span, hint="give it a sequence built by concat(...), which records which "
                                "tokens are which")
+    if "ctx" in dict(node.inputs) and {"k", "v", "all"} & set(lora.targets):
+        raise error("E206", f"lora modalities={list(lora.modalities)} on '{inst.name}': its "
+                            "k and v projections also read the cross-attention context, whose "
+                            "tokens are not laid out as its own", span,
+                    hint='adapt the other projections: targets=["q", "o"] (or the '
+                         "feed-forward's)")
     for other in g.nodes.values():  # the adapters are built for one layout: the first call's
         if other is not node and other.op == "call" and other.target == node.target and \
                 other.types and other.inputs:
