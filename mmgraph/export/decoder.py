@@ -53,7 +53,7 @@ from mmgraph.backends.torch.inputs import concrete_shape
 from mmgraph.export.onnx_parts import (
     ONNX_DTYPES,
     ExportError,
-    _errors,
+    add_error,
     onnx_session,
     random_inputs,
     simplify,
@@ -456,12 +456,7 @@ def _feed(names: list[str], args) -> dict[str, np.ndarray]:
 def _compare(report: dict, graph: str, ref: dict, got: dict, point: str, dims: dict,
              tolerance: float, check: bool) -> None:
     for name, value in ref.items():
-        max_abs, max_rel = _errors(value, got[name])
-        entry = report.setdefault(name, {"max_abs": 0.0, "max_rel": 0.0, "at": {}})
-        at = entry["at"].setdefault(point, {"dims": dims, "max_abs": 0.0, "max_rel": 0.0})
-        at["max_abs"], at["max_rel"] = max(at["max_abs"], max_abs), max(at["max_rel"], max_rel)
-        entry["max_abs"] = max(entry["max_abs"], max_abs)
-        entry["max_rel"] = max(entry["max_rel"], max_rel)
+        max_abs = add_error(report, name, point, dims, value, got[name])
         if check and max_abs > tolerance:
             raise ExportError(
                 f"generation graph '{graph}', output '{name}': onnxruntime differs from "

@@ -7,14 +7,13 @@ and token means divide by the global count, so N processes match one on the same
 
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from mmgraph.components.nn.fusion import MoEFFN
 from mmgraph.components.nn.global_batch import gather_with_grad, share_of_mean, world
+from mmgraph.components.nn.similarity import add_logit_scale
 
 
 class Contrastive(nn.Module):
@@ -30,11 +29,7 @@ class Contrastive(nn.Module):
 
     def __init__(self, *, in_width: int, temperature: float, learnable: bool, queue: int):
         super().__init__()
-        scale = torch.tensor(math.log(1.0 / temperature))
-        if learnable:
-            self.logit_scale = nn.Parameter(scale)
-        else:
-            self.register_buffer("logit_scale", scale)
+        add_logit_scale(self, temperature, learnable)
         self.queue = queue
         if queue:
             self.register_buffer("queue_a", F.normalize(torch.randn(queue, in_width), dim=-1))

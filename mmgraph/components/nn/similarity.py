@@ -9,17 +9,23 @@ import torch.nn.functional as F
 from torch import nn
 
 
+def add_logit_scale(module: nn.Module, temperature: float, learnable: bool) -> None:
+    """CLIP's `logit_scale` = log(1 / temperature): a parameter when it learns, else a
+    buffer (so a checkpoint's value loads either way)."""
+    scale = torch.tensor(math.log(1.0 / temperature))
+    if learnable:
+        module.logit_scale = nn.Parameter(scale)
+    else:
+        module.register_buffer("logit_scale", scale)
+
+
 class Similarity(nn.Module):
     """`scale * a @ b.T` with `scale = exp(logit_scale)` = 1 / temperature, CLIP's form, so a
     pretrained `logit_scale` loads as it is. Cosine (normalised) unless asked otherwise."""
 
     def __init__(self, *, temperature: float, learnable: bool, normalize: bool):
         super().__init__()
-        scale = torch.tensor(math.log(1.0 / temperature))
-        if learnable:
-            self.logit_scale = nn.Parameter(scale)
-        else:
-            self.register_buffer("logit_scale", scale)
+        add_logit_scale(self, temperature, learnable)
         self.normalize, self.learnable = normalize, learnable
 
     def forward(self, a, b):
