@@ -15,6 +15,7 @@ against the fp32 PyTorch model is measured on onnxruntime's CPU provider and rec
 from __future__ import annotations
 
 import json
+import logging
 import os
 import tempfile
 import time
@@ -247,11 +248,19 @@ def export_fused(module, g: Graph, plan: ExportPart, path: Path, opset: int,
     if any(p.kind is p.VAR_POSITIONAL for p in inspect.signature(module.forward).parameters
            .values()):
         shapes = (shapes,)  # Half(part): forward(*args)
-    with fused_attention():
-        torch.onnx.export(module, tuple(x.values()), str(path), input_names=plan.inputs,
-                          output_names=plan.outputs, opset_version=opset,
-                          dynamic_shapes=shapes, dynamo=True, optimize=False,
-                          external_data=False, verbose=False)
+    # torch's exporter warns, per export, that torchvision's ops are not registered when
+    # torchvision is absent: noise for mmgraph, which uses none of them
+    quiet = logging.getLogger("torch.onnx._internal.exporter._registration")
+    level = quiet.level
+    quiet.setLevel(logging.ERROR)
+    try:
+        with fused_attention():
+            torch.onnx.export(module, tuple(x.values()), str(path), input_names=plan.inputs,
+                              output_names=plan.outputs, opset_version=opset,
+                              dynamic_shapes=shapes, dynamo=True, optimize=False,
+                              external_data=False, verbose=False)
+    finally:
+        quiet.setLevel(level)
     proto = onnx.load(str(path))
     # torch.export names dims s0, s1...: the spec's names, as the legacy exporter writes them
     names = {}
