@@ -192,12 +192,17 @@ def test_a_sharded_checkpoint_converts_to_one_safetensors_file(two, tmp_path):
     that eval and export read; on a stage's end it gives exactly the file the run gathered
     itself. (That the weights are one process's is the SGD parity above: AdamW's first steps
     divide by |gradient| and so amplify float noise where the gradient is zero.)"""
+    from mmgraph.backends.torch.weights import CheckpointError
     from mmgraph.cli import main
     from mmgraph.train.run import load_trained
 
     ckpts = two / "fsdp_straight" / "checkpoints"
     step2 = ckpts / "step-00000002"
     assert (step2 / "sharded").is_dir() and not (step2 / "model.safetensors").exists()
+    with pytest.raises(CheckpointError, match=r"is a sharded \(--fsdp\) checkpoint; gather "
+                                              r"it into one file with `mmgraph "
+                                              r"convert-checkpoint .*step-00000002`"):
+        load_trained(DIGITS, step2)
     assert main(["convert-checkpoint", str(step2)]) == 0
     _, _, path = load_trained(DIGITS, step2)
     assert path == step2

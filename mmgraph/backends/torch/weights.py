@@ -202,6 +202,10 @@ def read_tensors(path: str | Path, file: str, state: dict) -> dict[str, torch.Te
     try:
         data = where.read_bytes()
     except FileNotFoundError:
+        if (Path(path) / "sharded").is_dir():  # an --fsdp checkpoint: its shards, not one file
+            raise CheckpointError(
+                f"{where} is missing: {path} is a sharded (--fsdp) checkpoint; gather it "
+                f"into one file with `mmgraph convert-checkpoint {path}`") from None
         raise CheckpointError(f"{where} is missing: the checkpoint is incomplete; use an "
                               "earlier one (checkpoints/step-*) or train again") from None
     sums = state.get("files")
