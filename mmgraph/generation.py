@@ -198,7 +198,8 @@ def from_export(folder: str, req: Request, *, on_text=None) -> list[Generated]:
                                           for d in c.shape), dtype=_dtype(c.dtype))
              for c in info.context}
     context = {k: v.numpy() for k, v in context_values(types, req.files, {}).items()}
-    return run(req, pipeline.generate, tok, info.vocab, context, on_text)
+    return run(req, pipeline.generate, tok, info.vocab, context, on_text,
+               getattr(info, "chat_template", None))
 
 
 def _dtype(numpy_name: str) -> str:

@@ -365,3 +365,16 @@ def test_a_prefix_given_as_an_input_generates_from_the_export(tmp_path):
     assert open_export(tmp_path / "out").generate(prompts, prefix=prefix.numpy(),
                                                   max_new_tokens=5) == \
         model.generate(prompts, prefix=prefix, max_new_tokens=5)
+
+
+def test_the_spec_chat_template_travels_with_the_export(tmp_path):
+    """`generate --chat` on an export folder wraps prompts the way training did: the spec's
+    chat_template is recorded in the manifest and read back by the runtime."""
+    text = (ROOT / "specs" / "llava.mmg").read_text()
+    spec = tmp_path / "chat.mmg"
+    spec.write_text(text.replace("    optimizer = adamw\n",
+                                 '    optimizer = adamw\n    chat_template = "chatml"\n', 1))
+    manifest = export(spec, tmp_path / "out", targets.load("onnx"), overrides=TINY["llava"],
+                      log=lambda _: None)
+    assert manifest["generate"]["chat_template"] == "chatml"
+    assert open_export(tmp_path / "out").generation.chat_template == "chatml"

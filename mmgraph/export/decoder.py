@@ -281,6 +281,8 @@ class DecoderGraphs:
                 "max_len": self.plan.max_len, "tokens_dim": T.format_dim(self.tokens_dim),
                 "batch_dim": T.format_dim(self.batch_dim),
                 "prefix": prefix.pop() if len(prefix) == 1 else None,
+                "chat_template": (self.g.train.settings.get("chat_template")
+                                  if self.g.train else None),
                 "context_inputs": list(self.plan.context_inputs), "frontier": self.frontier,
                 "self_layers": self.self_slots, "cross_layers": self.cross_slots,
                 "dims": self.gen_dims()}

@@ -53,6 +53,7 @@ class Generator:
         self.backend, self.precision, self.providers = backend, precision, providers
         self.tokens, self.logits, self.vocab = section.tokens, section.logits, section.vocab
         self.max_len, self.prefix = section.max_len, section.prefix
+        self.chat_template = section.chat_template
         dims = folder.manifest.dims
         self.ranges = {name: r.model_dump() for name, r in {**dims, **section.dims}.items()}
         if section.context is None:

@@ -101,6 +101,7 @@ class Generate(_Model):
     tokens_dim: str  # the export dim a prompt and its new tokens share
     batch_dim: str | int
     prefix: int | None = Field(default=None, ge=0)  # positions before the tokens (visual)
+    chat_template: str | None = None  # the spec's train setting, for `generate --chat`
     context_inputs: list[str]
     frontier: list[str]  # the context values the prefill (and decode) graphs take
     self_layers: int = Field(ge=1)
