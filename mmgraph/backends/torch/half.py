@@ -12,7 +12,9 @@ import torch
 
 from mmgraph.components.nn.layers import RMSNorm
 
-FP32_MODULES = (torch.nn.LayerNorm, RMSNorm)  # normalisations overflow or lose too much in fp16
+# Normalisations overflow or lose too much in fp16. Recurrent layers (gru, lstm) stay fp32
+# too: onnxruntime crashes (a segfault, no error) building a session for an fp16 GRU graph.
+FP32_MODULES = (torch.nn.LayerNorm, RMSNorm, torch.nn.RNNBase)
 
 
 class Half(torch.nn.Module):
@@ -41,4 +43,7 @@ def _to_fp32(module, args):
 
 
 def _to_fp16(module, args, output):
+    if isinstance(output, tuple):  # a recurrent layer: its sequence and its last state
+        return tuple(o.half() if torch.is_tensor(o) and o.is_floating_point() else o
+                     for o in output)
     return output.half()

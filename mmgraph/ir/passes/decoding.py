@@ -151,6 +151,10 @@ def _step_problem(g: Graph, node: Node, dynamic: set[str], tokens: str) -> Decod
         return DecodeProblem(
             f"{layer} {why}, so the logits of a token would depend on tokens not generated "
             f"yet: model {g.name} cannot generate one token at a time", span)
+    if rule == "causal" and any(port == "positions" for port, _ in node.inputs):
+        return DecodeProblem(
+            f"{layer} takes explicit positions, which a KV-cached generation step cannot "
+            "take yet (it counts positions itself)", span)
     for port, ref in node.inputs:
         if port in comp.context_ports and ref.node in dynamic:
             return DecodeProblem(
