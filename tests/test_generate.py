@@ -375,3 +375,19 @@ def test_a_per_position_value_from_outside_the_tokens_is_refused():
     assert g.decoding is None
     assert "this mul combines the generated tokens' sequence with a sequence that does not " \
            "depend on t position by position" in g.decoding_problem.message
+
+
+def test_attention_given_explicit_positions_cannot_generate_and_says_so():
+    g = graph("""
+        model m {
+          input t: Tokens[B, T]
+          input p: Tensor[B, T]
+          layer emb: token_embedding(vocab=10, width=8)
+          layer lm: transformer_layer(heads=2, causal=true, pos="rope")
+          head out: lm_head(vocab=10)
+          logits = out(lm(emb(t), positions=p))
+          output logits
+        }
+    """)
+    assert "layer 'lm' (transformer_layer) takes explicit positions, which a KV-cached " \
+           "generation step cannot take yet" in g.decoding_problem.message
