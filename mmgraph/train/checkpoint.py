@@ -102,19 +102,8 @@ def save(directory: str | Path, model: torch.nn.Module, optimizer, scheduler,
                  "rng.safetensors": save_bytes({"torch": torch.get_rng_state()})}
         for file, data in blobs.items():
             _write(tmp / file, data)
-        state = {
-            "format": FORMAT,
-            "position": vars(position),
-            "optimizer": opt_scalars,
-            "scheduler": {k: v for k, v in scheduler.state_dict().items()
-                          if isinstance(v, (int, float, list)) and k != "lr_lambdas"},
-            "settings": settings,
-            "fingerprint": fingerprint(g),
-            "pretrained": pretrained_sources(g),  # folders and sha256 of their weight files
-            "shapes": {k: list(v.shape) for k, v in weights.items()},
-            "files": {file: hashlib.sha256(data).hexdigest() for file, data in blobs.items()},
-            **(extra or {}),
-        }
+        state = _state(position, opt_scalars, scheduler, settings, g,
+                       {k: list(v.shape) for k, v in weights.items()}, blobs, **(extra or {}))
         _write(tmp / "state.json", json.dumps(state, indent=1, default=float).encode())
         _swap_in(root, name, final, tmp)
     except OSError as exc:
@@ -123,6 +112,25 @@ def save(directory: str | Path, model: torch.nn.Module, optimizer, scheduler,
                               "the previous checkpoints are kept") from None
     rotate(root, position.global_step, keep)
     return final
+
+
+def _state(position: Position, optimizer, scheduler, settings: dict, g: Graph,
+           shapes: dict, blobs: dict[str, bytes], **more) -> dict:
+    """A checkpoint's state.json, whole or sharded: where training is, what the weights must
+    fit (fingerprint, shapes), the pretrained folders used, and each file's sha256."""
+    return {
+        "format": FORMAT,
+        "position": vars(position),
+        "optimizer": optimizer,
+        "scheduler": {k: v for k, v in scheduler.state_dict().items()
+                      if isinstance(v, (int, float, list)) and k != "lr_lambdas"},
+        "settings": settings,
+        "fingerprint": fingerprint(g),
+        "pretrained": pretrained_sources(g),  # folders and sha256 of their weight files
+        "shapes": shapes,
+        "files": {file: hashlib.sha256(data).hexdigest() for file, data in blobs.items()},
+        **more,  # a sharded checkpoint's dtypes and process count; the caller's extra
+    }
 
 
 def _write(path: Path, data: bytes) -> None:
@@ -255,20 +263,11 @@ def save_sharded(directory: str | Path, model: torch.nn.Module, optimizer, sched
         try:
             for file, data in blobs.items():
                 _write(tmp / file, data)
-            state = {
-                "format": FORMAT,
-                "position": vars(position),
-                "optimizer": {"param_groups": optim_sd["param_groups"], "state": opt_scalars},
-                "scheduler": {k: v for k, v in scheduler.state_dict().items()
-                              if isinstance(v, (int, float, list)) and k != "lr_lambdas"},
-                "settings": settings,
-                "fingerprint": fingerprint(g),
-                "pretrained": pretrained_sources(g),
-                "shapes": {k: list(sd[k].shape) for k in names},
-                "dtypes": {k: str(sd[k].dtype).removeprefix("torch.") for k in names},
-                "sharded": {"processes": world.size},
-                "files": {file: hashlib.sha256(data).hexdigest() for file, data in blobs.items()},
-            }
+            state = _state(
+                position, {"param_groups": optim_sd["param_groups"], "state": opt_scalars},
+                scheduler, settings, g, {k: list(sd[k].shape) for k in names}, blobs,
+                dtypes={k: str(sd[k].dtype).removeprefix("torch.") for k in names},
+                sharded={"processes": world.size})
             _write(tmp / "state.json", json.dumps(state, indent=1, default=float).encode())
             _swap_in(root, name, final, tmp)
         except OSError as exc:
