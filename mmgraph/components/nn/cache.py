@@ -84,15 +84,18 @@ class KVCache:
         self._slot = self._cross_slot = 0
         self.past = 0  # keys cached before this step (an int, or a traced size)
         self.at_start = True
+        self._memo = {}
 
     def begin(self) -> None:
         self._slot = self._cross_slot = 0
+        self._memo: dict = {}  # positions and masks, the same for every layer of a step
         self.at_start = not self.self_kv  # the first step (prefill): nothing cached yet
         self.past = self.self_kv[0][0].shape[2] if self.self_kv else 0
 
     def extend_tokens(self, new_mask: torch.Tensor) -> None:
         """The mask columns of the next step's new tokens (1 = real)."""
         self.token_mask = torch.cat([self.token_mask, new_mask.bool()], dim=1)
+        self._memo = {}
 
     # ------------------------------------------------------------ positions and masks
     def key_mask(self, keys: int) -> torch.Tensor:
@@ -103,11 +106,19 @@ class KVCache:
         prefix = self.token_mask.new_ones(self.token_mask.shape[0], extra)
         return torch.cat([prefix, self.token_mask], dim=1)
 
+    def _once(self, key: tuple, compute: Callable[[], torch.Tensor]) -> torch.Tensor:
+        """`compute()` once per step: every attention layer of a step asks the same."""
+        if key not in self._memo:
+            self._memo[key] = compute()
+        return self._memo[key]
+
     def key_positions(self, keys: int) -> torch.Tensor:
         """[B, keys] the position of each key, counting real keys only, as float32: the
         type TensorRT computes CumSum and Clip in (exact up to 2**24 positions)."""
-        counted = self.key_mask(keys).to(torch.float32).cumsum(1)
-        return (counted - 1).clamp(min=0)
+        def compute():
+            counted = self.key_mask(keys).to(torch.float32).cumsum(1)
+            return (counted - 1).clamp(min=0)
+        return self._once(("positions", keys), compute)
 
     def positions(self, new: int) -> torch.Tensor:
         """[B, new] the positions of this step's `new` positions (float32; `.long()` to
@@ -116,6 +127,10 @@ class KVCache:
         return self.key_positions(total)[:, total - new:]
 
     def attention_bias(self, new: int, keys: int, dtype) -> torch.Tensor:
+        return self._once(("bias", new, keys, dtype),
+                          lambda: self._attention_bias(new, keys, dtype))
+
+    def _attention_bias(self, new: int, keys: int, dtype) -> torch.Tensor:
         """[B, 1, new, keys] 0 where a query may attend, -inf elsewhere: real keys at or
         before the query (causal), and always the query itself, so that a padding row stays
         finite (its output is never read)."""
