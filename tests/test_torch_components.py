@@ -137,6 +137,9 @@ CASES = {
     "mixture": (VEC + "\n  input w: Tensor[B, 2]", "mixture(w, x, x)"),
     "modality_gate": (SEQ + "\n  input p: Tensor<bool>[B]", "modality_gate(x, p)"),
     "feature_queue": (VEC, "feature_queue(size=8)(x)"),
+    "hf_backbone": ("input x: Image[B, 3, 32, 32]",
+                    'hf_backbone(family="resnet", depths=[1, 1], widths=[8, 16], embedding=8, '
+                    'stages=[1, 2], output="tokens")(x)'),
 }
 
 # parameters that rightly get no gradient in a case, and why

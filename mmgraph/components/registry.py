@@ -241,6 +241,7 @@ def _load_builtins() -> None:
             gates,
             heads,
             hf,
+            hf_backbones,
             layers,
             losses,
             masked_regions,

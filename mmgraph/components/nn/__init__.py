@@ -21,6 +21,7 @@ from mmgraph.components.nn import (  # noqa: F401  (the faces, as `mm.<module>.<
     gates,
     heads,
     hf,
+    hf_backbones,
     layers,
     losses,
     masked_regions,
