@@ -6,7 +6,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test setup clean
+.PHONY: demo test zoo setup clean
 
 setup: $(STAMP)
 
@@ -25,6 +25,14 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(BIN)/lint-imports
 	$(BIN)/python -m pytest -q
+
+# The whole zoo run (every spec: check, stats at paper size, tiny forward/backward, two training
+# steps, ONNX and fp16 export), then docs/zoo.md written from its report by tools/zoo_table.py.
+ZOO_TESTS := tests/test_golden.py tests/test_zoo.py tests/test_compile_zoo.py \
+             tests/test_export_onnx.py tests/test_fp16_compute.py
+zoo: $(STAMP)
+	MMGRAPH_ZOO_REPORT=build/zoo.json $(BIN)/python -m pytest -q $(ZOO_TESTS); \
+	status=$$?; $(BIN)/python tools/zoo_table.py build/zoo.json && exit $$status
 
 clean:
 	rm -rf $(VENV) build

@@ -17,7 +17,7 @@ from tiny import TINY
 
 
 @pytest.mark.parametrize("name", sorted(TINY))
-def test_every_zoo_spec_exports_and_matches_pytorch(name, tmp_path):
+def test_every_zoo_spec_exports_and_matches_pytorch(name, tmp_path, record_property):
     manifest = export(ROOT / "specs" / f"{name}.mmg", tmp_path, targets.load("onnx"),
                       overrides=TINY[name], log=lambda _: None)
     assert manifest["parts"]
@@ -31,6 +31,9 @@ def test_every_zoo_spec_exports_and_matches_pytorch(name, tmp_path):
             assert errors["max_abs"] <= 1e-4, (part["name"], output, errors)
     written = json.loads((tmp_path / "manifest.json").read_text())
     assert written["model"] == manifest["model"] and written["opset"] == 18
+    record_property("parts", len(manifest["parts"]))
+    record_property("max_abs", max(e["max_abs"] for part in manifest["parts"]
+                                   for e in part["parity"]["fp32"].values()))
 
 
 def test_llava_parts_follow_the_export_block(tmp_path):

@@ -6,7 +6,7 @@ a comment line `# tiny: width=32 depth=2 heads=2 vocab=64` (more `# tiny:` lines
 
 from pathlib import Path
 
-from mmgraph.compiler import parse_override
+from zoo_headers import read
 
 TINY = {
     "clip": dict(width=32, depth=2, heads=2, text_width=32, text_depth=2, text_heads=2,
@@ -35,23 +35,9 @@ TINY = {
                         latent_channels=4, latent_size=8, patch=2),
 }
 
-
-
-def _profile(spec: Path) -> dict | None:
-    """The `# tiny:` overrides in a spec's header, or None when it has none."""
-    found = None
-    for line in spec.read_text(encoding="utf-8").splitlines():
-        if line.startswith("# tiny:"):
-            found = found or {}
-            for item in line.removeprefix("# tiny:").split():
-                name, value = parse_override(item)
-                found[name] = value
-    return found
-
-
 for _spec in sorted((Path(__file__).resolve().parents[1] / "specs").glob("*.mmg")):
     if _spec.stem not in TINY:
-        _found = _profile(_spec)
+        _found = read(_spec).tiny
         if _found is not None:
             TINY[_spec.stem] = _found
 
