@@ -306,3 +306,16 @@ def test_onnx_export_matches_pytorch(tmp_path, name, stages):
     (part,) = manifest["parts"]
     for errs in part["parity"]["fp32"].values():
         assert errs["max_abs"] < 1e-4, json.dumps(part["parity"])
+
+
+def test_a_random_efficientnet_keeps_its_features_alive(tmp_path):
+    """transformers initialises EfficientNet's convs and batch-norm scales from N(0, 0.02),
+    meant to be overwritten by a checkpoint: from scratch, the features of even a tiny one
+    underflowed to exactly 0 in eval mode. The face initialises as the TF reference does."""
+    torch.manual_seed(0)
+    model = _load(tmp_path, spec("efficientnet", [7], "pooled")).eval()
+    with torch.no_grad():
+        y = model(torch.randn(2, 3, 64, 96))["y"]
+    assert y.abs().max() > 1e-4
+    bn = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert all(bool((m.weight == 1).all()) for m in bn)

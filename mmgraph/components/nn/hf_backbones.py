@@ -93,6 +93,24 @@ def _load(model_class, config, weights: str):
     return model
 
 
+def init_efficientnet(model: nn.Module) -> None:
+    """EfficientNet's own initialisation for training from scratch (the TF reference's
+    variance scaling, as timm has it): convolutions from N(0, 2 / fan_out), fan_out counted
+    per group (k*k for a depthwise conv), batch norms at scale 1. transformers draws every
+    conv and batch-norm scale from N(0, 0.02), fine under loaded weights, but then a random
+    network's features shrink about 50-fold per block and underflow to exactly 0."""
+    for m in model.modules():
+        if isinstance(m, nn.Conv2d):
+            k_h, k_w = m.kernel_size
+            fan_out = k_h * k_w * m.out_channels // m.groups
+            nn.init.normal_(m.weight, 0.0, math.sqrt(2.0 / fan_out))
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.BatchNorm2d):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+
+
 class HFBackbone(nn.Module):
     """A transformers vision backbone over Image[B, C, H, W], built from `config` (the spec's
     fields under transformers' names) with random weights, or loaded from the local folder
@@ -110,6 +128,8 @@ class HFBackbone(nn.Module):
         self.model = model_class(config) if weights is None else \
             _load(model_class, config, weights)
         self.model.config.return_dict = True
+        if family == "efficientnet" and weights is None:
+            init_efficientnet(self.model)
         if family == "efficientnet":
             repeats = [int(math.ceil(config.depth_coefficient * n))
                        for n in config.num_block_repeats]
