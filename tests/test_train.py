@@ -132,6 +132,24 @@ def test_stages_train_only_what_they_name_and_keep_the_rest_bit_identical(tmp_pa
             assert torch.equal(value, initial[key]), f"frozen {key} changed"
 
 
+def test_a_stage_never_trains_what_a_component_froze_itself():
+    """LlamaFusion's stage trains `backbone`, whose text modality its layers freeze: the stage
+    must train the image half only (it used to switch the text half on as well)."""
+    from mmgraph.build import load
+    from mmgraph.compiler import build_graph
+    from mmgraph.train.trainer import set_trainable
+
+    from tiny import TINY
+
+    spec = ROOT / "specs" / "llamafusion.mmg"
+    model, g = load(spec, **TINY["llamafusion"]), build_graph(spec, TINY["llamafusion"])
+    count = set_trainable(model, g, g.train.stages[0].trainable)
+    on = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert count == sum(p.numel() for n, p in model.named_parameters() if n in on)
+    assert not any(".per.text." in n for n in on)
+    assert any(".per.image." in n for n in on)
+
+
 def test_eval_reports_zero_shot_accuracy_and_refuses_another_spec(tmp_path, capsys):
     train(SPEC, out=tmp_path, overrides=SMALL, max_steps=5, quiet=True)
     assert main(["eval", str(SPEC), *SET, "--checkpoint", str(tmp_path), "--json"]) == 0

@@ -90,6 +90,7 @@ def test_tiny_trains_two_steps_per_stage(name, tmp_path, record_property):
     torch.manual_seed(0)
     model = instantiate(cls, g, pretrained=False)
     before = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    pinned = tuple(f"{n}." for n, m in model.named_modules() if getattr(m, "_mm_pinned", False))
     stages = g.train.stages if g.train else []
     trainer = Trainer(model, g, tmp_path / "run", settings=train_settings(g, {"workers": 0}),
                       stages=stages, batches=random_batches(g), n_examples=1 << 20,
@@ -110,6 +111,7 @@ def test_tiny_trains_two_steps_per_stage(name, tmp_path, record_property):
         owner = owner_of(key, list(g.instances))
         assert owner in trained | teachers or not _is_parameter(model, key), (
             f"{name}: {key} changed but no stage trains {owner}")
+        assert not key.startswith(pinned), f"{name}: {key} changed but its component froze it"
 
 
 def _is_parameter(model: torch.nn.Module, key: str) -> bool:

@@ -73,14 +73,17 @@ def set_trainable(model: nn.Module, g: Graph, trainable: list[str]) -> int:
     """requires_grad as the stage says; returns the number of trainable parameters.
 
     A frozen layer with LoRA trains only its adapters; a frozen layer the stage names is
-    unfrozen (and may leave eval mode) for that stage.
+    unfrozen (and may leave eval mode) for that stage. What a component froze itself (a
+    module marked `_mm_pinned`: LlamaFusion's frozen text modality) stays frozen.
     """
     wanted = set(trainable)
     names = list(g.instances)
+    pinned = tuple(f"{name}." for name, m in model.named_modules()
+                   if getattr(m, "_mm_pinned", False))
     count = 0
     for pname, p in model.named_parameters():
         inst = owner_of(pname, names)
-        on = inst in wanted
+        on = inst in wanted and not pname.startswith(pinned)
         if on and g.instances[inst].frozen and g.instances[inst].lora is not None:
             on = pname.rsplit(".", 1)[-1] in ("lora_a", "lora_b")
         p.requires_grad_(on)

@@ -18,6 +18,7 @@ from mmgraph.components.nn.layers import (
     rope_tables,
     softmax_fp32_attention,
 )
+from mmgraph.components.nn.modifiers import pin_frozen
 
 
 class CrossAttention(nn.Module):
@@ -137,7 +138,7 @@ class _Routed(nn.Module):
         self.modalities = list(modalities)
         self.per = nn.ModuleDict({m: make() for m in self.modalities})
         for m in frozen_modalities:
-            self.per[m].requires_grad_(False)
+            pin_frozen(self.per[m])
 
     def route(self, x, segments, fn):
         outs, start = [], 0
@@ -172,7 +173,7 @@ class ModalityAttention(nn.Module):
             "attn": Attention(in_width, heads, kv_heads=kv_heads, bias=False, causal=causal,
                               pos=pos)}) for m in self.modalities})
         for m in frozen_modalities:
-            self.per[m].requires_grad_(False)
+            pin_frozen(self.per[m])
         self.heads, self.kv_heads = heads, kv_heads or heads
         self.dim_head = in_width // heads
         self.causal, self.pos = causal, pos

@@ -31,6 +31,15 @@ def freeze(module: nn.Module) -> nn.Module:
     return module
 
 
+def pin_frozen(module: nn.Module) -> nn.Module:
+    """Frozen by the component itself, whatever a train stage says: LlamaFusion's frozen text
+    modality inside a layer whose image modality trains. The trainer's set_trainable leaves
+    every parameter under a module marked `_mm_pinned` frozen."""
+    module.requires_grad_(False)
+    module._mm_pinned = True
+    return module
+
+
 class LoRALinear(nn.Linear):
     """y = x W^T + b + (alpha / r) * x A^T B^T, with B = 0 at init: the layer starts exactly
     as the base layer. The base weight and bias keep their names and are frozen.
