@@ -378,3 +378,32 @@ def test_the_spec_chat_template_travels_with_the_export(tmp_path):
                       log=lambda _: None)
     assert manifest["generate"]["chat_template"] == "chatml"
     assert open_export(tmp_path / "out").generation.chat_template == "chatml"
+
+
+SLICED_CROSS = """
+model slice_xattn {
+  input image: Seq<image>[B, 4, 16]
+  input prompt: Tokens[B, T]
+  layer embed: token_embedding(vocab=64, width=16)
+  fusion look: cross_attention(heads=2)
+  layer lm: transformer_layer(heads=2, causal=true, pos="rope")
+  head out: lm_head(vocab=64)
+  h = concat(image, embed(prompt))
+  v = h[:4] + look(h[:4], image)
+  logits = out(lm(concat(v, h[4:])))
+  output logits
+  export { dim B = 1..2 @ 1
+           dim T = 1..8 @ 4 }
+}
+"""
+
+
+def test_a_layer_on_the_prefix_slice_has_no_rows_in_a_decode_step(tmp_path):
+    """Cambrian's in-LLM aggregators read `h[:576]`: in a decode step that slice is empty, and
+    attention over zero queries must give zero rows (it crashed reshaping to [b, 0, -1])."""
+    spec = tmp_path / "slice_xattn.mmg"
+    spec.write_text(SLICED_CROSS)
+    manifest = export(spec, tmp_path / "out", targets.load("onnx"), log=lambda _: None)
+    for graph in ("prefill", "decode"):
+        errors = manifest["generate"][graph]["parity"]["fp32"]
+        assert "logits" in errors and all(e["max_abs"] <= 1e-4 for e in errors.values()), graph

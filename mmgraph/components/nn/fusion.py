@@ -212,7 +212,7 @@ class ModalityAttention(nn.Module):
     def project_out(self, out, segments):
         """Each run's heads [B, H, N, Dh] through its modality's output projection."""
         b, _, n, _ = out.shape
-        out = out.transpose(1, 2).reshape(b, n, -1)
+        out = out.transpose(1, 2).reshape(b, n, self.heads * self.dim_head)
         pieces, start = [], 0
         for index, length in segments:
             pieces.append(self.per[self.modalities[index]]["attn"].o(out[:, start:start + length]))

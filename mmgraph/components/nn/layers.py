@@ -168,7 +168,7 @@ class Attention(nn.Module):
             out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, is_causal=causal,
                                                  dropout_p=self.dropout if self.training
                                                  else 0.0)
-        return self.o(out.transpose(1, 2).reshape(b, n, -1))
+        return self.o(out.transpose(1, 2).reshape(b, n, self.heads * self.dim_head))
 
     def keys_values(self, src):
         b, m, _ = src.shape
@@ -183,7 +183,7 @@ class Attention(nn.Module):
         q = self.q(x).view(b, n, self.heads, self.dim_head).transpose(1, 2)
         k, v = self.keys_values(x)
         out = attend_cached(q, k, v, cache, pos=self.pos, rope_theta=self.rope_theta)
-        return self.o(out.transpose(1, 2).reshape(b, n, -1))
+        return self.o(out.transpose(1, 2).reshape(b, n, self.heads * self.dim_head))
 
 
 def attend_cached(q, k, v, cache, *, pos: str, rope_theta: float):
