@@ -287,3 +287,15 @@ def test_lora_starts_as_the_base_layer_and_trains_only_adapters():
     x = torch.randn(2, 4, 8)
     base = model.enc.block.attn.q
     assert torch.equal(base(x), torch.nn.functional.linear(x, base.weight, base.bias))
+
+
+@pytest.mark.parametrize("mode,expect", [("last", [2, 4]), ("cls", [0, 3])])
+def test_pool_with_a_mask_takes_the_first_or_last_real_token(mode, expect):
+    """Row 0 is right-padded (3 real tokens), row 1 left-padded (tokens 3 and 4 real): the
+    pooled token is the one the unpadded example would give (the mask used to be ignored)."""
+    from mmgraph.components.nn.connectors import Pool
+
+    x = torch.arange(2 * 5 * 3, dtype=torch.float32).reshape(2, 5, 3)
+    mask = torch.tensor([[1, 1, 1, 0, 0], [0, 0, 0, 1, 1]], dtype=torch.bool)
+    out = Pool(in_width=3, mode=mode, heads=1)(x, mask=mask)
+    assert torch.equal(out, torch.stack([x[0, expect[0]], x[1, expect[1]]]))

@@ -92,6 +92,14 @@ def eot_pool(x, tokens):
 
 
 def pool_sequence(x, mode: str, tokens=None, mask=None):
+    """With a mask (true = a real token), `cls` takes the first real token and `last` the
+    last one, so left- and right-padded batches pool the token an unpadded example would."""
+    if mode in ("cls", "last") and mask is not None:
+        # float ranks: TensorRT's ArgMax (TopK) takes floating-point inputs
+        rank = torch.arange(1, x.shape[1] + 1, device=x.device, dtype=torch.float32)
+        rank = rank if mode == "last" else rank.flip(0)
+        index = (mask.to(torch.float32) * rank).argmax(1)
+        return x[torch.arange(x.shape[0], device=x.device), index]
     if mode == "cls":
         return x[:, 0]
     if mode == "last":
