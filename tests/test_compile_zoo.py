@@ -70,7 +70,7 @@ def test_every_forward_line_points_at_the_spec():
                   not line.strip().startswith(bookkeeping)]
     assert len(statements) == 4 and all("llava.mmg:" in line for line in statements)
     step = source.split("def generation_step")[1].splitlines()[2:]
-    assert any("self.lm(" in line and "llava.mmg:37" in line for line in step)
+    assert any("self.lm(" in line and "llava.mmg:39" in line for line in step)
 
 
 def test_runtime_errors_name_the_spec_line(tmp_path):
@@ -80,7 +80,7 @@ def test_runtime_errors_name_the_spec_line(tmp_path):
     with pytest.raises(IndexError) as exc:
         model(image=image, text=text)
     notes = getattr(exc.value, "__notes__", [])
-    assert any("clip.mmg:36" in n and "self.texter(text)" in n for n in notes), notes
+    assert any("clip.mmg:38" in n and "self.texter(text)" in n for n in notes), notes
 
 
 def test_load_and_compile_write_the_same_source(tmp_path):

@@ -1,5 +1,6 @@
 """The compiled CLIP equals a hand-written one given the same weights, and the full-size spec
-has exactly the parameter count of the reference implementation (transformers' CLIPModel)."""
+has exactly the parameter count of the reference implementation (transformers' CLIPModel).
+(Every spec's published count is checked by tests/test_zoo.py from its `# Published:` line.)"""
 
 from __future__ import annotations
 
@@ -26,16 +27,6 @@ def test_compiled_clip_equals_the_hand_written_one():
         ours, theirs = compiled(image=image, text=text), reference(image, text)
     for key in ("img", "txt"):
         assert (ours[key] - theirs[key]).abs().max().item() <= 1e-6, key
-
-
-@pytest.mark.parametrize("spec,reference,tolerance", [
-    ("clip", 151_277_313, 0.0),  # transformers' CLIPModel, default config: exact
-    ("llava", 7_063_427_072, 0.01),  # LLaVA-1.5-7B (llava-hf)
-    ("blip2", 3_744_679_936, 0.01),  # BLIP-2 OPT-2.7B
-])
-def test_paper_size_parameter_counts(spec, reference, tolerance):
-    stats = compute(*load_class(ROOT / "specs" / f"{spec}.mmg"))
-    assert abs(stats.params_total - reference) <= tolerance * reference, stats.params_total
 
 
 def test_clip_count_matches_transformers_itself():

@@ -56,9 +56,9 @@ def test_plan_of_flamingo_steps_through_every_gated_group():
 
 @pytest.mark.parametrize("spec, line, col, words", [
     # Zipper's speech tower cross-attends to the text: every text token sees later ones
-    ("zipper", 36, 36, "layer 'towers.0.speech_from_text' (gated_cross_attention) reads 'ctx' "
+    ("zipper", 38, 36, "layer 'towers.0.speech_from_text' (gated_cross_attention) reads 'ctx' "
                        "from a value that depends on text"),
-    ("clip", 23, 1, "model clip has no output Logits[B, N, V]"),
+    ("clip", 25, 1, "model clip has no output Logits[B, N, V]"),
 ])
 def test_models_that_cannot_generate_say_where(spec, line, col, words, capsys):
     assert main(["generate", str(ROOT / "specs" / f"{spec}.mmg")]) == 1
@@ -223,7 +223,7 @@ def test_repetition_penalty_divides_positive_and_multiplies_negative_logits():
 
 def test_a_prompt_past_max_len_is_refused_naming_the_input():
     model, g = tiny_model("llava")
-    with pytest.raises(InputError, match=r"input 'prompt' \(llava.mmg:27\): 3 prompt tokens "
+    with pytest.raises(InputError, match=r"input 'prompt' \(llava.mmg:29\): 3 prompt tokens "
                                          r"\(with what comes before them, 7 positions\) and "
                                          r"max_new_tokens=5000 need 5006 positions, over the "
                                          r"model's max_len 4096"):
@@ -232,7 +232,7 @@ def test_a_prompt_past_max_len_is_refused_naming_the_input():
 
 def test_an_image_of_the_wrong_size_is_refused_naming_the_input():
     model, _ = tiny_model("llava")
-    with pytest.raises(InputError, match=r"input 'image' \(llava.mmg:26\) expects "
+    with pytest.raises(InputError, match=r"input 'image' \(llava.mmg:28\) expects "
                                          r"Image<image>\[B, 3, 28, 28\], got shape "
                                          r"\[1, 3, 32, 32\]: axis 2 must be 28"):
         model.generate([[1]], image=torch.randn(1, 3, 32, 32))
@@ -241,9 +241,9 @@ def test_an_image_of_the_wrong_size_is_refused_naming_the_input():
 def test_missing_context_and_bad_ids_are_refused():
     model, g = tiny_model("llava")
     ctx = context_of(model, g)
-    with pytest.raises(InputError, match=r"generating needs input 'image' \(llava.mmg:26\)"):
+    with pytest.raises(InputError, match=r"generating needs input 'image' \(llava.mmg:28\)"):
         model.generate([[1]])
-    with pytest.raises(InputError, match=r"input 'prompt' \(llava.mmg:27\): token id 64 at "
+    with pytest.raises(InputError, match=r"input 'prompt' \(llava.mmg:29\): token id 64 at "
                                          r"\[0, 1\] is outside the vocabulary 0..63"):
         model.generate([[1, 64]], **ctx)
     with pytest.raises(InputError, match=r"stop tokens: token id 99 .* outside the vocabulary"):
@@ -257,7 +257,7 @@ def test_missing_context_and_bad_ids_are_refused():
 def test_a_model_that_cannot_generate_says_why():
     model, _ = tiny_model("clip")
     with pytest.raises(InputError, match=r"Clip cannot generate: model clip has no output "
-                                         r"Logits\[B, N, V\].*\(clip.mmg:23\)"):
+                                         r"Logits\[B, N, V\].*\(clip.mmg:25\)"):
         model.generate([[1]])
 
 

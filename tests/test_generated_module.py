@@ -137,7 +137,7 @@ def test_a_wrong_image_size_names_the_input_its_line_and_both_shapes(clip):
             clip(**clip_inputs(size=33))
     finally:
         hook.remove()
-    assert str(exc.value) == ("input 'image' (clip.mmg:24) expects Image<image>[B, 3, 32, 32], "
+    assert str(exc.value) == ("input 'image' (clip.mmg:26) expects Image<image>[B, 3, 32, 32], "
                               "got shape [2, 3, 33, 33]: axis 2 must be 32")
     assert not ran, "the check runs before any layer"
 
@@ -145,7 +145,7 @@ def test_a_wrong_image_size_names_the_input_its_line_and_both_shapes(clip):
 def test_a_batch_size_that_differs_between_inputs(clip):
     with pytest.raises(InputError) as exc:
         clip(**clip_inputs(batch=2, text_batch=3))
-    assert str(exc.value) == ("input 'text' (clip.mmg:25) expects Tokens<text>[B, 8], got "
+    assert str(exc.value) == ("input 'text' (clip.mmg:27) expects Tokens<text>[B, 8], got "
                               "shape [3, 8]: B is 3 here but 2 in input 'image'")
 
 

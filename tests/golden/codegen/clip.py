@@ -8,20 +8,20 @@ from mmgraph.components import nn as mm
 
 
 class Clip(mm.GeneratedModel):
-    """model clip (clip.mmg:23)"""
+    """model clip (clip.mmg:25)"""
     spec = "specs/clip.mmg"
     inputs = {
         "image": mm.DeclaredInput(
             "Image<image>[B, 3, 224, 224]",
             ("B", 3, 224, 224),
             "f32",
-            "clip.mmg:24",
+            "clip.mmg:26",
         ),
-        "text": mm.DeclaredInput("Tokens<text>[B, 77]", ("B", 77), "i64", "clip.mmg:25"),
+        "text": mm.DeclaredInput("Tokens<text>[B, 77]", ("B", 77), "i64", "clip.mmg:27"),
     }
     outputs = {"img": "Vec<image>[B, 512]", "txt": "Vec<text>[B, 512]"}
     loss_weights = {"itc": 1.0}
-    cannot_generate = "model clip has no output Logits[B, N, V] whose positions N grow with a Tokens input, so there is no text to generate (clip.mmg:23)"
+    cannot_generate = "model clip has no output Logits[B, N, V] whose positions N grow with a Tokens input, so there is no text to generate (clip.mmg:25)"
 
     def __init__(self):
         super().__init__()
@@ -69,16 +69,16 @@ class Clip(mm.GeneratedModel):
     def forward(self, image, text, *, return_losses=False):
         """Outputs by name; with return_losses, also each loss and their weighted 'total'."""
         self.check_inputs({"image": image, "text": text}, return_losses)
-        vision = self.vision(image)  # Vec<image>[B, 768]  clip.mmg:35
-        img_proj = self.img_proj(vision)  # Vec<image>[B, 512]  clip.mmg:35
-        img = mm.ops.l2norm(img_proj)  # Vec<image>[B, 512]  clip.mmg:35
-        texter = self.texter(text)  # Vec<text>[B, 512]  clip.mmg:36
-        txt_proj = self.txt_proj(texter)  # Vec<text>[B, 512]  clip.mmg:36
-        txt = mm.ops.l2norm(txt_proj)  # Vec<text>[B, 512]  clip.mmg:36
+        vision = self.vision(image)  # Vec<image>[B, 768]  clip.mmg:37
+        img_proj = self.img_proj(vision)  # Vec<image>[B, 512]  clip.mmg:37
+        img = mm.ops.l2norm(img_proj)  # Vec<image>[B, 512]  clip.mmg:37
+        texter = self.texter(text)  # Vec<text>[B, 512]  clip.mmg:38
+        txt_proj = self.txt_proj(texter)  # Vec<text>[B, 512]  clip.mmg:38
+        txt = mm.ops.l2norm(txt_proj)  # Vec<text>[B, 512]  clip.mmg:38
         outputs = {"img": img, "txt": txt}
         if not return_losses:
             return outputs
-        itc = self.itc(img, b=txt)  # Scalar[]  clip.mmg:39
+        itc = self.itc(img, b=txt)  # Scalar[]  clip.mmg:41
         losses = {"itc": itc}
         losses["total"] = sum(self.loss_weights[name] * value for name, value in losses.items())
         return outputs, losses

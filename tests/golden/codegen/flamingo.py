@@ -8,7 +8,7 @@ from mmgraph.components import nn as mm
 
 
 class XattnGroup(nn.Module):
-    """block xattn_group (flamingo.mmg:28)"""
+    """block xattn_group (flamingo.mmg:29)"""
 
     def __init__(self):
         super().__init__()
@@ -35,24 +35,24 @@ class XattnGroup(nn.Module):
         mm.freeze(self.lm_layers)
 
     def forward(self, x, media):
-        xattn = self.xattn(x, ctx=media)  # Seq<image,text>[B, T, 4096]  flamingo.mmg:34
+        xattn = self.xattn(x, ctx=media)  # Seq<image,text>[B, T, 4096]  flamingo.mmg:35
         lm_layers = xattn
-        for layer in self.lm_layers:  # flamingo.mmg:34
+        for layer in self.lm_layers:  # flamingo.mmg:35
             lm_layers = layer(lm_layers)
         return lm_layers
 
 
 class Flamingo(mm.GeneratedModel):
-    """model flamingo (flamingo.mmg:37)"""
+    """model flamingo (flamingo.mmg:38)"""
     spec = "specs/flamingo.mmg"
     inputs = {
         "image": mm.DeclaredInput(
             "Image<image>[B, 3, 224, 224]",
             ("B", 3, 224, 224),
             "f32",
-            "flamingo.mmg:38",
+            "flamingo.mmg:39",
         ),
-        "text": mm.DeclaredInput("Tokens<text>[B, T]", ("B", "T"), "i64", "flamingo.mmg:39"),
+        "text": mm.DeclaredInput("Tokens<text>[B, T]", ("B", "T"), "i64", "flamingo.mmg:40"),
     }
     outputs = {"logits": "Logits<image,text>[B, T, 50432]"}
     loss_weights = {"lm_loss": 1.0}
@@ -108,34 +108,34 @@ class Flamingo(mm.GeneratedModel):
     def forward(self, image, text, *, return_losses=False):
         """Outputs by name; with return_losses, also each loss and their weighted 'total'."""
         self.check_inputs({"image": image, "text": text}, return_losses)
-        vision = self.vision(image)  # Seq<image>[B, 256, 1024]  flamingo.mmg:52
-        media = self.resampler(vision)  # Seq<image>[B, 64, 1024]  flamingo.mmg:52
-        embed = self.embed(text)  # Seq<text>[B, T, 4096]  flamingo.mmg:53
+        vision = self.vision(image)  # Seq<image>[B, 256, 1024]  flamingo.mmg:53
+        media = self.resampler(vision)  # Seq<image>[B, 64, 1024]  flamingo.mmg:53
+        embed = self.embed(text)  # Seq<text>[B, T, 4096]  flamingo.mmg:54
         h = embed
-        for layer in self.lm:  # flamingo.mmg:53
+        for layer in self.lm:  # flamingo.mmg:54
             h = layer(h, media)
-        final_norm = self.final_norm(h)  # Seq<image,text>[B, T, 4096]  flamingo.mmg:54
-        logits = self.lm_head(final_norm)  # Logits<image,text>[B, T, 50432]  flamingo.mmg:54
+        final_norm = self.final_norm(h)  # Seq<image,text>[B, T, 4096]  flamingo.mmg:55
+        logits = self.lm_head(final_norm)  # Logits<image,text>[B, T, 50432]  flamingo.mmg:55
         outputs = {"logits": logits}
         if not return_losses:
             return outputs
-        lm_loss = mm.losses.next_token(logits, tokens=text, skip=0, ignore_index=-100)  # Scalar[]  flamingo.mmg:57
+        lm_loss = mm.losses.next_token(logits, tokens=text, skip=0, ignore_index=-100)  # Scalar[]  flamingo.mmg:58
         losses = {"lm_loss": lm_loss}
         losses["total"] = sum(self.loss_weights[name] * value for name, value in losses.items())
         return outputs, losses
 
     def generation_context(self, image):
         """The values every generation step reads, computed once per request."""
-        vision = self.vision(image)  # Seq<image>[B, 256, 1024]  flamingo.mmg:52
-        media = self.resampler(vision)  # Seq<image>[B, 64, 1024]  flamingo.mmg:52
+        vision = self.vision(image)  # Seq<image>[B, 256, 1024]  flamingo.mmg:53
+        media = self.resampler(vision)  # Seq<image>[B, 64, 1024]  flamingo.mmg:53
         return (media,)
 
     def generation_step(self, media, text):
         """Logits of the new tokens; run inside mm.cache.decoding(cache)."""
-        embed = self.embed(text)  # Seq<text>[B, T, 4096]  flamingo.mmg:53
+        embed = self.embed(text)  # Seq<text>[B, T, 4096]  flamingo.mmg:54
         h = embed
-        for layer in self.lm:  # flamingo.mmg:53
+        for layer in self.lm:  # flamingo.mmg:54
             h = layer(h, media)
-        final_norm = self.final_norm(h)  # Seq<image,text>[B, T, 4096]  flamingo.mmg:54
-        logits = self.lm_head(final_norm)  # Logits<image,text>[B, T, 50432]  flamingo.mmg:54
+        final_norm = self.final_norm(h)  # Seq<image,text>[B, T, 4096]  flamingo.mmg:55
+        logits = self.lm_head(final_norm)  # Logits<image,text>[B, T, 50432]  flamingo.mmg:55
         return logits

@@ -8,16 +8,16 @@ from mmgraph.components import nn as mm
 
 
 class Llava(mm.GeneratedModel):
-    """model llava (llava.mmg:25)"""
+    """model llava (llava.mmg:27)"""
     spec = "specs/llava.mmg"
     inputs = {
         "image": mm.DeclaredInput(
             "Image<image>[B, 3, 336, 336]",
             ("B", 3, 336, 336),
             "f32",
-            "llava.mmg:26",
+            "llava.mmg:28",
         ),
-        "prompt": mm.DeclaredInput("Tokens<text>[B, T]", ("B", "T"), "i64", "llava.mmg:27"),
+        "prompt": mm.DeclaredInput("Tokens<text>[B, T]", ("B", "T"), "i64", "llava.mmg:29"),
     }
     outputs = {"logits": "Logits<image,text>[B, 576 + T, 32064]"}
     loss_weights = {"lm_loss": 1.0}
@@ -77,24 +77,24 @@ class Llava(mm.GeneratedModel):
     def forward(self, image, prompt, *, return_losses=False):
         """Outputs by name; with return_losses, also each loss and their weighted 'total'."""
         self.check_inputs({"image": image, "prompt": prompt}, return_losses)
-        vision = self.vision(image)  # Seq<image>[B, 576, 1024]  llava.mmg:36
-        v = self.proj(vision)  # Seq<image>[B, 576, 4096]  llava.mmg:36
-        logits, logits_hidden = self.lm(tokens=prompt, prefix=v)  # Logits<image,text>[B, 576 + T, 32064]  llava.mmg:37
+        vision = self.vision(image)  # Seq<image>[B, 576, 1024]  llava.mmg:38
+        v = self.proj(vision)  # Seq<image>[B, 576, 4096]  llava.mmg:38
+        logits, logits_hidden = self.lm(tokens=prompt, prefix=v)  # Logits<image,text>[B, 576 + T, 32064]  llava.mmg:39
         outputs = {"logits": logits}
         if not return_losses:
             return outputs
-        lm_loss = mm.losses.next_token(logits, tokens=prompt, skip=576, ignore_index=-100)  # Scalar[]  llava.mmg:40
+        lm_loss = mm.losses.next_token(logits, tokens=prompt, skip=576, ignore_index=-100)  # Scalar[]  llava.mmg:42
         losses = {"lm_loss": lm_loss}
         losses["total"] = sum(self.loss_weights[name] * value for name, value in losses.items())
         return outputs, losses
 
     def generation_context(self, image):
         """The values every generation step reads, computed once per request."""
-        vision = self.vision(image)  # Seq<image>[B, 576, 1024]  llava.mmg:36
-        v = self.proj(vision)  # Seq<image>[B, 576, 4096]  llava.mmg:36
+        vision = self.vision(image)  # Seq<image>[B, 576, 1024]  llava.mmg:38
+        v = self.proj(vision)  # Seq<image>[B, 576, 4096]  llava.mmg:38
         return (v,)
 
     def generation_step(self, v, prompt):
         """Logits of the new tokens; run inside mm.cache.decoding(cache)."""
-        logits, logits_hidden = self.lm(tokens=prompt, prefix=v)  # Logits<image,text>[B, 576 + T, 32064]  llava.mmg:37
+        logits, logits_hidden = self.lm(tokens=prompt, prefix=v)  # Logits<image,text>[B, 576 + T, 32064]  llava.mmg:39
         return logits
