@@ -57,3 +57,15 @@ def test_stats_flops_grow_with_the_batch(capsys):
 def test_stats_bad_dims_is_a_usage_error(capsys):
     assert main(["stats", str(ROOT / "specs" / "clip.mmg"), "--dims", "B=x"]) == 2
     assert "--dims expects NAME=INT" in capsys.readouterr().err
+
+
+def test_stats_of_a_batchnorm_backbone_at_batch_one(tmp_path, capsys):
+    """Stats count the inference pass (eval mode): in training mode BatchNorm refuses a 1 x 1
+    grid of one example, which made `stats --dims B=1` an internal error."""
+    spec = tmp_path / "bn.mmg"
+    spec.write_text('model bn {\n  input image: Image[B, 3, 32, 32]\n'
+                    '  encoder cnn: hf_backbone(family="resnet", depths=[1, 1, 1, 1], '
+                    'widths=[8, 8, 8, 8], embedding=8, output="pooled")\n'
+                    '  v = cnn(image)\n  output v\n}\n')
+    assert main(["stats", str(spec), "--dims", "B=1", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["params"]["total"] == 1800

@@ -85,8 +85,8 @@ def compute(cls: type, g: Graph, dims: dict[str, int] | None = None) -> Stats:
 
     counter = FlopCounterMode(display=False)
     with counter:  # (no no_grad: the module tracker wants autograd on; meta costs nothing)
-        if g.outputs:
-            m(**example_inputs(g, use, device="meta"))
+        if g.outputs:  # the inference pass: eval mode (BatchNorm refuses one value in training)
+            m.eval()(**example_inputs(g, use, device="meta"))
         else:  # a model with losses only: count the pass that computes them
             m.losses(**example_inputs(g, use, device="meta"))
     flops = counter.get_total_flops()
