@@ -19,6 +19,28 @@ from mmgraph.ir import types as T
 from mmgraph.suggest import did_you_mean
 
 
+def level_types(img, table, levels, output: str) -> list:
+    """The type of each chosen level of a backbone over `img`: a grid Tensor[B, C, H/s, W/s],
+    tokens Seq[B, (H/s)(W/s), C] (row by row) or the spatial mean Vec[B, C]."""
+    b, h, w = img.dim("B"), img.dim("H"), img.dim("W")
+    types = []
+    for i in levels:
+        channels, stride = table[i]
+        if output == "grid":
+            types.append(T.make("Tensor", (b, channels, h / stride, w / stride),
+                                tags=img.tags))
+        elif output == "tokens":
+            types.append(seq(b, (h / stride) * (w / stride), channels, img.tags))
+        else:
+            types.append(vec(b, channels, img.tags))
+    return types
+
+
+def level_outputs(levels) -> tuple[str, ...]:
+    """`out` is the deepest chosen level; each other one is `levelK`."""
+    return ("out",) + tuple(f"level{i}" for i in levels[:-1])
+
+
 @register
 class TimmBackbone(Component):
     name = "timm_backbone"
@@ -63,8 +85,7 @@ class TimmBackbone(Component):
         return tuple(out)
 
     def outputs(self, p):
-        levels = self.levels(p) or ()
-        return ("out",) + tuple(f"level{i}" for i in levels[:-1])
+        return level_outputs(self.levels(p) or ())
 
     def infer(self, p, x, ctx):
         img = x["image"]
@@ -93,17 +114,7 @@ class TimmBackbone(Component):
                          param="weights", code="E210",
                          hint="weights is a local .safetensors file of the timm model, "
                               "relative to the spec's folder; nothing is downloaded")
-        b, h, w = img.dim("B"), img.dim("H"), img.dim("W")
-        types = []
-        for i in levels:
-            channels, stride = table[i]
-            if p.output == "grid":
-                types.append(T.make("Tensor", (b, channels, h / stride, w / stride),
-                                    tags=img.tags))
-            elif p.output == "tokens":
-                types.append(seq(b, (h / stride) * (w / stride), channels, img.tags))
-            else:
-                types.append(vec(b, channels, img.tags))
+        types = level_types(img, table, levels, p.output)
         return {"out": types[-1], **{f"level{i}": t for i, t in zip(levels, types[:-1])}}
 
     def torch_args(self, p, x, ctx):

@@ -19,7 +19,8 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from mmgraph.components.common import PosFloat, PosInt, fixed, seq, vec
+from mmgraph.components.backbones import level_outputs, level_types
+from mmgraph.components.common import PosFloat, PosInt, fixed
 from mmgraph.components.registry import Component, Params, Port, register
 from mmgraph.ir import types as T
 from mmgraph.ir.hf_config import read_hf_config
@@ -106,28 +107,6 @@ def config_fields(p, image_size: tuple[int, int] | None = None) -> dict[str, obj
     if p.family == "swin" and image_size is not None:
         out["image_size"] = list(image_size)
     return out
-
-
-def level_types(img, table, levels, output: str) -> list:
-    """The type of each chosen level of a backbone over `img`: a grid Tensor[B, C, H/s, W/s],
-    tokens Seq[B, (H/s)(W/s), C] (row by row) or the spatial mean Vec[B, C]."""
-    b, h, w = img.dim("B"), img.dim("H"), img.dim("W")
-    types = []
-    for i in levels:
-        channels, stride = table[i]
-        if output == "grid":
-            types.append(T.make("Tensor", (b, channels, h / stride, w / stride),
-                                tags=img.tags))
-        elif output == "tokens":
-            types.append(seq(b, (h / stride) * (w / stride), channels, img.tags))
-        else:
-            types.append(vec(b, channels, img.tags))
-    return types
-
-
-def level_outputs(levels) -> tuple[str, ...]:
-    """`out` is the deepest chosen level; each other one is `levelK`."""
-    return ("out",) + tuple(f"level{i}" for i in levels[:-1])
 
 
 MODEL_TYPES = {"resnet": "resnet", "convnext": "convnext", "swin": "swin",

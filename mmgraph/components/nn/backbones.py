@@ -69,6 +69,20 @@ def check_weights(timm, model: str, weights: str, kwargs: dict) -> None:
                             + " (weights must be the timm model's own safetensors file)")
 
 
+def shape_levels(features, output: str):
+    """Feature maps [B, C, H, W] as the spec asked: grids as they are, tokens row by row
+    [B, H*W, C], or pooled [B, C] (the spatial mean, in fp32 for fp16 maps); the deepest one
+    first, then the others shallow to deep (`out`, then the `levelK` outputs)."""
+    out = []
+    for f in features:
+        if output == "tokens":
+            f = f.flatten(2).transpose(1, 2)
+        elif output == "pooled":
+            f = f.float().mean((2, 3)).to(f.dtype)
+        out.append(f)
+    return out[-1] if len(out) == 1 else (out[-1], *out[:-1])
+
+
 class TimmBackbone(nn.Module):
     """`timm.create_model(model, features_only=True, out_indices=...)`, never downloading:
     random weights, or the local safetensors file `weights` (the timm model's own tensor
@@ -106,16 +120,10 @@ class TimmBackbone(nn.Module):
         self.channels_last = getattr(fmt, "name", fmt) == "NHWC"
 
     def forward(self, image):
-        out = []
-        for f in self.body(image):
-            if self.channels_last:
-                f = f.permute(0, 3, 1, 2)
-            if self.output == "tokens":
-                f = f.flatten(2).transpose(1, 2)
-            elif self.output == "pooled":
-                f = f.float().mean((2, 3)).to(f.dtype)
-            out.append(f)
-        return out[-1] if len(out) == 1 else (out[-1], *out[:-1])
+        features = self.body(image)
+        if self.channels_last:
+            features = [f.permute(0, 3, 1, 2) for f in features]
+        return shape_levels(features, self.output)
 
 
 class ConvLayer(nn.Module):

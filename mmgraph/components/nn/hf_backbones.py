@@ -13,6 +13,7 @@ import math
 
 from torch import nn
 
+from mmgraph.components.nn.backbones import shape_levels
 from mmgraph.errors import UserError
 
 STAGE_NAMES = ("stem",) + tuple(f"stage{i}" for i in range(1, 9))
@@ -20,20 +21,6 @@ STAGE_NAMES = ("stem",) + tuple(f"stage{i}" for i in range(1, 9))
 
 class HFBackboneError(UserError):
     """A weights folder that does not hold the backbone the spec declares."""
-
-
-def shape_levels(features, output: str):
-    """Feature maps [B, C, H, W] as the spec asked: grids as they are, tokens row by row
-    [B, H*W, C], or pooled [B, C] (the spatial mean, in fp32 for fp16 maps); the deepest one
-    first, then the others shallow to deep (`out`, then the `levelK` outputs)."""
-    out = []
-    for f in features:
-        if output == "tokens":
-            f = f.flatten(2).transpose(1, 2)
-        elif output == "pooled":
-            f = f.float().mean((2, 3)).to(f.dtype)
-        out.append(f)
-    return out[-1] if len(out) == 1 else (out[-1], *out[:-1])
 
 
 def _classes(family: str):
