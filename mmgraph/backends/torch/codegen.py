@@ -26,7 +26,7 @@ from mmgraph import escape
 from mmgraph.components import registry
 from mmgraph.ir import lora_modalities
 from mmgraph.ir import types as T
-from mmgraph.ir.graph import BlockCall, Graph, Instance, Node, Ref
+from mmgraph.ir.graph import BlockCall, Expansion, Graph, Instance, Node, Ref
 from mmgraph.ir.reserved import CODEGEN_NAMES
 
 # names the generated code itself uses (`sum` in losses, `float("inf")` literals); keywords
@@ -126,6 +126,53 @@ def copy_position(call: BlockCall, ref: Ref) -> tuple[int, int] | None:
     return None
 
 
+def layout_of(g: Graph, node: Node):
+    """The `segments` argument of a modality-routed layer's call (the token layout of its
+    input: (modality index, length) runs), or None for any other node. It is per call: a
+    block's copies, and the calls of one block layer, may see different layouts."""
+    if node.op != "call":
+        return None
+    inst = g.instances[node.target]
+    comp = registry.get(inst.component)
+    return comp.torch_call_args(inst.params, input_types(g, node, comp), node, g).get("segments")
+
+
+def routed_calls(g: Graph, e: Expansion) -> list[tuple[tuple[str, int], str]]:
+    """(key, node) of each modality-routed call inside a block copy, nested blocks' too. The
+    key, (layer name within the copy, how many calls of it came before), is the same in every
+    copy and every call of the block, so a call site finds the parameter it feeds."""
+    out, seen = [], {}
+    for n in e.nodes:
+        node = g.nodes[n]
+        if layout_of(g, node) is None:
+            continue
+        target = node.target
+        local = target[len(e.prefix) + 1:] if target.startswith(e.prefix + ".") else target
+        seen[local] = seen.get(local, -1) + 1
+        out.append(((local, seen[local]), n))
+    return out
+
+
+def layout_params(g: Graph, e: Expansion) -> list[tuple[str, str]]:
+    """(parameter, node): the keyword parameters of a block class's forward that carry the
+    layouts of its routed layers (`skill_segments`), for the copy `e`. Every copy and call of
+    the block names them alike: the names come from the layers' names, and one taken by a
+    value is lengthened by `_` (which the expander's `_1` suffixes never end with)."""
+    def local(name: str) -> str:
+        return name[len(e.prefix) + 1:] if name.startswith(e.prefix + ".") else name
+
+    taken = {py_name(local(n)) for n in e.nodes} | {py_name(v) for v in e.values} | \
+        {py_name(local(c.decl)) for c in e.calls}
+    out = []
+    for (layer, i), n in routed_calls(g, e):
+        name = py_name(f"{layer.replace('.', '_')}{'' if i == 0 else f'_{i + 1}'}_segments")
+        while name in taken:
+            name += "_"
+        taken.add(name)
+        out.append((name, n))
+    return out
+
+
 def face_args(inst: Instance, x: dict) -> list[tuple[str, str]]:
     """The face's keyword arguments (`torch_args`) as literals: every parameter, and the
     sizes its weights need from the input types (which `infer` checked are numbers)."""
@@ -160,6 +207,8 @@ class ScopeCode:
         for name, ref in values.items():
             self.alias.setdefault(ref, py_name(name))
         self.names: dict[Ref, str] = {} if names is None else names
+        # node -> the forward parameter holding its layout, in a block class (else literals)
+        self.layouts: dict[str, str] = {}
 
     # ------------------------------------------------------------ naming
     def local(self, name: str) -> str:
@@ -382,7 +431,8 @@ class ScopeCode:
                 fn = face_expr(comp)
                 kwargs += face_args(inst, x)
             extra = comp.torch_call_args(inst.params, x, node, self.g)
-            kwargs += [(k, self.call_value(v)) for k, v in extra.items()]
+            kwargs += [(k, self.layouts[node.name] if k == "segments" and node.name in
+                        self.layouts else self.call_value(v)) for k, v in extra.items()]
             text = call_text(fn, args, kwargs, lead=f"{targets} = ")
         elif node.op in ("add", "sub", "mul", "div"):
             sym = {"add": "+", "sub": "-", "mul": "*", "div": "/"}[node.op]
@@ -465,6 +515,18 @@ class ScopeCode:
             return "self.training"
         return literal(value)
 
+    def layout_kwargs(self, call: BlockCall, e: Expansion) -> list[tuple[str, str]]:
+        """The layouts one copy `e` of a call feeds its routed layers, as keyword arguments:
+        literals worked out from this copy's own types, or, inside a block class, the
+        parameters the block's caller fed it. A repeated routed component takes its own
+        `segments`."""
+        if call.block is None:
+            params = [("segments", n) for _, n in routed_calls(self.g, e)]
+        else:
+            params = layout_params(self.g, e)
+        return [(name, self.layouts[n] if n in self.layouts else
+                 literal(layout_of(self.g, self.g.nodes[n]))) for name, n in params]
+
     def call_code(self, call: BlockCall) -> list[str]:
         outs = [self.var(r) for r in call.outputs]
         target = self.attr(call.decl)
@@ -472,7 +534,8 @@ class ScopeCode:
         span = call.span
         lhs = ", ".join(outs)
         if not call.times:
-            text = call_text(target, ins, [], lead=f"{lhs} = ")
+            text = call_text(target, ins, self.layout_kwargs(call, call.expansions[0]),
+                             lead=f"{lhs} = ")
             lines = text.split("\n")
             lines[0] += self.comment(span)
             return lines
@@ -481,13 +544,21 @@ class ScopeCode:
         lines = []
         if outs[:threaded] != ins[:threaded]:
             lines.append(f"{', '.join(outs[:threaded])} = {', '.join(ins[:threaded])}")
+        # the copies' layouts: one keyword each, or per copy when the copies differ
+        layouts = [self.layout_kwargs(call, e) for e in call.expansions]
+        loop = f"for layer in {target}:"
+        if any(kw != layouts[0] for kw in layouts):
+            copy = self.unused_name("copy")
+            loop = f"for {copy}, layer in enumerate({target}):"
+            layouts[0] = [(k, "(" + ", ".join(kw[j][1] for kw in layouts) + f")[{copy}]")
+                          for j, (k, _) in enumerate(layouts[0])]
         if call.block is None:  # repeat of a component: keyword inputs after the first
             names = [p for p, _ in call.inputs]
             kwargs = [(names[i], v) for i, v in enumerate(ins) if i >= 1]
-            inner = call_text("layer", outs[:1], kwargs, lead=f"{outs[0]} = ")
+            inner = call_text("layer", outs[:1], kwargs + layouts[0], lead=f"{outs[0]} = ")
         else:
-            inner = call_text("layer", outs[:threaded] + shared, [], lead=f"{lhs} = ")
-        lines.append(f"for layer in {target}:" + self.comment(span))
+            inner = call_text("layer", outs[:threaded] + shared, layouts[0], lead=f"{lhs} = ")
+        lines.append(loop + self.comment(span))
         lines.extend("    " + line for line in inner.split("\n"))
         inside = {n for e in call.expansions for n in e.nodes}  # the next copy's inputs
         used = {r for n in self.g.nodes.values() if n.name not in inside for r in n.refs()} | \
@@ -511,6 +582,10 @@ class ModelCodegen:
         e = call.expansions[0]
         scope = ScopeCode(self, e.prefix, e.nodes, e.calls, e.values, e.inputs)
         params = [py_name(scope.local(b)) for b in e.inputs]
+        routed = layout_params(self.g, e)  # each call feeds its own layouts (see call_code)
+        scope.layouts = {n: name for name, n in routed}
+        if routed:
+            params += ["*"] + [name for name, _ in routed]
         init = scope.init_lines()
         wanted = set(e.nodes)
         body = scope.statements(wanted)
@@ -520,7 +595,8 @@ class ModelCodegen:
         block_name = call.block
         at = f" ({where(decl.block_span)})" if decl is not None else ""
         cls = ClassSource("", "nn.Module", f"block {block_name}{at}", [], init or ["pass"],
-                          [Method(f"forward(self, {', '.join(params)})", "", body)])
+                          [Method(call_text("forward", ["self"] + params, [])
+                                  .replace("\n", "\n    "), "", body)])
         key = repr((cls.init, cls.methods[0].signature, cls.methods[0].body, block_name))
         if key in self.block_names:
             return self.block_names[key]
