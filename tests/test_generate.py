@@ -56,7 +56,7 @@ def test_plan_of_flamingo_steps_through_every_gated_group():
 
 @pytest.mark.parametrize("spec, line, col, words", [
     # Zipper's speech tower cross-attends to the text: every text token sees later ones
-    ("zipper", 38, 36, "layer 'towers.0.speech_from_text' (gated_cross_attention) reads 'ctx' "
+    ("zipper", 44, 36, "layer 'towers.0.speech_from_text' (gated_cross_attention) reads 'ctx' "
                        "from a value that depends on text"),
     ("clip", 25, 1, "model clip has no output Logits[B, N, V]"),
 ])
