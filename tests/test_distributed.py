@@ -29,6 +29,10 @@ from tiny import TINY  # noqa: E402
 CLIP = ROOT / "specs" / "clip.mmg"
 ALBEF = ROOT / "specs" / "albef.mmg"
 DIGITS = ROOT / "examples" / "clip_digits.mmg"
+# ALBEF's momentum distillation scores each process's rows against its own batch (as the
+# reference does), so the parity holds with the soft targets weighted out (alpha=0)
+ALBEF_SETS = {**TINY["albef"], "alpha": 0}
+LOCAL = ("loss/itc_i2t_md", "loss/itc_t2i_md")
 GLOBAL_BATCH = 8
 PROCESSES = 2
 # one SGD step of lr 1 leaves w - grad: equal weights after it are equal gradients
@@ -82,7 +86,7 @@ def worker(out: Path) -> None:
     dist.init_process_group("gloo")
     rank, size = dist.get_rank(), dist.get_world_size()
     results = {"clip": module_step(CLIP, TINY["clip"], rank, size),
-               "albef": module_step(ALBEF, TINY["albef"], rank, size)}
+               "albef": module_step(ALBEF, ALBEF_SETS, rank, size)}
     if rank == 0:
         for name, tensors in results.items():
             save_file(tensors, out / f"{name}.safetensors")
@@ -161,9 +165,10 @@ def test_clip_contrastive_loss_and_gradients_match_one_process(two):
 def test_albef_itc_itm_losses_gradients_and_queue_match_one_process(two):
     """Hard negatives sampled from the global batch, the queue filled with it, the MLM mask
     drawn for it: every loss, every gradient and the queues as one process has them."""
-    got, want = load_file(two / "albef.safetensors"), module_step(ALBEF, TINY["albef"])
+    got, want = load_file(two / "albef.safetensors"), module_step(ALBEF, ALBEF_SETS)
     assert {"loss/itc", "loss/itm", "loss/mlm", "buffer/itc.queue_a"} <= set(want)
-    assert_close(got, want)
+    assert_close({k: v for k, v in got.items() if k not in LOCAL},
+                 {k: v for k, v in want.items() if k not in LOCAL})
 
 
 @pytest.mark.parametrize("run", ["ddp", "fsdp"])
