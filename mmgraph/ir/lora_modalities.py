@@ -29,12 +29,24 @@ def describe(runs) -> str:
                           for tag, n in runs)
 
 
+def module_of(g: Graph, name: str) -> str:
+    """The instance whose module a layer runs: itself, or the one its `shared(x)` (its own,
+    or its block's) ties it to, whose adapters it then runs too."""
+    seen = {name}
+    while g.instances[name].shared and g.instances[name].shared in g.instances and \
+            g.instances[name].shared not in seen:
+        name = g.instances[name].shared
+        seen.add(name)
+    return name
+
+
 def check(g: Graph, node: Node) -> None:
     """The layer's input must say which tokens are which, and hold a modality it adapts."""
     if node.op != "call" or not node.inputs:
         return
     inst = g.instances[node.target]
-    lora = inst.lora
+    module = module_of(g, node.target)
+    lora = inst.lora or g.instances[module].lora
     if lora is None or not lora.modalities:
         return
     port, ref = node.inputs[0]
@@ -53,8 +65,8 @@ def check(g: Graph, node: Node) -> None:
                     hint='adapt the other projections: targets=["q", "o"] (or the '
                          "feed-forward's)")
     for other in g.nodes.values():  # the adapters are built for one layout: the first call's
-        if other is not node and other.op == "call" and other.target == node.target and \
-                other.types and other.inputs:
+        if other is not node and other.op == "call" and other.types and other.inputs and \
+                module_of(g, other.target) == module:
             first = layout(g.type_of(other.inputs[0][1]))
             if first != runs:
                 raise error("E206", f"lora modalities={list(lora.modalities)} on "
