@@ -407,3 +407,90 @@ def test_a_layer_on_the_prefix_slice_has_no_rows_in_a_decode_step(tmp_path):
     for graph in ("prefill", "decode"):
         errors = manifest["generate"][graph]["parity"]["fp32"]
         assert "logits" in errors and all(e["max_abs"] <= 1e-4 for e in errors.values()), graph
+
+
+CROSS_TO_PROMPT = """
+model xattn_prompt {
+  input image: Image[B, 3, 32, 32]
+  input prompt: Tokens[B, S]
+  input target: Tokens[B, T]
+  encoder patches: patch_embed(patch=16, width=32)
+  layer embed: token_embedding(vocab=64, width=32, pos="learned", max_len=96)
+  encoder enc: transformer(depth=1, heads=2, width=32)
+  decoder dec: transformer_decoder(depth=1, heads=2, causal=true)
+  head out: lm_head(vocab=64, tie="embed")
+  ctx = enc(concat(patches(image), embed(prompt)))
+  logits = out(dec(embed(target), ctx=ctx))
+  output logits
+  export {
+    dim B = 1..2 @ 1
+    dim S = 1..80 @ 16
+    dim T = 1..32 @ 8
+  }
+}
+"""
+
+
+def test_cross_keys_values_follow_a_context_whose_length_is_an_export_dim(tmp_path,
+                                                                          monkeypatch):
+    """UnIVAL-style: the decoder cross-attends to 4 patches + a prompt of S tokens. The cross
+    keys/values were shaped at the opt size (4 + 16 = 20) and onnxruntime refused the min
+    size's 5 (an internal error); their length is the context's own dim `4 + S` now."""
+    from mmgraph.compiler import build_graph
+
+    spec = tmp_path / "xattn_prompt.mmg"
+    spec.write_text(CROSS_TO_PROMPT)
+    out = tmp_path / "out"
+    manifest = export(spec, out, targets.load("onnx"), log=lambda _: None)
+    section = manifest["generate"]
+    assert section["cross_layers"] == 1 and section["frontier"] == ["ctx"]
+    cross = ["cross.0.key", "cross.0.value"]
+    for graph, where in (("prefill", "outputs"), ("decode", "inputs")):
+        entry = section[graph]
+        infos = {i["name"]: i for i in entry[where]}
+        proto = onnx.load(str(out / entry["onnx"]))
+        values = {v.name: v for v in getattr(proto.graph, where[:-1])}  # input, output
+        for name in cross:
+            assert infos[name]["shape"] == ["B", 2, "4 + S", 16]
+            axis = values[name].type.tensor_type.shape.dim[2]
+            assert axis.dim_param == "4+S" and not axis.HasField("dim_value"), (graph, name)
+        # per-step parity at the min/opt/max sizes, the context's length with them
+        for output, errors in entry["parity"]["fp32"].items():
+            assert {p: e["dims"]["S"] for p, e in errors["at"].items()} == \
+                {"min": 1, "opt": 16, "max": 80}, (graph, output)
+            assert errors["max_abs"] <= 1e-4, (graph, output, errors)
+    assert {p: section["decode"]["inputs"][-1][p][2] for p in ("min", "opt", "max")} == \
+        {"min": 5, "opt": 20, "max": 84}
+    assert "cross_len_0" not in section["dims"]  # named after the context's dim, not its own
+
+    cls, g = load_class(spec, None)
+    torch.manual_seed(0)
+    model = instantiate(cls, g, pretrained=False).eval()
+    pipeline = open_export(out)
+    prompts = [[5, 9, 2, 7], [1, 3]]
+    picture = np.random.default_rng(1).standard_normal((1, 3, 32, 32)).astype(np.float32)
+    logits = []
+    for length in (3, 50):
+        instruction = np.random.default_rng(length).integers(0, 64, (1, length))
+        seen = recorded(monkeypatch)
+        got = pipeline.generate(prompts, image=picture, prompt=instruction, max_new_tokens=6)
+        monkeypatch.undo()
+        assert got == model.generate(prompts, image=torch.from_numpy(picture),
+                                     prompt=torch.from_numpy(instruction), max_new_tokens=6)
+        logits.append(np.stack(seen))
+    assert np.abs(logits[0] - logits[1]).max() > 1e-3  # the two contexts are read
+
+    # TensorRT's decode profile spans the context's length, min..max
+    script = export(spec, tmp_path / "trt", targets.load("tensorrt-fp16"), log=lambda _: None)
+    text = (tmp_path / "trt" / "build_engine.sh").read_text()
+    assert script["generate"]["decode"]["inputs"][-1]["shape"][2] == "4 + S"
+    assert "cross.0.key:1x2x5x16" in text and "cross.0.value:2x2x84x16" in text
+
+    # a cross length that no context dim explains gets a decoder dim of its own
+    graphs = decoder.DecoderGraphs(model, build_graph(spec), {
+        "B": {"min": 1, "opt": 1, "max": 2}, "S": {"min": 1, "opt": 16, "max": 80},
+        "T": {"min": 1, "opt": 8, "max": 32}})
+    assert graphs.cross_shapes == [(2, "4 + S", 16)]
+    assert graphs._cross_length(0, {"min": 7, "opt": 7, "max": 7}) == 7
+    assert graphs._cross_length(0, {"min": 3, "opt": 6, "max": 9}) == "cross_len_0"
+    assert graphs.gen_dims()["cross_len_0"] == {"min": 3, "opt": 6, "max": 9}

@@ -11,7 +11,9 @@ convention so that the KV cache stays outside the graph:
   `attention_mask` [B, T] -> `logits` of every position, `present.N.key/value`
   [B, kv_heads, prefix + T, dim_head] of every causal self-attention call, and
   `cross.N.key/value` [B, kv_heads, M, dim_head], each cross-attention call's keys/values of
-  the context, projected once here (not recomputed per step from the context values);
+  the context, projected once here (not recomputed per step from the context values); M is
+  the context's own length (`4 + S` for patches and a prompt of S tokens), a dynamic axis
+  when the context's length varies with the export dims;
 - decode (`generate_decode.onnx`): the new tokens [B, new_len], `attention_mask`
   [B, mask_len] (every token so far, the new ones included), `past_key_values.N.key/value`
   [B, kv_heads, past_len, dim_head] and the cross keys/values -> `logits` [B, new_len, V] and
@@ -20,7 +22,9 @@ convention so that the KV cache stays outside the graph:
 
 The dims: batch and T are the spec's export dims; `past_len` runs from prefix + 1 to
 prefix + T max - 1, `mask_len` from 2 to T max (a prompt and its new tokens fit in T), and
-`new_len` is 1 (dynamic in the graph, 1 in TensorRT's profile). Each graph is proved like a
+`new_len` is 1 (dynamic in the graph, 1 in TensorRT's profile). The cross length M takes the
+name of the context value's dim it equals at every point (`cross_len_N`, a decoder dim, when
+none does) and spans the context's min..max in the profiles. Each graph is proved like a
 part: at the min, opt and max sizes, the same prompts run through PyTorch with the cache
 (`mm.cache`) and through onnxruntime, prefill and then decode steps each fed its own
 backend's cache, and the logits and keys/values of every step must agree within the target's
@@ -159,7 +163,10 @@ class DecoderGraphs:
         self.vocab = plan.vocab
         self.self_slots = self.cross_slots = 0
         self.slot_shapes: list[tuple[int, int]] = []  # (kv_heads, dim_head) per self slot
-        self.cross_shapes: list[tuple[int, int, int]] = []  # (kv_heads, length, dim_head)
+        # (kv_heads, length, dim_head) per cross slot; the length is an int when the context's
+        # length is fixed, else the name of its dynamic axis
+        self.cross_shapes: list[tuple[int, int | str, int]] = []
+        self.cross_dims: dict[str, dict[str, int]] = {}  # cross lengths no context dim names
         if high >= 2:
             self._measure()
 
@@ -179,7 +186,8 @@ class DecoderGraphs:
     def gen_dims(self) -> dict[str, dict[str, int]]:
         mask = self.mask_range
         return {"new_len": {"min": 1, "opt": 1, "max": 1}, "mask_len": dict(mask),
-                "past_len": {p: mask[p] - 1 + self.prefix(p) for p in POINTS}}
+                "past_len": {p: mask[p] - 1 + self.prefix(p) for p in POINTS},
+                **self.cross_dims}
 
     def cannot(self) -> str | None:
         t = T.format_dim(self.tokens_dim)
@@ -198,13 +206,16 @@ class DecoderGraphs:
     def _measure(self) -> None:
         """Count the cache slots (and their shapes) with one prefill at the opt sizes, and
         the positions the cache holds before the tokens at each point (from prefills of one
-        and two tokens: the cache must grow with the tokens, one position each)."""
+        and two tokens: the cache must grow with the tokens, one position each), and the
+        length of every cross slot's context at each point."""
+        cross_lengths: dict[str, list[int]] = {}
         for point in POINTS:
             held = []
             for length in (1, 2):
                 values, tokens, mask = self.example(point, length, seed=0)
                 cache = step_cache(self.model, values, tokens, mask)
                 held.append(cache.self_kv[0][0].shape[2] - length if cache.self_kv else 0)
+            cross_lengths[point] = [k.shape[2] for k, _ in cache.cross_kv]
             if held[0] != held[1]:
                 self.prefix_problem = (f"the KV cache does not grow by one position per token "
                                        f"of {self.plan.tokens}")
@@ -213,7 +224,24 @@ class DecoderGraphs:
         cache = step_cache(self.model, values, tokens, mask)
         self.self_slots, self.cross_slots = len(cache.self_kv), len(cache.cross_kv)
         self.slot_shapes = [(k.shape[1], k.shape[3]) for k, _ in cache.self_kv]
-        self.cross_shapes = [(k.shape[1], k.shape[2], k.shape[3]) for k, _ in cache.cross_kv]
+        self.cross_shapes = [
+            (k.shape[1], self._cross_length(i, {p: cross_lengths[p][i] for p in POINTS}),
+             k.shape[3]) for i, (k, _) in enumerate(cache.cross_kv)]
+
+    def _cross_length(self, slot: int, lengths: dict[str, int]) -> int | str:
+        """The cross keys/values' length axis: fixed when the context's length is, else the
+        context's own dim (`4 + S`) that has the measured length at every point (the context
+        a cross-attention reads is a frontier value), else a decoder dim of its own spanning
+        the measured lengths (a layer that resizes its context)."""
+        if len(set(lengths.values())) == 1:
+            return lengths["opt"]
+        for t in self.frontier_types:
+            for d in t.dims[1:]:
+                if not d.is_Integer and all(_at(d, self.dims(p)) == lengths[p] for p in POINTS):
+                    return T.format_dim(d)
+        name = f"cross_len_{slot}"
+        self.cross_dims[name] = dict(lengths)
+        return name
 
     # ------------------------------------------------------------------ tensors
     def _frontier_infos(self) -> list[dict]:
