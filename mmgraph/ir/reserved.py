@@ -14,8 +14,9 @@ import keyword
 
 from mmgraph.escape import py_name
 
-# nn.Module's attributes (torch 2.4 to 2.13) and GeneratedModel's own (its generation methods
-# and data among them), `graph` set by load().
+# nn.Module's attributes (torch 2.4 to 2.13, and `smart_apply`, which transformers adds to
+# nn.Module once it initialises a model's weights: hf_model, hf_backbone) and GeneratedModel's
+# own (its generation methods and data among them), `graph` set by load().
 MODULE_ATTRIBUTES = frozenset("""
 T_destination _apply _backward_hooks _backward_pre_hooks _buffers _call_impl
 _compiled_call_impl _forward_hooks _forward_hooks_always_called _forward_hooks_with_kwargs
@@ -35,6 +36,7 @@ register_load_state_dict_pre_hook register_module register_parameter
 register_state_dict_post_hook register_state_dict_pre_hook requires_grad_ set_extra_state
 set_submodule share_memory spec state_dict to to_empty train training type xpu zero_grad
 graph generate generation_context generation_step _context_batch decoding cannot_generate
+smart_apply
 """.split())
 
 # Names the generated source itself uses (see backends/torch/codegen.py RESERVED).
