@@ -42,6 +42,7 @@ def test_the_table_says_what_the_report_says():
     assert "- `clip` test_compile_zoo::test_tiny_forward_and_backward: AssertionError: " \
            "trainable w got no grad" in text
     assert "1 of the 78 seed systems" in text
+    assert "This run: 1 failed, 3 passed zoo test results; 1 specs faithful, 1 partial." in text
 
 
 def test_each_spec_gets_a_picture_page():

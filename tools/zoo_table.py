@@ -44,6 +44,17 @@ def cell(result: dict | None) -> str:
     return mark
 
 
+def outcome_line(specs: dict) -> str:
+    """What the run that wrote the page found, counted over every recorded zoo test."""
+    counts: dict[str, int] = {}
+    for s in specs.values():
+        for result in s["tests"].values():
+            counts[result["outcome"]] = counts.get(result["outcome"], 0) + 1
+    faithful = sum(s["fidelity"] == "faithful" for s in specs.values())
+    return (f"This run: {', '.join(f'{n} {k}' for k, n in sorted(counts.items()))} zoo test "
+            f"results; {faithful} specs faithful, {len(specs) - faithful} partial.")
+
+
 def render(report: dict) -> tuple[str, dict[str, str]]:
     specs = report["specs"]
     seeds = {name: s for name, s in specs.items() if s.get("seed")}
@@ -61,6 +72,8 @@ def render(report: dict) -> tuple[str, dict[str, str]]:
         "every train stage on random tiny batches), **ONNX fp32** (every export part in "
         "onnxruntime against PyTorch at min/opt/max, worst max-abs error, bound 1e-4), **fp16** "
         "(the fp16 export computes in fp16; worst max-abs error against fp32 PyTorch).",
+        "",
+        outcome_line(specs),
         "",
         "| seed | system | spec | params (paper size) | published | fidelity | "
         + " | ".join(c for c, _ in COLUMNS) + " |",
