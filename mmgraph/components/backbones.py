@@ -19,6 +19,39 @@ from mmgraph.ir import types as T
 from mmgraph.suggest import did_you_mean
 
 
+def chosen_levels(ctx, asked: tuple[int, ...], n: int, param: str, has: str,
+                  note: str = "") -> tuple[int, ...] | None:
+    """The levels `param` asks for (negative from the deepest) as 0..n-1, shallow to deep, each
+    once; None (or, with a ctx, a diagnostic `<has> 0..n-1<note>, not i`) when one is out of
+    range."""
+    out = []
+    for i in asked:
+        if not -n <= i < n:
+            if ctx is not None:
+                ctx.fail(f"{ctx.name}: {has} 0..{n - 1}{note}, not {i}", param=param,
+                         code="E203")
+            return None
+        out.append(i % n)
+    if ctx is not None and (not out or any(a >= b for a, b in zip(out, out[1:]))):
+        ctx.fail(f"{ctx.name}: {param} must name levels from shallow to deep, each once, but "
+                 f"{list(asked)} gives levels {out}", param=param, code="E203")
+    return tuple(out)
+
+
+def check_image(ctx, img, stride: int, level: str) -> None:
+    """A backbone's input: floating-point pixels whose height and width are multiples of the
+    deepest chosen level's stride (`level` names that level in the message)."""
+    ctx.expect_kind("image", img, "Image")
+    if img.dtype not in T.FLOAT_DTYPES:
+        ctx.fail(f"{ctx.name} expects pixels but {ctx.source('image')} gives {img}",
+                 "image", code="E307")
+    for axis, what in (("H", "image height"), ("W", "image width")):
+        size = img.dim(axis)
+        if not T.is_integral(size / stride):
+            ctx.fail(f"{ctx.name}: {what} {T.format_dim(size)} is not a multiple of "
+                     f"{stride}, the stride of {level}", "image", code="E304")
+
+
 def level_types(img, table, levels, output: str) -> list:
     """The type of each chosen level of a backbone over `img`: a grid Tensor[B, C, H/s, W/s],
     tokens Seq[B, (H/s)(W/s), C] (row by row) or the spatial mean Vec[B, C]."""
@@ -69,39 +102,18 @@ class TimmBackbone(Component):
                          hint=hint or "supported: " + ", ".join(sorted(FEATURES)) + " (add "
                               "one to mmgraph/components/timm_features.py)")
             return None
-        n = len(table)
-        out = []
-        for i in p.out_indices:
-            if not -n <= i < n:
-                if ctx is not None:
-                    ctx.fail(f"{ctx.name}: {p.model} has feature levels 0..{n - 1}, not {i}",
-                             param="out_indices", code="E203")
-                return None
-            out.append(i % n)
-        if ctx is not None and (not out or any(a >= b for a, b in zip(out, out[1:]))):
-            ctx.fail(f"{ctx.name}: out_indices must name levels from shallow to deep, each "
-                     f"once, but {list(p.out_indices)} gives levels {out}",
-                     param="out_indices", code="E203")
-        return tuple(out)
+        return chosen_levels(ctx, p.out_indices, len(table), "out_indices",
+                             f"{p.model} has feature levels")
 
     def outputs(self, p):
         return level_outputs(self.levels(p) or ())
 
     def infer(self, p, x, ctx):
         img = x["image"]
-        ctx.expect_kind("image", img, "Image")
-        if img.dtype not in T.FLOAT_DTYPES:
-            ctx.fail(f"{ctx.name} expects pixels but {ctx.source('image')} gives {img}",
-                     "image", code="E307")
         levels = self.levels(p, ctx)
         table = FEATURES[architecture(p.model)]
-        deepest = table[levels[-1]][1]
-        for axis, what in (("H", "image height"), ("W", "image width")):
-            size = img.dim(axis)
-            if not T.is_integral(size / deepest):
-                ctx.fail(f"{ctx.name}: {what} {T.format_dim(size)} is not a multiple of "
-                         f"{deepest}, the stride of {p.model}'s feature level {levels[-1]}",
-                         "image", code="E304")
+        check_image(ctx, img, table[levels[-1]][1],
+                    f"{p.model}'s feature level {levels[-1]}")
         if p.weights is not None:
             path = ctx.resolve(p.weights)
             if path.suffix != ".safetensors":

@@ -19,10 +19,14 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from mmgraph.components.backbones import level_outputs, level_types
+from mmgraph.components.backbones import (
+    check_image,
+    chosen_levels,
+    level_outputs,
+    level_types,
+)
 from mmgraph.components.common import PosFloat, PosInt, fixed
 from mmgraph.components.registry import Component, Params, Port, register
-from mmgraph.ir import types as T
 from mmgraph.ir.hf_config import read_hf_config
 
 Family = Literal["resnet", "convnext", "swin", "efficientnet"]
@@ -163,37 +167,17 @@ class HFBackbone(Component):
 
     def levels(self, p, ctx=None) -> tuple[int, ...] | None:
         """`stages` as non-negative levels; None (or a diagnostic) when out of range."""
-        n = len(feature_levels(p))
-        out = []
-        for i in p.stages:
-            if not -n <= i < n:
-                if ctx is not None:
-                    ctx.fail(f"{ctx.name}: this {p.family} has levels 0..{n - 1} (0 the stem), "
-                             f"not {i}", param="stages", code="E203")
-                return None
-            out.append(i % n)
-        if ctx is not None and (not out or any(a >= b for a, b in zip(out, out[1:]))):
-            ctx.fail(f"{ctx.name}: stages must name levels from shallow to deep, each once, "
-                     f"but {list(p.stages)} gives levels {out}", param="stages", code="E203")
-        return tuple(out)
+        return chosen_levels(ctx, p.stages, len(feature_levels(p)), "stages",
+                             f"this {p.family} has levels", " (0 the stem)")
 
     def outputs(self, p):
         return level_outputs(self.levels(p) or ())
 
     def infer(self, p, x, ctx):
         img = x["image"]
-        ctx.expect_kind("image", img, "Image")
-        if img.dtype not in T.FLOAT_DTYPES:
-            ctx.fail(f"{ctx.name} expects pixels but {ctx.source('image')} gives {img}",
-                     "image", code="E307")
         levels = self.levels(p, ctx)
         table = feature_levels(p)
-        deepest = table[levels[-1]][1]
-        for axis, what in (("H", "image height"), ("W", "image width")):
-            if not T.is_integral(img.dim(axis) / deepest):
-                ctx.fail(f"{ctx.name}: {what} {T.format_dim(img.dim(axis))} is not a multiple "
-                         f"of {deepest}, the stride of level {levels[-1]} of this {p.family}",
-                         "image", code="E304")
+        check_image(ctx, img, table[levels[-1]][1], f"level {levels[-1]} of this {p.family}")
         if p.weights is not None:
             self.check_folder(p, ctx)
         types = level_types(img, table, levels, p.output)
