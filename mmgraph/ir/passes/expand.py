@@ -196,15 +196,12 @@ class Lowerer:
                     self.sink.add(exc)
                     scope.failed.add(stmt.name.name)
         for local, decl in scope.decls.items():
-            if decl.shared_target is not None:
+            # `shared(x)` ties, `ema_of(x)` teaches: each resolves x within this body
+            for modifier, resolve in ((decl.shared_target, self.tie), (decl.ema_mod, self.teach)):
+                if modifier is None:
+                    continue
                 try:
-                    self.tie(local, decl, scope)
-                except SpecError as exc:
-                    self.sink.add(exc)
-                    scope.failed.add(local)
-            if decl.ema_mod is not None:
-                try:
-                    self.teach(local, decl, scope)
+                    resolve(local, decl, scope)
                 except SpecError as exc:
                     self.sink.add(exc)
                     scope.failed.add(local)
