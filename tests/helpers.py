@@ -23,3 +23,15 @@ def errors(src: str, **overrides) -> list[tuple[str, int, int, str]]:
     result = check(src, **overrides)
     return [(d.code, d.span.line if d.span else 0, d.span.col if d.span else 0, d.message)
             for d in result.errors]
+
+
+def docs_example(first_line: str) -> tuple[str, str]:
+    """The ```mmg block of docs/language.md whose first line is `first_line`, and the text of
+    the next ``` block after it (the IR the docs print for it, where they print one)."""
+    from pathlib import Path
+
+    docs = (Path(__file__).resolve().parents[1] / "docs" / "language.md").read_text()
+    start = docs.index(f"```mmg\n{first_line}") + len("```mmg\n")
+    end = docs.index("```", start)
+    after = docs[docs.index("```\n", end + 3) + 4:]
+    return docs[start:end], after[:after.index("```")]

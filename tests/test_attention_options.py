@@ -18,7 +18,7 @@ import mmgraph
 from mmgraph.export import targets
 from mmgraph.export.onnx_parts import export
 
-from helpers import check, errors, graph
+from helpers import check, docs_example, errors, graph
 
 
 def _load(src: str):
@@ -317,10 +317,8 @@ def test_attention_options_and_a_tied_head_export_with_parity(spec, tmp_path):
 def test_the_catalogue_example_checks_runs_and_ties(tmp_path):
     """docs/language.md's example of these layers: a hybrid mamba/attention stack with V2PE
     positions and a prefix over the visual tokens, a tied head, a GRU's last state."""
-    docs = (Path(__file__).resolve().parents[1] / "docs" / "language.md").read_text()
-    start = docs.index("```mmg\nblock hybrid(heads) {") + len("```mmg\n")
     path = tmp_path / "example.mmg"
-    path.write_text(docs[start:docs.index("```", start)])
+    path.write_text(docs_example("block hybrid(heads) {")[0])
     torch.manual_seed(0)
     model = mmgraph.load(path)
     out = model(image=torch.randn(2, 4, 64), text=torch.randint(0, 100, (2, 3)),

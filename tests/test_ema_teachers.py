@@ -136,14 +136,10 @@ def test_feature_queue_takes_embeddings():
 
 
 def test_the_docs_example_checks_and_prints_its_teacher():
-    from conftest import ROOT
+    from helpers import docs_example
 
-    docs = (ROOT / "docs" / "language.md").read_text()
-    start = docs.index("```mmg\nmodel momentum {") + len("```mmg\n")
-    g = graph(docs[start:docs.index("```", start)])
-    shown = docs[docs.index("```\n", docs.index("```", start) + 3) + 4:]
-    shown = shown[:shown.index("```")].strip()
-    assert shown in g.dump(spans=False)
+    source, shown = docs_example("model momentum {")
+    assert shown.strip() in graph(source).dump(spans=False)
 
 
 def test_a_stage_cannot_train_a_teacher():

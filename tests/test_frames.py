@@ -235,16 +235,12 @@ def test_the_docs_example_checks_as_printed():
     """docs/language.md's "Per-frame maps and reshapes" example: every IR line it prints."""
     from mmgraph.compiler import check_text
 
-    from conftest import ROOT
+    from helpers import docs_example
 
-    docs = (ROOT / "docs" / "language.md").read_text()
-    start = docs.index("```mmg\nmodel video_frames {") + len("```mmg\n")
-    end = docs.index("```", start)
-    result = check_text(docs[start:end], "frames.mmg")
+    source, printed = docs_example("model video_frames {")
+    result = check_text(source, "frames.mmg")
     assert result.ok, [str(d) for d in result.errors]
     dump = result.graphs["video_frames"].dump()
-    printed = docs[docs.index("```\n", end + 3) + 4:]
-    printed = printed[:printed.index("```")]
     assert printed.strip()
     for line in printed.strip().splitlines():
         assert line + "  # frames.mmg:" in dump, line

@@ -82,11 +82,9 @@ def test_modalities_are_shown_and_mistakes_named_where_written():
 
 
 def test_the_docs_example_checks():
-    from conftest import ROOT
+    from helpers import docs_example
 
-    docs = (ROOT / "docs" / "language.md").read_text()
-    start = docs.index("```mmg\nmodel arcana {") + len("```mmg\n")
-    g = graph(docs[start:docs.index("```", start)])
+    g = graph(docs_example("model arcana {")[0])
     assert g.instances["ff"].lora.modalities == ("image",) and g.instances["ff"].frozen
 
 

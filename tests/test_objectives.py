@@ -615,12 +615,10 @@ model objectives {
 
 
 def test_the_docs_example_checks_and_trains(tmp_path):
-    from conftest import ROOT
+    from helpers import docs_example
 
-    docs = (ROOT / "docs" / "language.md").read_text()
-    start = docs.index("```mmg\nmodel objectives {") + len("```mmg\n")
     path = tmp_path / "example.mmg"
-    path.write_text(docs[start:docs.index("```", start)])
+    path.write_text(docs_example("model objectives {")[0])
     torch.manual_seed(0)
     model = load(path).train()
     gen = torch.Generator().manual_seed(0)

@@ -347,15 +347,11 @@ def test_the_docs_example_checks_as_printed():
     """docs/language.md's "Backbones and vision grids" example: every IR line it prints."""
     from mmgraph.compiler import check_text
 
-    from conftest import ROOT
+    from helpers import docs_example
 
-    docs = (ROOT / "docs" / "language.md").read_text()
-    start = docs.index("```mmg\nmodel vision_vocab {") + len("```mmg\n")
-    end = docs.index("```", start)
-    result = check_text(docs[start:end], "vis.mmg")
+    source, printed = docs_example("model vision_vocab {")
+    result = check_text(source, "vis.mmg")
     assert result.ok, [str(d) for d in result.errors]
     dump = result.graphs["vision_vocab"].dump()
-    printed = docs[docs.index("```\n", end + 3) + 4:]
-    printed = printed[:printed.index("```")]
     for line in printed.strip().splitlines():
         assert line + "  # vis.mmg:" in dump, line
