@@ -25,13 +25,14 @@ def errors(src: str, **overrides) -> list[tuple[str, int, int, str]]:
             for d in result.errors]
 
 
-def docs_example(first_line: str) -> tuple[str, str]:
-    """The ```mmg block of docs/language.md whose first line is `first_line`, and the text of
-    the next ``` block after it (the IR the docs print for it, where they print one)."""
+def docs_example(text: str) -> tuple[str, str]:
+    """The ```mmg block of docs/language.md that holds `text` (written once in the docs), and
+    the text of the next ``` block after it (the IR the docs print for it, where they do)."""
     from pathlib import Path
 
     docs = (Path(__file__).resolve().parents[1] / "docs" / "language.md").read_text()
-    start = docs.index(f"```mmg\n{first_line}") + len("```mmg\n")
-    end = docs.index("```", start)
+    at = docs.index(text)
+    start = docs.rindex("```mmg\n", 0, at) + len("```mmg\n")
+    end = docs.index("```", at)
     after = docs[docs.index("```\n", end + 3) + 4:]
     return docs[start:end], after[:after.index("```")]

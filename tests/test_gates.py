@@ -10,7 +10,7 @@ import torch
 import mmgraph
 from mmgraph.export import targets
 from mmgraph.export.onnx_parts import export
-from tests.helpers import errors, graph
+from tests.helpers import docs_example, errors, graph
 
 MOVA = """model mova {
   input ctx: Vec[B, 16]
@@ -179,14 +179,8 @@ def test_broadcast_onnx_parity(tmp_path):
 
 def test_the_docs_examples_check_as_printed():
     """docs/language.md's gates-and-routing example: every IR line it prints."""
-    from pathlib import Path
-    docs = (Path(__file__).resolve().parents[1] / "docs" / "language.md").read_text()
-    at = docs.index("model mova {")
-    src = docs[docs.rindex("```mmg\n", 0, at) + 7:docs.index("```", at)]
-    printed = docs.index("```\n", docs.index("```", at) + 3) + 4
+    src, printed = docs_example("model mova {")
     dump = graph(src).dump()
-    for line in docs[printed:docs.index("```", printed)].strip("\n").splitlines():
+    for line in printed.strip("\n").splitlines():
         assert line.strip() in dump
-    at = docs.index("y = (x + ctx) * g(ctx)")
-    assert "%y : Seq[B, N, 64] = mul(" in graph(
-        docs[docs.rindex("```mmg\n", 0, at) + 7:docs.index("```", at)]).dump()
+    assert "%y : Seq[B, N, 64] = mul(" in graph(docs_example("y = (x + ctx) * g(ctx)")[0]).dump()

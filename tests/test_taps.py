@@ -10,7 +10,7 @@ import torch
 import mmgraph
 from mmgraph.export import targets
 from mmgraph.export.onnx_parts import export
-from tests.helpers import errors, graph
+from tests.helpers import docs_example, errors, graph
 
 VIT = """depth = 4
 model m {
@@ -126,13 +126,9 @@ def test_onnx_parity(text, tmp_path):
 
 def test_the_docs_example_checks_as_printed():
     """docs/language.md's repeat-taps example, at its depth and after `--set layers=8`."""
-    from pathlib import Path
-    docs = (Path(__file__).resolve().parents[1] / "docs" / "language.md").read_text()
-    at = docs.index("mid = y.back2")
-    src = docs[docs.rindex("```mmg\n", 0, at) + 7:docs.index("```", at)]
-    printed = docs.index("```\n", docs.index("```", at) + 3) + 4
+    src, printed = docs_example("mid = y.back2")
     dump = graph(src).dump()
-    for line in docs[printed:docs.index("```", printed)].strip("\n").splitlines():
+    for line in printed.strip("\n").splitlines():
         assert line.strip() in dump
     assert "output mid = %stack.6" in graph(src, layers=8).dump()
 
