@@ -71,6 +71,23 @@ def runs_held(runs: list[tuple[int, int]], held: int) -> list[tuple[int, int]]:
     return out
 
 
+def runs(segments, n) -> list[tuple[int, int]]:
+    """(modality index, length) pairs of a sequence of n tokens, its one None length (the
+    modality whose length the spec leaves free) filled in."""
+    known = sum(length for _, length in segments if length is not None)
+    return [(index, n - known if length is None else length) for index, length in segments]
+
+
+def held_runs(segments, n):
+    """The runs of a routed sequence of n positions; while generating, of the positions a
+    step holds (the free-length run is the tokens', which grow by one each step)."""
+    cache = current()
+    if cache is None:
+        return runs(segments, n)
+    known = sum(length for _, length in segments if length is not None)
+    return runs_held(runs(segments, known + cache.token_mask.shape[1]), n)
+
+
 class KVCache:
     """Past keys/values per cached self-attention call (in call order), projected context
     keys/values per cross-attention call, and the token mask."""

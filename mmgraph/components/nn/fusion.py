@@ -108,23 +108,6 @@ class MoEFFN(nn.Module):
         return out.reshape(shape), aux
 
 
-def runs(segments, n):
-    """(modality index, length) pairs of a sequence of n tokens, its one None length (the
-    modality whose length the spec leaves free) filled in."""
-    known = sum(length for _, length in segments if length is not None)
-    return [(index, n - known if length is None else length) for index, length in segments]
-
-
-def held_runs(segments, n):
-    """The runs of a routed sequence of n positions; while generating, of the positions a
-    step holds (the free-length run is the tokens', which grow by one each step)."""
-    cache = kv_cache.current()
-    if cache is None:
-        return runs(segments, n)
-    known = sum(length for _, length in segments if length is not None)
-    return kv_cache.runs_held(runs(segments, known + cache.token_mask.shape[1]), n)
-
-
 class _Routed(nn.Module):
     """Per-modality copies of a sub-layer; each token goes through its modality's copy.
 
@@ -142,7 +125,7 @@ class _Routed(nn.Module):
 
     def route(self, x, segments, fn):
         outs, start = [], 0
-        for index, length in held_runs(segments, x.shape[1]):
+        for index, length in kv_cache.held_runs(segments, x.shape[1]):
             piece = x[:, start:start + length]
             outs.append(fn(self.per[self.modalities[index]], piece))
             start += length
@@ -180,7 +163,7 @@ class ModalityAttention(nn.Module):
 
     def forward(self, x, segments, mask=None):
         b, n, _ = x.shape
-        segments = held_runs(segments, n)
+        segments = kv_cache.held_runs(segments, n)
         qs, ks, vs, start = [], [], [], 0
         for index, length in segments:
             layer = self.per[self.modalities[index]]

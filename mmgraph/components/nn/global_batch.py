@@ -49,13 +49,14 @@ def gather(x: torch.Tensor) -> torch.Tensor:
     return torch.cat(parts, dim=0)
 
 
-def share_of_mean(total: torch.Tensor, count: torch.Tensor) -> torch.Tensor:
+def share_of_mean(total: torch.Tensor, count: torch.Tensor,
+                  floor: float = 1.0) -> torch.Tensor:
     """This process's share of `sum / count` over the global batch: `size * total / count_all`.
     DDP and FSDP average gradients (and the trainer the logged values) over processes, so the
     shares average to the global mean even when processes hold different counts (padding,
-    ignored tokens)."""
+    ignored tokens). `floor` bounds the count from below (a sum of weights may be under 1)."""
     _, size = world()
     count_all = count.detach().to(torch.float32).clone()
     if size > 1:
         dist.all_reduce(count_all)
-    return total * size / count_all.clamp(min=1)
+    return total * size / count_all.clamp(min=floor)

@@ -11,6 +11,8 @@ import types
 import torch
 from torch import nn
 
+from mmgraph.components.nn.cache import held_runs
+
 
 def _stay_in_eval(self, mode: bool = True):
     return nn.Module.train(self, False)
@@ -74,8 +76,6 @@ class LoRALinear(nn.Linear):
 
     def token_mask(self, n: int, x):
         """1 at the positions (of the n the input holds) whose modality is adapted, else 0."""
-        from mmgraph.components.nn.fusion import held_runs
-
         runs = held_runs(self.segments, n)
         return torch.cat([torch.full((length,), float(tag in self.modalities),
                                      dtype=x.dtype, device=x.device) for tag, length in runs])

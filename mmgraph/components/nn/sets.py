@@ -8,10 +8,9 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
 
-from mmgraph.components.nn.global_batch import share_of_mean, world
+from mmgraph.components.nn.global_batch import share_of_mean
 from mmgraph.errors import InputError
 
 
@@ -39,16 +38,6 @@ def generalized_box_iou(a, b):
     wh = (rb - lt).clamp(min=0)
     enclosing = wh[..., 0] * wh[..., 1]
     return iou - (enclosing - union) / enclosing
-
-
-def _weighted_mean(total, weights):
-    """This process's share of a weighted mean over the global batch (`share_of_mean` for a
-    count that is a sum of weights, which may be below 1)."""
-    _, size = world()
-    weights = weights.detach().to(torch.float32).clone()
-    if size > 1:
-        dist.all_reduce(weights)
-    return total * size / weights.clamp(min=1e-12)
 
 
 @torch.no_grad()
@@ -100,7 +89,7 @@ def set_loss(logits, boxes, labels, target_boxes, *, class_weight: float, l1_wei
     weight[-1] = no_object_weight
     per = F.cross_entropy(logits.float().transpose(1, 2), target_classes, weight,
                           reduction="none")  # weighted, as DETR's mean; of the global batch
-    ce = _weighted_mean(per.sum(), weight[target_classes].sum())
+    ce = share_of_mean(per.sum(), weight[target_classes].sum(), floor=1e-12)
     if pred:
         src, tgt = torch.cat(pred).float(), torch.cat(true).float()
         l1 = F.l1_loss(src, tgt, reduction="none").sum()
@@ -109,5 +98,6 @@ def set_loss(logits, boxes, labels, target_boxes, *, class_weight: float, l1_wei
     else:  # no object in this slice of the batch: still part of the graph, worth 0
         l1 = giou = boxes.float().sum() * 0
         count = torch.tensor(0, device=logits.device)
-    l1, giou = share_of_mean(l1, count), share_of_mean(giou, count)  # DETR's num_boxes
+    # DETR's num_boxes, one reduction of the count for both sums
+    l1, giou = share_of_mean(torch.stack([l1, giou]), count).unbind()
     return class_weight * ce + l1_weight * l1 + giou_weight * giou

@@ -5,8 +5,9 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.nn.functional as F
 from torch import nn
+
+from mmgraph.components.nn.ops import l2norm
 
 
 def add_logit_scale(module: nn.Module, temperature: float, learnable: bool) -> None:
@@ -29,9 +30,8 @@ class Similarity(nn.Module):
         self.normalize, self.learnable = normalize, learnable
 
     def forward(self, a, b):
-        if self.normalize:  # the reduction in fp32, as l2norm
-            a = F.normalize(a.float(), dim=-1).to(a.dtype)
-            b = F.normalize(b.float(), dim=-1).to(b.dtype)
+        if self.normalize:
+            a, b = l2norm(a), l2norm(b)
         scale = self.logit_scale.exp()
         if self.learnable:  # CLIP's bound on a learned scale; a fixed one is what was asked
             scale = scale.clamp(max=100)
