@@ -159,9 +159,9 @@ class Lowerer:
         self.binding_groups = 0
         self.calls: list[BlockCall] = self.g.calls  # where a call made now is recorded
         self.decls: dict[str, Decl] = {}  # every declared layer, nested ones too
-        # a repeat's result node -> (the repeat, which of its outputs, every copy's outputs):
-        # `y.back2` on it is the output of the copy before the last
-        self.copies: dict[str, tuple[str, int, list[list[Ref]]]] = {}
+        # a repeat's result node -> (the repeat's call, which of its outputs): `y.back2` on it
+        # is that output of the copy before the last (each copy's outputs are in its expansions)
+        self.copies: dict[str, tuple[BlockCall, int]] = {}
 
     # ---------------------------------------------------------------- bodies
     def lower_model(self) -> Graph:
@@ -633,13 +633,14 @@ class Lowerer:
         m = re.fullmatch(r"(layer|back)([0-9]+)", e.attr.name)
         if m is None or ref.node not in self.copies:
             return None
-        name, j, per_copy = self.copies[ref.node]
+        record, j = self.copies[ref.node]
+        per_copy = [x.outputs for x in record.expansions]
         if any(r.port == e.attr.name for r in per_copy[-1]):
             return None
         times, k = len(per_copy), int(m[2])
         if not 1 <= k <= times:
-            raise error("E302", f"'{name}' repeats {times} time(s), so .{e.attr.name} is outside "
-                                f"{m[1]}1..{m[1]}{times}", e.attr.span,
+            raise error("E302", f"'{record.decl}' repeats {times} time(s), so .{e.attr.name} is "
+                                f"outside {m[1]}1..{m[1]}{times}", e.attr.span,
                         hint="layerK counts copies from the first, backK from the last")
         return per_copy[k - 1 if m[1] == "layer" else times - k][j]
 
@@ -821,7 +822,6 @@ class Lowerer:
         current = bound
         outs: list[Ref] = []
         threaded_refs: list[Ref] = []  # the previous repetition's outputs, fed back in
-        per_copy: list[list[Ref]] = []
         for i in range(decl.times):
             prefix = f"{decl.name}.{i}"
             before = set(self.g.nodes)
@@ -830,7 +830,6 @@ class Lowerer:
             else:
                 outs = self.call_component(decl, prefix, e, scope, args=current)
                 record.expansions.append(Expansion(prefix, [outs[0].node], [], outs))
-            per_copy.append(outs)
             if threaded_refs:  # tell `infer` which inputs are fed back
                 first_inputs = {port: ref for port, ref, _ in bound}
                 for name in set(self.g.nodes) - before:
@@ -847,7 +846,7 @@ class Lowerer:
             current = threaded + current[len(threaded):]
         record.threaded, record.outputs = len(threaded_refs), outs
         for j, ref in enumerate(outs):
-            self.copies[ref.node] = (decl.name, j, per_copy)
+            self.copies[ref.node] = (record, j)
         return outs
 
     def expand(self, decl: Decl, prefix: str, bound, e: ast.Call,
