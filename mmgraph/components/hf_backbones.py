@@ -13,7 +13,6 @@ reads its config.json only, to refuse a folder of another family or size."""
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 from typing import Literal
 
@@ -64,11 +63,6 @@ def round_filters(channels: int, width_coefficient: float) -> int:
     return int(out + DEPTH_DIVISOR if out < 0.9 * scaled else out)
 
 
-def efficientnet_repeats(depth_coefficient: float) -> tuple[int, ...]:
-    """Blocks per stage: transformers' `round_repeats`, ceil(coefficient * base blocks)."""
-    return tuple(int(math.ceil(depth_coefficient * n)) for _, _, n in EFFICIENTNET_STAGES)
-
-
 def resolved(p) -> dict[str, object]:
     """The family's parameters, the spec's values over the family's defaults."""
     return {k: (getattr(p, k) if getattr(p, k) is not None else v)
@@ -111,10 +105,6 @@ def config_fields(p, image_size: tuple[int, int] | None = None) -> dict[str, obj
     if p.family == "swin" and image_size is not None:
         out["image_size"] = list(image_size)
     return out
-
-
-MODEL_TYPES = {"resnet": "resnet", "convnext": "convnext", "swin": "swin",
-               "efficientnet": "efficientnet"}
 
 
 @register
@@ -195,7 +185,7 @@ class HFBackbone(Component):
                              "weights is a local transformers model folder (config.json and "
                              "model.safetensors), relative to the spec's folder; nothing is "
                              "downloaded")
-        if cfg.get("model_type") != MODEL_TYPES[p.family]:
+        if cfg.get("model_type") != p.family:
             fail(f"{folder} holds a {cfg.get('model_type')!r} model, not a {p.family}")
         for key, want in config_fields(p).items():
             got = cfg.get(key, want if key == "hidden_dim" else None)

@@ -58,15 +58,19 @@ def check_weights(timm, model: str, weights: str, kwargs: dict) -> None:
     shapes = sorted(k for k in set(want) & set(got) if want[k] != got[k] and k != adapted
                     and not k.endswith(RESIZED))
     if missing or unexpected or shapes:
-        def few(names):
-            return ", ".join(names[:4]) + (f" and {len(names) - 4} more" if len(names) > 4
-                                           else "")
-        problems = [f"{len(names)} {what} ({few(names)})" for names, what in
-                    ((missing, "tensors missing"), (unexpected, "unexpected tensors"),
-                     (shapes, "tensors of another shape")) if names]
         raise BackboneError(f"timm_backbone could not load {weights} into {model}: "
-                            + "; ".join(problems)
+                            + load_problems((missing, "tensors missing"),
+                                            (unexpected, "unexpected tensors"),
+                                            (shapes, "tensors of another shape"))
                             + " (weights must be the timm model's own safetensors file)")
+
+
+def load_problems(*groups: tuple[list[str], str]) -> str:
+    """`N what (a, b, c, d and M more)` for each non-empty (names, what), joined by '; ':
+    what a weights file lacks or has wrong, short enough for one error line."""
+    def few(names):
+        return ", ".join(names[:4]) + (f" and {len(names) - 4} more" if len(names) > 4 else "")
+    return "; ".join(f"{len(names)} {what} ({few(names)})" for names, what in groups if names)
 
 
 def shape_levels(features, output: str):

@@ -13,7 +13,7 @@ import math
 
 from torch import nn
 
-from mmgraph.components.nn.backbones import shape_levels
+from mmgraph.components.nn.backbones import load_problems, shape_levels
 from mmgraph.errors import UserError
 
 STAGE_NAMES = ("stem",) + tuple(f"stage{i}" for i in range(1, 9))
@@ -70,13 +70,8 @@ def _load(model_class, config, weights: str):
     mismatched = sorted(str(k[0] if isinstance(k, tuple) else k)
                         for k in info.get("mismatched_keys", ()))
     if missing or mismatched:
-        def few(names):
-            return ", ".join(names[:4]) + (f" and {len(names) - 4} more" if len(names) > 4
-                                           else "")
-        problems = [f"{len(names)} {what} ({few(names)})" for names, what in
-                    ((missing, "tensors missing"), (mismatched, "tensors of another shape"))
-                    if names]
-        raise HFBackboneError(f"hf_backbone could not load {weights}: " + "; ".join(problems))
+        raise HFBackboneError(f"hf_backbone could not load {weights}: " + load_problems(
+            (missing, "tensors missing"), (mismatched, "tensors of another shape")))
     return model
 
 
