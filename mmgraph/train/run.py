@@ -12,6 +12,7 @@ import torch
 from pydantic import ValidationError
 
 from mmgraph.backends.torch import weights
+from mmgraph.backends.torch.inputs import default_dims
 from mmgraph.backends.torch.pretrained import has_pretrained
 from mmgraph.build import instantiate, load_class
 from mmgraph.errors import UsageError, UserError
@@ -27,8 +28,7 @@ SKIPPED_SHOWN = 5  # bad examples named one by one under --skip-bad; the rest ar
 def data_dims(g, dims: dict | None) -> dict:
     """The sizes of the free dims data is read at: `--dims`, else the export block's opt
     size (a spec that says `dim T = 1..59 @ 40` trains at T=40 without --dims)."""
-    sizes = {name: r.opt for name, r in (g.export.dims.items() if g.export else [])}
-    return {**sizes, **(dims or {})}
+    return {**default_dims(g), **(dims or {})}
 
 
 def train_settings(g, overrides: dict[str, Any]) -> dict:
