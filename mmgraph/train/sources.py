@@ -377,7 +377,7 @@ def open_source(name_or_path: str, split: str = "train", skip_bad: bool = False,
         return DigitsSource(split)
     path = Path(name_or_path)
     if path.suffix == ".jsonl":
-        per_split = path.with_name(f"{path.stem}.{split}.jsonl")
+        per_split = Path(split_file(name_or_path, split))
         if per_split.is_file():
             source = JsonlSource(per_split, skip_bad, allow_outside)
             source.split = split
@@ -387,7 +387,7 @@ def open_source(name_or_path: str, split: str = "train", skip_bad: bool = False,
                             ("is not a regular file" if path.exists() else "not found"))
         return JsonlSource(path, skip_bad, allow_outside)
     if path.is_dir():
-        sub = path / split
+        sub = Path(split_file(name_or_path, split))
         source = ImageFolderSource(sub if sub.is_dir() else path, skip_bad, allow_outside)
         source.split = split if sub.is_dir() else None
         return source
