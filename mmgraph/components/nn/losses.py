@@ -13,6 +13,7 @@ from torch import nn
 
 from mmgraph.components.nn.fusion import MoEFFN
 from mmgraph.components.nn.global_batch import gather_with_grad, share_of_mean, world
+from mmgraph.components.nn.queues import ring_write
 from mmgraph.components.nn.similarity import add_logit_scale
 
 
@@ -51,16 +52,9 @@ class Contrastive(nn.Module):
         loss = (F.cross_entropy(logits_ab.float(), labels) +
                 F.cross_entropy(logits_ba.float(), labels)) / 2
         if self.queue and self.training:
-            self._enqueue(batch_a.detach(), batch_b.detach())
+            ring_write(self.queue_ptr, int(self.queue_ptr),
+                       [(self.queue_a, batch_a.detach()), (self.queue_b, batch_b.detach())])
         return loss
-
-    @torch.no_grad()
-    def _enqueue(self, a, b):
-        n, ptr = len(a), int(self.queue_ptr)
-        idx = (torch.arange(n, device=a.device) + ptr) % self.queue
-        self.queue_a[idx] = a.to(self.queue_a.dtype)
-        self.queue_b[idx] = b.to(self.queue_b.dtype)
-        self.queue_ptr.fill_((ptr + n) % self.queue)
 
 
 def itm(pos, neg):

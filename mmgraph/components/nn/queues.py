@@ -26,12 +26,16 @@ class FeatureQueue(nn.Module):
         ptr = int(self.ptr)
         past = torch.roll(self.features, -ptr, dims=0).to(x.dtype)  # a copy, oldest first
         if self.training:
-            self._enqueue(gather(x)[-self.size:])
+            ring_write(self.ptr, ptr, [(self.features, gather(x)[-self.size:])])
         return past
 
-    @torch.no_grad()
-    def _enqueue(self, rows):
-        ptr = int(self.ptr)
-        idx = (torch.arange(len(rows), device=rows.device) + ptr) % self.size
-        self.features[idx] = rows.to(self.features.dtype)
-        self.ptr.fill_((ptr + len(rows)) % self.size)
+
+@torch.no_grad()
+def ring_write(ptr_buffer: torch.Tensor, ptr: int, pairs) -> None:
+    """Write each (ring buffer, rows) pair's rows at `ptr`, wrapping, then advance
+    `ptr_buffer`: the one write of feature_queue's ring and of contrastive's queues."""
+    size, n = len(pairs[0][0]), len(pairs[0][1])
+    idx = (torch.arange(n, device=pairs[0][1].device) + ptr) % size
+    for buffer, rows in pairs:
+        buffer[idx] = rows.to(buffer.dtype)
+    ptr_buffer.fill_((ptr + n) % size)
