@@ -167,26 +167,40 @@ class Generator:
         if "context" in sessions:
             values = sessions["context"].run(**feed)
         cache: dict[str, np.ndarray] = {}
-        prefill_session, decode_session = sessions["prefill"], sessions["decode"]
+        fed: dict[str, np.ndarray] = {}  # this step's token ids and attention mask
 
-        def run(session: Session, ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
-            step = {}
-            for spec in session.inputs:
-                name = spec.name
-                if name == self.tokens:
-                    step[name] = ids
-                elif name == MASK:
-                    step[name] = mask
-                elif name.startswith(PAST):
-                    step[name] = cache[PRESENT + name.removeprefix(PAST)]
-                elif name.startswith(CROSS):
-                    step[name] = cache[name]
-                else:
-                    step[name] = values[name]
-            out = session.run(**step)
+        def source(name: str) -> tuple[dict[str, np.ndarray], str]:
+            """Where a graph input comes from: (the table holding it, its key there)."""
+            if name == self.tokens:
+                return fed, "ids"
+            if name == MASK:
+                return fed, "mask"
+            if name.startswith(PAST):
+                return cache, PRESENT + name.removeprefix(PAST)
+            if name.startswith(CROSS):
+                return cache, name
+            return values, name
+
+        prefill_session, decode_session = sessions["prefill"], sessions["decode"]
+        prefill_plan = [(s.name, source(s.name)) for s in prefill_session.inputs]
+        decode_plan = [(s.name, source(s.name)) for s in decode_session.inputs]
+
+        def feed_of(plan, ids: np.ndarray, mask: np.ndarray) -> dict[str, np.ndarray]:
+            fed.update(ids=ids, mask=mask)
+            return {name: table[key] for name, (table, key) in plan}
+
+        def logits_of(out: dict[str, np.ndarray]) -> np.ndarray:
             cache.update({k: v for k, v in out.items() if k != self.logits})
             return np.asarray(out[self.logits][:, -1], dtype=np.float32)
 
-        return sampling.generate(lambda ids, mask: run(prefill_session, ids, mask),
-                                 lambda ids, mask: run(decode_session, ids, mask),
-                                 rows, settings, pad_id=pad_id, on_token=on_token)
+        def prefill(ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
+            return logits_of(prefill_session.run(**feed_of(prefill_plan, ids, mask)))
+
+        def decode(ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
+            # no validate per step: the request was checked up front (check, _context_feed,
+            # the prefill's run) and every decode input is a token the loop chose, the mask
+            # it grew, or an output of the graphs themselves
+            return logits_of(decode_session.run_trusted(feed_of(decode_plan, ids, mask)))
+
+        return sampling.generate(prefill, decode, rows, settings, pad_id=pad_id,
+                                 on_token=on_token)
