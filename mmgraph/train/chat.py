@@ -117,6 +117,9 @@ class ChatTemplate:
 
     def __init__(self, setting: str | None, tokenizer):
         self.tokenizer = tokenizer
+        bos = getattr(tokenizer, "bos_id", None)
+        # whether `tokenizer.ids` starts every text with BOS (fixed for the tokenizer)
+        self.adds_bos = bos is not None and tokenizer.ids("")[:1] == [bos]
         hf = getattr(tokenizer, "tok", None)
         self.own = setting is None and getattr(hf, "chat_template", None) is not None
         if self.own:
@@ -188,7 +191,7 @@ class ChatTemplate:
         ids, offsets = self.tokenizer.ids_and_offsets(text)
         targets = [any(s < end and e > start for start, end in spans) for s, e in offsets]
         bos = getattr(self.tokenizer, "bos_id", None)
-        if bos is not None and ids[:1] != [bos] and self.tokenizer.ids("")[:1] == [bos]:
+        if self.adds_bos and ids[:1] != [bos]:
             ids, targets = [bos] + ids, [False] + targets
         return Encoded(ids, targets)
 
@@ -201,8 +204,6 @@ def render_prompt(tokenizer, text: str, template: str | None = None) -> str:
     chat = ChatTemplate(template, tokenizer)
     rendered = chat.render([{"role": "user", "content": text}], generation_prompt=True)
     bos = getattr(tokenizer, "bos_token", None)
-    bos_id = getattr(tokenizer, "bos_id", None)
-    if bos and bos_id is not None and rendered.startswith(bos) and \
-            tokenizer.ids("")[:1] == [bos_id]:
+    if bos and chat.adds_bos and rendered.startswith(bos):
         rendered = rendered[len(bos):]
     return rendered
