@@ -289,15 +289,15 @@ class ScopeCode:
             return [f"# {escape.one_line(inst.name)} is declared but never called, so it is "
                     "not built"]
         if inst.lora:
-            ctor = self.with_lora(ctor, inst, self.lora_layout(inst))
+            ctor = self.with_lora(ctor, inst)
         lines = [f"{target} = {ctor}"]
         if inst.frozen and inst.frozen_by == inst.name:
             lines.append(f"mm.freeze({target})")
         return lines
 
-    @staticmethod
-    def with_lora(ctor: str, inst: Instance, layout=None) -> str:
+    def with_lora(self, ctor: str, inst: Instance) -> str:
         lo = inst.lora
+        layout = self.lora_layout(inst)
         kwargs = [("r", literal(lo.r)), ("alpha", literal(lo.alpha)),
                   ("targets", literal(tuple(lo.targets)))]
         if layout is not None:  # per-modality adapters: which tokens they act on
@@ -329,7 +329,7 @@ class ScopeCode:
             first = self.g.instances[call.expansions[0].prefix]
             make = self.constructor(first)
             if first.lora:
-                make = self.with_lora(make, first, self.lora_layout(first))
+                make = self.with_lora(make, first)
         if call.times:
             line = f"{target} = nn.ModuleList([{make} for _ in range({int(call.times)})])"
             if len(line) > WIDTH:
