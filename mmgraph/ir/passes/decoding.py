@@ -40,9 +40,11 @@ def plan(g: Graph) -> DecodePlan | DecodeProblem:
     logits, tokens = choice
     needed = g.upstream({g.outputs[logits].node})
     dynamic = ({tokens} | nx.descendants(g.nx_graph(), tokens)) & needed
+    joins: list[tuple[str, int]] = []
+    slices: list[tuple[str, int]] = []
     for name in g.nodes:  # graph order: the first problem in the spec is reported
         if name in dynamic and name != tokens:
-            problem = _step_problem(g, g.nodes[name], dynamic, tokens)
+            problem = _step_problem(g, g.nodes[name], dynamic, tokens, joins, slices)
             if problem is not None:
                 return problem
     source = {n.name: n.inputs[0][1] for n in g.nodes.values() if n.op == "bind"}
@@ -69,12 +71,7 @@ def plan(g: Graph) -> DecodePlan | DecodeProblem:
         context_nodes=tuple(n for n in g.nodes if n in context),
         step_nodes=tuple(n for n in g.nodes if n in dynamic),
         max_len=min((m for m in limits if isinstance(m, int)), default=None),
-        joins=tuple((n, [r.node in dynamic for r in g.nodes[n].refs()].index(True))
-                    for n in g.nodes if n in dynamic and g.nodes[n].op == "call"
-                    and registry.get(g.instances[g.nodes[n].target].component)
-                    .sequence_rule(g.instances[g.nodes[n].target].params) == "joins"),
-        slices=tuple((n, _lead(g, g.nodes[n].inputs[0][1], tokens))
-                     for n in g.nodes if n in dynamic and g.nodes[n].op == "slice"))
+        joins=tuple(joins), slices=tuple(slices))
 
 
 def _lead(g: Graph, ref: Ref, tokens: str) -> int | None:
@@ -101,7 +98,12 @@ def _logits_and_tokens(g: Graph) -> tuple[str, str] | DecodeProblem:
                          "with a Tokens input, so there is no text to generate", g.span)
 
 
-def _step_problem(g: Graph, node: Node, dynamic: set[str], tokens: str) -> DecodeProblem | None:
+def _step_problem(g: Graph, node: Node, dynamic: set[str], tokens: str,
+                  joins: list[tuple[str, int]],
+                  slices: list[tuple[str, int]]) -> DecodeProblem | None:
+    """Why `node` cannot run one token at a time, or None. A join it can step through is
+    added to `joins` (with its first tokens-dependent input), a slice to `slices` (with the
+    positions before the tokens'), so the plan needs no second walk."""
     span: Span = node.span
     if node.op in ("input", "bind"):
         return None
@@ -121,11 +123,13 @@ def _step_problem(g: Graph, node: Node, dynamic: set[str], tokens: str) -> Decod
             f"this select picks one position of a value computed from {tokens}; a "
             "one-token generation step sees only the newest position", span)
     if node.op == "slice":
-        if _lead(g, node.inputs[0][1], tokens) is None:
+        lead = _lead(g, node.inputs[0][1], tokens)
+        if lead is None:
             return DecodeProblem(
                 f"this slice cuts a value whose length is not a fixed number of positions "
                 f"plus those of {tokens}, so a generation step cannot tell which positions "
                 "it holds", span)
+        slices.append((node.name, lead))
         return None
     if node.op != "call":
         return DecodeProblem(f"generation cannot step through a '{node.op}' node", span)
@@ -140,6 +144,7 @@ def _step_problem(g: Graph, node: Node, dynamic: set[str], tokens: str) -> Decod
                 f"{layer} puts a value that does not depend on {tokens} after the tokens' "
                 "positions; generation can only join such values before them (a prefix)",
                 span)
+        joins.append((node.name, ports.index(True)))
         return None
     if rule == "mixing":
         if getattr(inst.params, "causal", None) is False:
