@@ -167,6 +167,8 @@ class DecoderGraphs:
         # length is fixed, else the name of its dynamic axis
         self.cross_shapes: list[tuple[int, int | str, int]] = []
         self.cross_dims: dict[str, dict[str, int]] = {}  # cross lengths no context dim names
+        # the torch model's context values per (point, seed): the same for every prompt length
+        self._contexts: dict[tuple[str, int], tuple] = {}
         if high >= 2:
             self._measure()
 
@@ -330,10 +332,7 @@ class DecoderGraphs:
     def example(self, point: str, length: int, seed: int):
         """Context values (through the torch model), left-padded prompts of `length` tokens
         (row r has r padding tokens, at least one real one) and their mask."""
-        dims = self.dims(point)
-        context = random_inputs(self.g, list(self.plan.context_inputs), dims, seed=seed)
-        with torch.no_grad():
-            values = tuple(self.model.generation_context(*context.values()))
+        values = self._context_values(point, seed)
         gen = torch.Generator().manual_seed(seed)
         b = self.batch(point)
         tokens = torch.randint(0, self.vocab, (b, length), generator=gen)
@@ -344,11 +343,21 @@ class DecoderGraphs:
             tokens[r, :pad] = 0
         return values, tokens, mask
 
+    def _context_values(self, point: str, seed: int) -> tuple:
+        """The context values of random context inputs at `point`, computed once."""
+        key = (point, seed)
+        if key not in self._contexts:
+            dims = self.dims(point)
+            context = random_inputs(self.g, list(self.plan.context_inputs), dims, seed=seed)
+            with torch.no_grad():
+                self._contexts[key] = tuple(self.model.generation_context(*context.values()))
+        return self._contexts[key]
+
     def example_args(self, name: str) -> tuple:
-        values, tokens, mask = self.example("opt", self.mask_range["opt"] - 1, seed=0)
         if name == CONTEXT:
             dims = self.dims("opt")
             return tuple(random_inputs(self.g, list(self.plan.context_inputs), dims).values())
+        values, tokens, mask = self.example("opt", self.mask_range["opt"] - 1, seed=0)
         if name == PREFILL:
             return (*values, tokens, mask)
         with torch.no_grad():
