@@ -227,39 +227,32 @@ def infer_arith(g: Graph, node: Node, args) -> T.TensorType:
         return t
     a, b = args["a"], args["b"]
     na, nb = node.inputs[0][1].node, node.inputs[1][1].node
-    if a.rank != b.rank and T.broadcast_plan(a, b)[1] is not None:
-        return infer_broadcast(node, a, na, b, nb)
-    if a.kind != b.kind and "Tensor" not in (a.kind, b.kind) and \
-            {a.kind, b.kind} != {"Seq", "Vec"}:  # a Vec may broadcast over a Seq's tokens
-        raise error("E302", f"cannot {node.op} {a} ({na}) and {b} ({nb}): different kinds",
-                    node.span)
-    if a.rank != b.rank:
-        return infer_broadcast(node, a, na, b, nb)  # says why it does not broadcast
-    for axis, (da, db) in enumerate(zip(a.dims, b.dims)):
-        if T.differ(da, db):
-            raise error("E301", f"cannot {node.op} {na} and {nb}: {a.axes[axis]} is "
-                                f"{T.format_dim(da)} in {a} but {T.format_dim(db)} in {b}",
-                        node.span, hint="elementwise arithmetic needs equal shapes")
+    # different ranks: a per-example (or per-token) value applied to a bigger one (MoVA's
+    # expert weights, a gate `Tensor[B]` on `Seq[B, N, D]`, a context `Vec[B, D]` added to
+    # every token)
+    plan = T.broadcast_plan(a, b) if a.rank != b.rank else None
+    if plan is None or plan[1] is None:
+        if a.kind != b.kind and "Tensor" not in (a.kind, b.kind) and \
+                {a.kind, b.kind} != {"Seq", "Vec"}:  # a Vec may broadcast over a Seq's tokens
+            raise error("E302", f"cannot {node.op} {a} ({na}) and {b} ({nb}): different kinds",
+                        node.span)
+        if plan is not None:
+            small, big = (a, b) if plan[0] == 0 else (b, a)
+            ns, nbig = (na, nb) if plan[0] == 0 else (nb, na)
+            raise error("E301", f"cannot {node.op} {a} ({na}) and {b} ({nb}): {small} ({ns}) "
+                                f"does not broadcast over {big} ({nbig})", node.span,
+                        hint="a smaller value broadcasts when it is a Vec[B, D] on a "
+                             "Seq[B, N, D], or a Tensor whose dims are the leading dims of the "
+                             "other (a per-example gate Tensor[B])")
+        for axis, (da, db) in enumerate(zip(a.dims, b.dims)):
+            if T.differ(da, db):
+                raise error("E301", f"cannot {node.op} {na} and {nb}: {a.axes[axis]} is "
+                                    f"{T.format_dim(da)} in {a} but {T.format_dim(db)} in {b}",
+                            node.span, hint="elementwise arithmetic needs equal shapes")
     if a.dtype != b.dtype:
         raise error("E307", f"cannot {node.op} {a} and {b}: dtypes differ", node.span)
-    return a.with_(tags=tags_of(a, b))
-
-
-def infer_broadcast(node: Node, a, na, b, nb) -> T.TensorType:
-    """A per-example (or per-token) value applied to a bigger one: MoVA's expert weights,
-    a gate `Tensor[B]` on `Seq[B, N, D]`, a context `Vec[B, D]` added to every token."""
-    which, how = T.broadcast_plan(a, b)
-    small, big = (a, b) if which == 0 else (b, a)
-    ns, nbig = (na, nb) if which == 0 else (nb, na)
-    if how is None:
-        raise error("E301", f"cannot {node.op} {a} ({na}) and {b} ({nb}): {small} ({ns}) does "
-                            f"not broadcast over {big} ({nbig})", node.span,
-                    hint="a smaller value broadcasts when it is a Vec[B, D] on a "
-                         "Seq[B, N, D], or a Tensor whose dims are the leading dims of the "
-                         "other (a per-example gate Tensor[B])")
-    if a.dtype != b.dtype:
-        raise error("E307", f"cannot {node.op} {a} and {b}: dtypes differ", node.span)
-    return big.with_(tags=tags_of(a, b))
+    out = a if plan is None or plan[0] == 1 else b  # the bigger operand's type
+    return out.with_(tags=tags_of(a, b))
 
 
 _INDEXABLE = {"Seq": "Vec", "Tokens": "Labels", "Mask": None, "Logits": "Logits"}
