@@ -33,8 +33,8 @@ from mmgraph.backends.torch.pretrained import sources as pretrained_sources
 from mmgraph.backends.torch.weights import (
     FORMAT,
     CheckpointError,
+    check_fingerprint,
     checkpoints,
-    compare,
     find,
     fingerprint,
     load_weights,
@@ -336,18 +336,9 @@ def load_model_for_resume(path: Path, model: torch.nn.Module, g: Graph, *, fsdp:
         raise CheckpointError(f"checkpoint {path} {how}")
     if fsdp:
         state = read_state(path)
-        _check_fingerprint(path, state, g)
+        check_fingerprint(path, state.get("fingerprint", {}), fingerprint(g), count_more=False)
         return state
     return load_weights(path, model, g)
-
-
-def _check_fingerprint(path: Path, state: dict, g: Graph) -> None:
-    now = fingerprint(g)
-    saved = state.get("fingerprint", {})
-    diffs = compare(saved, now, {}, {}) if saved.get("hash") != now["hash"] else []
-    if diffs:
-        raise CheckpointError(f"checkpoint {path} does not match the spec:\n  " +
-                              "\n  ".join(diffs[:20]))
 
 
 def consolidate(path: str | Path) -> Path:

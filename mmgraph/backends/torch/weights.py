@@ -81,6 +81,22 @@ def compare(saved: dict, current: dict, shapes_saved: dict, shapes_now: dict) ->
     return out
 
 
+def check_fingerprint(path: str | Path, saved: dict, now: dict, shapes_saved: dict | None = None,
+                      shapes_now: dict | None = None, *, count_more: bool = True) -> None:
+    """Refuse a checkpoint whose fingerprint `saved` (and weight shapes, when given) differ from
+    the spec's `now`, listing the first 20 differences (`count_more`: and how many more). It
+    compares only when the hash or the shapes differ, and a differing hash alone refuses
+    nothing when `compare` finds no difference (a parameter added since, at its default)."""
+    if saved.get("hash") == now["hash"] and shapes_saved == shapes_now:
+        return
+    diffs = compare(saved, now, shapes_saved or {}, shapes_now or {})
+    if diffs:
+        raise CheckpointError(f"checkpoint {path} does not match the spec:\n  " +
+                              "\n  ".join(diffs[:20]) +
+                              (f"\n  ... and {len(diffs) - 20} more"
+                               if count_more and len(diffs) > 20 else ""))
+
+
 def unique_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     """The model's parameters and persistent buffers, each tensor once (tied weights)."""
     out, seen = {}, set()
@@ -235,14 +251,8 @@ def load_weights(path: str | Path, model: torch.nn.Module, g: Graph) -> dict:
     state = read_state(path)
     now = fingerprint(g)
     shapes_now = {k: list(v.shape) for k, v in unique_state(model).items()}
-    saved = state.get("fingerprint", {})
-    if saved.get("hash") != now["hash"] or state.get("shapes") != shapes_now:
-        diffs = compare(saved, now, state.get("shapes", {}), shapes_now)
-        if diffs:
-            raise CheckpointError(f"checkpoint {path} does not match the spec:\n  " +
-                                  "\n  ".join(diffs[:20]) +
-                                  (f"\n  ... and {len(diffs) - 20} more" if len(diffs) > 20
-                                   else ""))
+    check_fingerprint(path, state.get("fingerprint", {}), now, state.get("shapes", {}),
+                      shapes_now)
     weights = read_tensors(path, "model.safetensors", state)
     try:
         missing, unexpected = model.load_state_dict(weights, strict=False)
