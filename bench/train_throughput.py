@@ -70,6 +70,12 @@ def hand_written(steps: int, batch_size: int) -> float:
 WALL: list[float] = []
 
 
+def last_samples_per_s(run: Path) -> float:
+    """The samples/s a training run in folder `run` reported at its last step."""
+    last = (run / "metrics.jsonl").read_text().splitlines()[-1]
+    return json.loads(last)["samples_per_s"]
+
+
 def with_mmgraph(steps: int, batch_size: int) -> float:
     from mmgraph.train.run import train
 
@@ -78,8 +84,7 @@ def with_mmgraph(steps: int, batch_size: int) -> float:
         train(SPEC, out=out, max_steps=steps, quiet=True,
               settings_overrides={"batch_size": batch_size, "warmup": 0})
         WALL.append(time.perf_counter() - start)
-        last = (Path(out) / "metrics.jsonl").read_text().splitlines()[-1]
-        return json.loads(last)["samples_per_s"]
+        return last_samples_per_s(Path(out))
 
 
 # a CLIP large enough that weights and activations outweigh the interpreter, small enough for
@@ -106,8 +111,7 @@ def distributed_worker(out: Path, mode: str, steps: int, batch: int) -> None:
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
     record = {"rank": result["rank"], "peak_bytes": peak}
     if result["rank"] == 0:
-        last = (out / mode / "metrics.jsonl").read_text().splitlines()[-1]
-        record["samples_per_s"] = json.loads(last)["samples_per_s"]
+        record["samples_per_s"] = last_samples_per_s(out / mode)
     (out / f"{mode}.rank{result['rank']}.json").write_text(json.dumps(record))
 
 
@@ -167,9 +171,9 @@ def loader_workers(steps: int, batch: int, rounds: int, workers: int = 2,
                 out = root / f"run-{i}-{w}"
                 train(SPEC, data=str(data), out=out, max_steps=steps, quiet=True, workers=w,
                       settings_overrides={"batch_size": batch, "warmup": 0})
-                last = json.loads((out / "metrics.jsonl").read_text().splitlines()[-1])
+                rate = last_samples_per_s(out)
                 if i:
-                    rates[w].append(last["samples_per_s"])
+                    rates[w].append(rate)
     off, on = statistics.median(rates[0]), statistics.median(rates[workers])
     return {"workers": workers, "picture": picture, "examples": len(rows), "steps": steps,
             "samples_per_s_without_workers": off, "samples_per_s_with_workers": on,
