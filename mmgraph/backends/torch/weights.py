@@ -37,10 +37,11 @@ def fingerprint(g: Graph) -> dict[str, Any]:
     """What a checkpoint must agree with: the layers and their parameters, by name. `items`
     and `at_default` let `compare` accept a checkpoint written before a component gained a
     parameter that the spec leaves at its default."""
-    layers = {name: f"{inst.component}({inst.params_text(defaults=True)})"
+    items = {name: inst.param_items(defaults=True) for name, inst in g.instances.items()}
+    # the text params_text(defaults=True) writes, from the items already read
+    layers = {name: f"{inst.component}({', '.join(f'{k}={v}' for k, v in items[name])})"
               for name, inst in g.instances.items()}
     text = json.dumps(layers, sort_keys=True)
-    items = {name: inst.param_items(defaults=True) for name, inst in g.instances.items()}
     set_now = {name: {k for k, _ in inst.param_items()} for name, inst in g.instances.items()}
     at_default = {name: [k for k, _ in items[name] if k not in set_now[name]]
                   for name in items}
