@@ -21,6 +21,7 @@ class TaskSchedule:
     names: tuple[str, ...]  # the stage's losses, in the order written
     weights: dict[str, float]
     alternate: bool
+    every_loss: bool  # the stage names each of the model's losses once: "total" is their sum
 
     def task(self, step: int) -> str | None:
         """The loss step `step` (0-based within the stage) optimises; None: all of them."""
@@ -32,7 +33,7 @@ class TaskSchedule:
         JAX's alternating loops (IMP) do."""
         task = self.task(step)
         stepped = (task,) if task is not None else self.names
-        if task is None and sorted(stepped) == sorted(set(losses) - {"total"}):
+        if task is None and self.every_loss:
             return losses["total"]  # the model's own weighted sum: every loss is in the stage
         total = sum(self.weights[name] * losses[name] for name in stepped)
         rest = [losses[name] for name in self.weights if name not in stepped]
@@ -43,4 +44,6 @@ def schedule_for(settings: dict, weights: dict[str, float]) -> TaskSchedule:
     """The stage's schedule: `settings` are its merged train settings, `weights` the model's
     losses and their weights."""
     names = tuple(settings.get("losses") or weights)
-    return TaskSchedule(names, dict(weights), settings.get("tasks") == "alternate")
+    # the model's losses dict holds `weights`' names and "total", so this is fixed per stage
+    every_loss = sorted(names) == sorted(set(weights) - {"total"})
+    return TaskSchedule(names, dict(weights), settings.get("tasks") == "alternate", every_loss)
