@@ -4,9 +4,9 @@ The first ten are written here; every other spec keeps its own next to it, in it
 a comment line `# tiny: width=32 depth=2 heads=2 vocab=64` (more `# tiny:` lines add to it).
 """
 
-from pathlib import Path
-
 from zoo_headers import read
+
+from conftest import SPECS
 
 TINY = {
     "clip": dict(width=32, depth=2, heads=2, text_width=32, text_depth=2, text_heads=2,
@@ -35,7 +35,7 @@ TINY = {
                         latent_channels=4, latent_size=8, patch=2),
 }
 
-for _spec in sorted((Path(__file__).resolve().parents[1] / "specs").glob("*.mmg")):
+for _spec in SPECS:
     if _spec.stem not in TINY:
         _found = read(_spec).tiny
         if _found is not None:

@@ -10,6 +10,7 @@ tools/zoo_table.py (which writes docs/zoo.md from a zoo run):
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -52,8 +53,10 @@ def _paper(comments: list[str]) -> str:
     return m[0].strip() if m else (paragraph[0] if paragraph else "")
 
 
+@functools.cache  # tiny.py, test_zoo.py and conftest.py each read every spec's header
 def read(spec: Path) -> Header:
-    """The header of one spec; malformed Fidelity/Published lines raise ValueError naming it."""
+    """The header of one spec; malformed Fidelity/Published lines raise ValueError naming it.
+    Read once per path and shared by every caller, so callers must not change it."""
     lines = spec.read_text(encoding="utf-8").splitlines()
     comments = []
     for line in lines:
