@@ -30,7 +30,7 @@ def _percentile(xs: list[float], q: float) -> float:
 
 def bench(source: str | Path, dims: dict[str, int] | None = None, runs: int = 50,
           warmup: int = 5, compile: bool = True, overrides: dict | None = None,
-          model_name: str | None = None, lib_dirs=(), log=print, opset23: bool = True) -> dict:
+          model_name: str | None = None, lib_dirs=(), log=print) -> dict:
     """Benchmark a spec (exported on the fly) or an `mmgraph export` folder.
 
     A spec is exported twice, at opset 18 (attention as MatMul/Softmax) and at opset 23
@@ -45,14 +45,14 @@ def bench(source: str | Path, dims: dict[str, int] | None = None, runs: int = 50
     if not source.exists():
         raise UserError(f"{source}: no such spec file or export folder")
     with tempfile.TemporaryDirectory() as tmp, tempfile.TemporaryDirectory() as tmp23:
+        # the parts only: bench never runs the generation graphs
         export(source, tmp, targets.load("onnx"), overrides=overrides, model_name=model_name,
-               lib_dirs=lib_dirs, log=lambda _: None)
-        fused = None
-        if opset23:  # the same model with attention as ONNX's fused Attention op
-            export(source, tmp23, targets.load("onnxruntime-fused"), overrides=overrides,
-                   model_name=model_name, lib_dirs=lib_dirs, log=lambda _: None)
-            fused = open_folder(tmp23)
-        return _bench(open_folder(tmp), source, dims, runs, warmup, compile, log, fused)
+               lib_dirs=lib_dirs, log=lambda _: None, generation=False)
+        # the same model with attention as ONNX's fused Attention op
+        export(source, tmp23, targets.load("onnxruntime-fused"), overrides=overrides,
+               model_name=model_name, lib_dirs=lib_dirs, log=lambda _: None, generation=False)
+        return _bench(open_folder(tmp), source, dims, runs, warmup, compile, log,
+                      open_folder(tmp23))
 
 
 def _sizes(folder: ExportFolder, source: Path, dims: dict[str, int]) -> dict[str, int]:
@@ -117,19 +117,19 @@ def _bench(folder: ExportFolder, source: Path, dims: dict[str, int] | None, runs
         outputs = [TensorSpec.of(o) for o in part.outputs]
         onnx = OnnxSession(onnx_files[part.name], inputs, outputs, name=part.name,
                            providers=["CPUExecutionProvider"])
-        backends["onnxruntime"] = lambda s=onnx, a=arrays: s._run(a)
+        backends["onnxruntime"] = lambda s=onnx, a=arrays: s.run_trusted(a)
         if fused is not None:
             path = fused.file(next(p.onnx for p in fused.manifest.parts if p.name == part.name),
                               what)
             onnx23 = OnnxSession(path, inputs, outputs, name=part.name,
                                  providers=["CPUExecutionProvider"])
             backends[f"onnxruntime@{fused.manifest.opset}"] = \
-                lambda s=onnx23, a=arrays: s._run(a)
+                lambda s=onnx23, a=arrays: s.run_trusted(a)
         engine = folder.path / f"{part.name}.engine"
         if trt_ok and engine.exists():
             trt = TensorRTSession(folder.file(engine.name, what), inputs, outputs,
                                   name=part.name)
-            backends["tensorrt"] = lambda s=trt, a=arrays: s._run(a)
+            backends["tensorrt"] = lambda s=trt, a=arrays: s.run_trusted(a)
         times: dict[str, list[float]] = {k: [] for k in backends}
         with torch.inference_mode():
             for _ in range(warmup):

@@ -368,8 +368,9 @@ def prepare_output(out: Path) -> None:
 
 def export(spec: str | Path, out: str | Path, target: Target, *, overrides: dict | None = None,
            checkpoint: str | Path | None = None, model_name: str | None = None,
-           lib_dirs=(), log=print) -> dict:
-    """Export every part; returns (and writes) the manifest."""
+           lib_dirs=(), log=print, generation: bool = True) -> dict:
+    """Export every part; returns (and writes) the manifest. `generation=False` leaves out
+    the generation graphs (their export and proof), for callers that run the parts only."""
     low, high = opset_range()
     if not low <= target.opset <= high:
         raise ExportError(f"target {target.name}: opset {target.opset} is outside the opsets "
@@ -433,7 +434,10 @@ def export(spec: str | Path, out: str | Path, target: Target, *, overrides: dict
             f"{fp32:.2e}{half_note}")
     from mmgraph.export import decoder  # imported here: decoder builds on this module
 
-    decoder.export_generation(model, g, target, out, ranges, manifest, log)
+    if generation:
+        decoder.export_generation(model, g, target, out, ranges, manifest, log)
+    else:
+        manifest["cannot_generate"] = "exported without its generation graphs"
     with writing(out):
         deploy(manifest, out, target, log)
     manifest["seconds"] = time.perf_counter() - start
