@@ -242,7 +242,7 @@ def export_fused(module, g: Graph, plan: ExportPart, path: Path, opset: int,
 
     dims = {k: min(max(2, v["opt"]), v["max"]) for k, v in ranges.items()}
     x = random_inputs(g, plan.inputs, dims)
-    axes = dynamic_axes(g, plan.inputs)
+    axes = dynamic_axes(g, plan.inputs + plan.outputs)  # per name: the inputs' are theirs
     shapes: tuple = tuple({i: torch.export.Dim.DYNAMIC for i in axes.get(n, {})}
                           for n in plan.inputs)
     if any(p.kind is p.VAR_POSITIONAL for p in inspect.signature(module.forward).parameters
@@ -266,7 +266,7 @@ def export_fused(module, g: Graph, plan: ExportPart, path: Path, opset: int,
     names = {}
     for value in list(proto.graph.input) + list(proto.graph.output):
         for i, dim in enumerate(value.type.tensor_type.shape.dim):
-            want = dynamic_axes(g, plan.inputs + plan.outputs).get(value.name, {}).get(i)
+            want = axes.get(value.name, {}).get(i)
             if want and dim.dim_param:
                 names.setdefault(dim.dim_param, want)
     for value in list(proto.graph.input) + list(proto.graph.output) + list(
