@@ -109,15 +109,14 @@ def export_generation(model, g: Graph, target: Target, out: Path, ranges: dict,
 
 
 def trt_graphs(manifest: dict) -> list[dict]:
-    """The generation graphs as TensorRT builds them (like parts; the fp16 graph when there
-    is one), their profiles spanning the past length: context (unless a part computes it),
-    prefill and decode."""
+    """The generation graphs TensorRT builds (onnx_parts._trt_parts picks their fp16 files as
+    it does the parts'), their profiles spanning the past length: context (unless a part
+    computes it), prefill and decode."""
     section = manifest.get("generate")
     if not section:
         return []
-    graphs = [section[k] for k in ("context", "prefill", "decode")
-              if section[k] is not None and not section[k].get("reuses_part")]
-    return [{**p, "onnx": p.get("onnx_fp16", p["onnx"])} for p in graphs]
+    return [section[k] for k in ("context", "prefill", "decode")
+            if section[k] is not None and not section[k].get("reuses_part")]
 
 
 def _value_name(g: Graph, ref: Ref) -> str:

@@ -488,8 +488,8 @@ def _trt_parts(manifest: dict) -> list[dict]:
     generation graphs, their profiles spanning the past length."""
     from mmgraph.export.decoder import trt_graphs
 
-    return [{**p, "onnx": p.get("onnx_fp16", p["onnx"])} for p in manifest["parts"]] \
-        + trt_graphs(manifest)
+    return [{**p, "onnx": p.get("onnx_fp16", p["onnx"])}
+            for p in manifest["parts"] + trt_graphs(manifest)]
 
 
 def _json(v):
