@@ -157,7 +157,7 @@ def from_spec(spec: str, req: Request, *, checkpoint: str | None, overrides: dic
               on_text=None) -> list[Generated]:
     from mmgraph.build import load_class
     from mmgraph.train.preprocess import image_norms, pretrained_tokenizer
-    from mmgraph.train.run import check_device, load_trained, train_settings
+    from mmgraph.train.run import check_device, load_trained
     from mmgraph.train.tokenize import make_tokenizer
 
     check_sampling(req.sampling)
@@ -177,7 +177,8 @@ def from_spec(spec: str, req: Request, *, checkpoint: str | None, overrides: dic
     def backend(ids, **kw):
         return model.generate(ids, cache=cache, **kw)
 
-    template = train_settings(g, {})["chat_template"]
+    # the checked IR holds the validated train settings: no need to validate them all again
+    template = g.train.settings.get("chat_template") if g.train else None
     return run(req, backend, tok, plan.vocab, context, on_text, template)
 
 
@@ -198,8 +199,7 @@ def from_export(folder: str, req: Request, *, on_text=None) -> list[Generated]:
                                           for d in c.shape), dtype=_dtype(c.dtype))
              for c in info.context}
     context = {k: v.numpy() for k, v in context_values(types, req.files, {}).items()}
-    return run(req, pipeline.generate, tok, info.vocab, context, on_text,
-               getattr(info, "chat_template", None))
+    return run(req, pipeline.generate, tok, info.vocab, context, on_text, info.chat_template)
 
 
 def _dtype(numpy_name: str) -> str:
