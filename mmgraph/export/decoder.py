@@ -35,7 +35,6 @@ gets `cannot_generate` (the decoding pass's reason) instead, and its export is u
 from __future__ import annotations
 
 import time
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -56,12 +55,13 @@ from mmgraph.backends.torch.half import Half
 from mmgraph.backends.torch.inputs import concrete_shape
 from mmgraph.export.onnx_parts import (
     ONNX_DTYPES,
-    ExportError,
-    add_error,
+    check_onnx,
+    compare_outputs,
     onnx_session,
     random_inputs,
     simplify,
     tensor_info,
+    trace_export,
     writing,
 )
 from mmgraph.export.targets import Target
@@ -493,30 +493,16 @@ def _feed(names: list[str], args) -> dict[str, np.ndarray]:
 
 def _compare(report: dict, graph: str, ref: dict, got: dict, point: str, dims: dict,
              tolerance: float, check: bool) -> None:
-    for name, value in ref.items():
-        max_abs = add_error(report, name, point, dims, value, got[name])
-        if check and max_abs > tolerance:
-            raise ExportError(
-                f"generation graph '{graph}', output '{name}': onnxruntime differs from "
-                f"PyTorch (with its KV cache) by {max_abs:.3g} (abs) at the {point} sizes "
-                f"{dims}, over the tolerance {tolerance:g}")
+    compare_outputs(report, f"generation graph '{graph}'", ref, got, point, dims, tolerance,
+                    check, how=" (with its KV cache)")
 
 
 def _write_onnx(module, args: tuple, inputs: list[dict], outputs: list[dict], path: Path,
                 opset: int) -> tuple[int, int, list[str]]:
     """Export (the legacy tracer, like the parts), check (full checker, strict shape
     inference), simplify; node counts and the graph's inputs (unused ones drop out)."""
-    import onnx
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(module, args, str(path), input_names=[i["name"] for i in inputs],
-                          output_names=[o["name"] for o in outputs], opset_version=opset,
-                          dynamic_axes=_axes(inputs + outputs), dynamo=False,
-                          do_constant_folding=True)
-    proto = onnx.load(str(path))
-    onnx.checker.check_model(proto, full_check=True)
-    onnx.shape_inference.infer_shapes(proto, strict_mode=True)
-    kept = [i.name for i in proto.graph.input]
+    trace_export(module, args, path, [i["name"] for i in inputs],
+                 [o["name"] for o in outputs], opset, _axes(inputs + outputs))
+    kept = [i.name for i in check_onnx(path).graph.input]
     before, after = simplify(path)
     return before, after, kept

@@ -176,12 +176,31 @@ def onnx_session(path: Path, providers=("CPUExecutionProvider",)):
     return ort.InferenceSession(str(path), options, providers=chosen)
 
 
+def trace_export(module, args: tuple, path: Path, inputs: list[str], outputs: list[str],
+                 opset: int, axes: dict) -> None:
+    """torch's legacy tracing exporter, constants folded, its warnings silenced."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(module, args, str(path), input_names=inputs, output_names=outputs,
+                          opset_version=opset, dynamic_axes=axes, dynamo=False,
+                          do_constant_folding=True)
+
+
+def check_onnx(path: Path):
+    """The written file, loaded and proved by the full checker and strict shape inference."""
+    import onnx
+
+    proto = onnx.load(str(path))
+    onnx.checker.check_model(proto, full_check=True)
+    onnx.shape_inference.infer_shapes(proto, strict_mode=True)
+    return proto
+
+
 def write_onnx(module, g: Graph, plan: ExportPart, x: dict, path: Path,
                opset: int, ranges: dict | None = None, log=print) -> tuple[int, int]:
     """Export, check (full checker, strict shape inference), simplify; node counts.
     From opset 23 (given the dim `ranges`), attention goes out as the fused `Attention` op,
     unless torch.export cannot trace the part (data-dependent shapes): then decomposed."""
-    import onnx
 
     try:
         with warnings.catch_warnings():
@@ -196,14 +215,9 @@ def write_onnx(module, g: Graph, plan: ExportPart, x: dict, path: Path,
                     log(f"part {plan.name}: attention not fused (torch.export: {reason}); "
                         f"exported decomposed at opset {opset}")
             if not fused:
-                torch.onnx.export(module, tuple(x.values()), str(path),
-                                  input_names=plan.inputs, output_names=plan.outputs,
-                                  opset_version=opset,
-                                  dynamic_axes=dynamic_axes(g, plan.inputs + plan.outputs),
-                                  dynamo=False, do_constant_folding=True)
-        proto = onnx.load(str(path))
-        onnx.checker.check_model(proto, full_check=True)
-        onnx.shape_inference.infer_shapes(proto, strict_mode=True)
+                trace_export(module, tuple(x.values()), path, plan.inputs, plan.outputs,
+                             opset, dynamic_axes(g, plan.inputs + plan.outputs))
+        check_onnx(path)
         return simplify(path)
     except ExportError:
         raise
@@ -324,14 +338,22 @@ def parity(module, g: Graph, plan: ExportPart, path: Path, ranges: dict, toleran
         with torch.no_grad():
             ref = module(*x.values())
         got = session.run(None, {k: v.numpy() for k, v in x.items()})
-        for name, value in zip(plan.outputs, got):
-            max_abs = add_error(report, name, point, dims, ref[name], value)
-            if check and max_abs > tolerance:
-                raise ExportError(
-                    f"part '{plan.name}', output '{name}': onnxruntime differs from PyTorch "
-                    f"by {max_abs:.3g} (abs) at the {point} sizes {dims}, over the tolerance "
-                    f"{tolerance:g}")
+        compare_outputs(report, f"part '{plan.name}'", ref, dict(zip(plan.outputs, got)),
+                        point, dims, tolerance, check)
     return report
+
+
+def compare_outputs(report: dict, graph: str, ref: dict, got: dict, point: str, dims: dict,
+                    tolerance: float, check: bool, how: str = "") -> None:
+    """Record each output's error in `report` (`got`'s order); with `check`, an output
+    over `tolerance` is an ExportError naming the graph, the output and the sizes."""
+    for name, value in got.items():
+        max_abs = add_error(report, name, point, dims, ref[name], value)
+        if check and max_abs > tolerance:
+            raise ExportError(
+                f"{graph}, output '{name}': onnxruntime differs from PyTorch{how} "
+                f"by {max_abs:.3g} (abs) at the {point} sizes {dims}, over the tolerance "
+                f"{tolerance:g}")
 
 
 def opset_range() -> tuple[int, int]:
